@@ -1,0 +1,25 @@
+"""sfd: Semantic-First Diffusion ("Semantics Lead the Way", arXiv 2512.04926), clean and tested.
+
+The Python API in a few names:
+
+    config = sfd.load_config("configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml", ["sample.cfg_scale=1.5"])
+    model = sfd.build_model(config)                    # or sfd.load_model(path) with the config's weights
+    terms = sfd.FlowMatchingLoss.from_config(config)(model, x1, y, dino, t=t, noise=noise)
+    latents = sfd.sample_from_config(model, z, y, config, guide=guide).x
+"""
+
+from sfd.build import build_model, load_guide, load_model
+from sfd.checkpoint import CheckpointError, export_weights, load_weights
+from sfd.config import ConfigError, SFDConfig, load_config, model_args, save_config
+from sfd.guidance import Guidance, guided_velocity
+from sfd.lightningdit import SIZES, LightningDiT, LightningDiTArgs, ModelOutput
+from sfd.loss import FlowMatchingLoss, LossTerms
+from sfd.samplers import SampleResult, sample, sample_from_config
+from sfd.schedule import TimeSplit
+
+__all__ = [
+    "SIZES", "CheckpointError", "ConfigError", "FlowMatchingLoss", "Guidance", "LightningDiT", "LightningDiTArgs",
+    "LossTerms", "ModelOutput", "SFDConfig", "SampleResult", "TimeSplit", "build_model", "export_weights",
+    "guided_velocity", "load_config", "load_guide", "load_model", "load_weights", "model_args", "sample",
+    "sample_from_config", "save_config",
+]

@@ -1,0 +1,127 @@
+"""Checkpoint files: reading released weights strictly, writing atomically.
+
+Released SFD files are ``torch.save`` dicts with ``ema`` (used for inference), ``model``, and possibly ``opt`` and a
+pickled OmegaConf ``config`` (SFD_METHOD.md §4.8). Weights are read with ``weights_only=True``; the OmegaConf
+classes such a ``config`` entry needs are allow-listed, nothing else is. ``.safetensors`` files hold a bare state
+dict. A mismatch is reported by key, with shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file and keys."""
+
+
+def _omegaconf_globals() -> list:
+    """Classes a pickled OmegaConf config needs (official checkpoints store one); all are plain data holders."""
+    import collections
+    import typing
+
+    from omegaconf import DictConfig, ListConfig, nodes
+    from omegaconf.base import Container, ContainerMetadata, Metadata, Node
+
+    node_types = [getattr(nodes, name) for name in dir(nodes) if name.endswith("Node")]
+    return [DictConfig, ListConfig, Container, ContainerMetadata, Metadata, Node, typing.Any, dict, list, int,
+            collections.defaultdict, *node_types]
+
+
+def read_file(path: str | Path) -> Mapping[str, Any]:
+    """Load a checkpoint file (``.pt``/``.pth``/``.ckpt`` with ``weights_only=True``, or ``.safetensors``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        with torch.serialization.safe_globals(_omegaconf_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or others on foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: cannot be read as a weights-only checkpoint ({reason})") from None
+
+
+def extract_state_dict(payload: Mapping[str, Any], path: str | Path, prefer: str = "ema") -> dict[str, torch.Tensor]:
+    """The weights in an official payload: ``prefer`` ('ema' or 'model') if present, else the other one, else the
+    payload itself as a bare state dict. A ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefix is removed."""
+    state = payload
+    for key in (prefer, "model" if prefer == "ema" else "ema", "state_dict"):
+        if isinstance(payload.get(key), Mapping):
+            state = payload[key]
+            break
+    tensors = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {key!r} is {type(value).__name__}, not a tensor; "
+                                  "expected a state dict or a dict with 'ema' / 'model'")
+        for prefix in ("module.", "_orig_mod."):
+            key = key.removeprefix(prefix)
+        tensors[key] = value
+    return tensors
+
+
+def explain_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between a model's state dict and ``state`` (empty when they match)."""
+    expected = model.state_dict()
+    problems = []
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}"
+                        + (" ..." if len(unexpected) > 8 else ""))
+    for key, tensor in expected.items():
+        if key in state and tuple(state[key].shape) != tuple(tensor.shape):
+            problems.append(f"shape of {key}: checkpoint {tuple(state[key].shape)}, model {tuple(tensor.shape)}")
+    return problems
+
+
+def load_weights(model: nn.Module, path: str | Path, prefer: str = "ema", strict: bool = True) -> nn.Module:
+    """Load released or project weights into ``model`` strictly; any mismatch raises CheckpointError naming keys."""
+    state = extract_state_dict(read_file(path), path, prefer)
+    problems = explain_mismatch(model, state)
+    if problems and (strict or any(p.startswith("shape") for p in problems)):
+        hint = " (is model.model_type / semfirst_delta_t / use_repa the one the checkpoint was trained with?)"
+        raise CheckpointError(f"{path}: does not fit the model: " + "; ".join(problems) + hint)
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def atomic_save(payload: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in payload.items()}, tmp)
+        else:
+            torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def export_weights(model: nn.Module, path: str | Path, ema: Optional[nn.Module] = None) -> Path:
+    """Inference export in the official layout ``{'ema': ..., 'model': ...}`` (or a bare state dict for
+    ``.safetensors``, holding the EMA weights when given)."""
+    weights = (ema or model).state_dict()
+    if Path(path).suffix == ".safetensors":
+        return atomic_save(weights, path)
+    return atomic_save({"ema": weights, "model": model.state_dict()}, path)

@@ -1,0 +1,298 @@
+"""Typed configuration that accepts the official SFD YAML layout unchanged.
+
+A config is a tree of dataclasses. YAML files and ``section.key=value`` overrides are merged onto the defaults with
+OmegaConf, so an unknown key or a value of the wrong type fails at load with the key's name. The defaults are the
+values the official code uses when a key is absent (SFD_METHOD.md §7.1), so a partial official YAML means what it
+meant there; keys the release requires have the SFD release value. Rules that involve several keys live in
+``validate`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sfd.lightningdit import REPA_TARGET_DIMS, SIZES, LightningDiTArgs, parse_model_type
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line naming the file and key."""
+
+
+@dataclass
+class DataConfig:
+    data_path: str = ""  # latent shard directory, also holds latents_stats.pt / latents_sv_stats.pt
+    fid_reference_file: str = ""  # ADM reference batch (.npz)
+    valid_path: Optional[str] = None  # held-out latent shards for the validation loss
+    image_size: int = 256  # pixels
+    num_classes: int = 1000
+    num_workers: int = 8
+    latent_norm: bool = False  # standardise texture channels with the dataset stats
+    latent_sv_norm: bool = False  # standardise semantic channels with the dataset stats
+    latent_multiplier: float = 0.18215  # global latent scale (SFD uses 1.0; 0.18215 is the official default)
+
+
+@dataclass
+class VAEConfig:
+    model_name: str = "sdvae_f16d32"  # texture tokenizer config name
+    downsample_ratio: int = 16  # latent stride
+
+
+@dataclass
+class ModelConfig:
+    model_type: str = "LightningDiT-XL/1"  # official registry name, or any name plus depth/hidden_size/num_heads
+    depth: Optional[int] = None  # custom size (overrides the registry)
+    hidden_size: Optional[int] = None
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None  # default: the `/N` suffix of model_type
+    mlp_ratio: float = 4.0
+    repa_projector_dim: int = 2048  # width of the REPA projector MLP
+    class_dropout_prob: float = 0.1  # label dropout in training; > 0 adds the null label `num_classes`
+    learn_sigma: bool = False
+    use_qknorm: bool = True
+    use_swiglu: bool = False
+    use_rope: bool = False
+    use_rmsnorm: bool = False
+    wo_shift: bool = False
+    use_checkpoint: bool = False  # gradient checkpointing of the transformer blocks
+    in_chans: int = 4  # latent channels: texture first, then the semantic ones
+    semantic_chans: int = 0  # trailing semantic channels
+    semfirst_delta_t: float = 0.0  # Δt, how far semantics lead texture; 0 = synchronous model
+    semantic_weight: float = 1.0  # β, weight of the semantic channels in the velocity MSE
+    use_repa: bool = False  # REPA projector and alignment loss
+    repa_dino_version: Optional[str] = None  # REPA target encoder; sets the projector output width
+    repa_feat_depth: Optional[int] = None  # 1-based block whose output the projector reads
+    repa_weight: float = 1.0
+    repa_mode: str = "cos"  # cos | mse | cos_mse
+    semfirst_infer_interval_mode: Optional[str] = None  # both | tex | sem (None behaves as both)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 4_000_000
+    global_batch_size: int = 256  # split over processes
+    global_seed: int = 0
+    output_dir: str = "outputs/train"
+    exp_name: Optional[str] = None  # run folder {output_dir}/{exp_name}
+    ckpt: Optional[str] = None  # unused by the release, kept for compatibility
+    log_every: int = 100
+    ckpt_every: int = 80_000
+    resume: bool = False
+    load_ckpt: Any = None
+    weight_init: Optional[str] = None  # initialise from another checkpoint (shape-checked)
+    use_checkpoint: bool = True  # only logged by the release
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-4
+    beta2: float = 0.999
+    max_grad_norm: Optional[float] = None  # gradient clipping when set
+
+
+@dataclass
+class TransportConfig:
+    path_type: str = "Linear"  # the linear path x_t = t·x1 + (1-t)·x0 (only this one is implemented)
+    prediction: str = "velocity"  # only velocity prediction is implemented
+    loss_weight: Optional[str] = None
+    sample_eps: Optional[float] = None
+    train_eps: Optional[float] = None
+    use_cosine_loss: bool = False  # add 1 - cos(v, u) over channels
+    use_lognorm: bool = False  # logit-normal t (else uniform)
+
+
+@dataclass
+class SampleConfig:
+    mode: str = "ODE"  # ODE | SDE
+    sampling_method: str = "dopri5"  # euler | heun | any torchdiffeq method (dopri5, rk4, ...)
+    atol: float = 1e-6
+    rtol: float = 1e-3
+    reverse: bool = False  # must be false (the release's reverse path is broken)
+    likelihood: bool = False  # unused
+    num_sampling_steps: int = 250  # grid points (dopri5: output points only)
+    cfg_scale: float = 1.0  # guidance scale; guidance is used only when > 1
+    cfg_scale_sem: Optional[float] = None  # AutoGuidance scale of the semantic channels (default cfg_scale)
+    cfg_scale_tex: Optional[float] = None  # AutoGuidance scale of the texture channels (default cfg_scale)
+    per_proc_batch_size: int = 4
+    fid_num: int = 50_000
+    cfg_interval_start: float = 0.0  # guidance off while a group's time is below this
+    timestep_shift: float = 0.0  # 0 = off; s < 1 makes steps denser near noise
+    balanced_sampling: bool = False  # fid_num // num_classes samples per class
+    autoguidance: bool = False  # guide with a small model instead of the null label
+    autoguidance_config: Optional[str] = None  # guide's YAML (its ckpt_path and model build the guide)
+    class_label: Optional[int] = None  # fixed label for all samples (num_classes = unconditional)
+    diffusion_form: str = "sigma"  # SDE diffusion coefficient w(t)
+    diffusion_norm: float = 1.0  # SDE diffusion scale
+
+
+@dataclass
+class SFDConfig:
+    ckpt_path: str = ""  # checkpoint for inference
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def _fail(source: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {message}")
+
+
+def _merge(base: Any, layer: Any, source: str) -> Any:
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        message = str(error).splitlines()[0]
+        raise _fail(source, key, message) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SFDConfig:
+    """Load an official-layout YAML (or only the defaults when ``path`` is None), apply ``section.key=value``
+    overrides and validate. Raises ConfigError with one line naming the file and key on any problem."""
+    merged = OmegaConf.structured(SFDConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        merged = _merge(merged, OmegaConf.create(raw or {}), str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    config = OmegaConf.to_object(merged)
+    validate(config, source=str(path) if path is not None else "config")
+    return config
+
+
+def config_to_dict(config: SFDConfig) -> dict:
+    """Plain nested dict (what checkpoints and run folders store instead of a pickled object)."""
+    return dataclasses.asdict(config)
+
+
+def save_config(config: SFDConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    tmp.replace(path)
+
+
+def resolve_path(path: str, config_path: str | Path | None) -> Path:
+    """Paths in configs are relative to the working directory (official layout) or, failing that, to the
+    config's own folder (self-contained configs such as the golden ones)."""
+    candidate = Path(path)
+    if candidate.is_absolute() or candidate.exists() or config_path is None:
+        return candidate
+    beside = Path(config_path).parent / candidate
+    return beside if beside.exists() else candidate
+
+
+def model_args(config: SFDConfig) -> LightningDiTArgs:
+    """The network's architecture from a validated config."""
+    model = config.model
+    size, patch = parse_model_type(model.model_type)
+    depth, hidden, heads = SIZES.get(size, (None, None, None))
+    semantic_first = model.semfirst_delta_t > 0 and model.semantic_chans > 0
+    return LightningDiTArgs(
+        input_size=config.data.image_size // config.vae.downsample_ratio,
+        patch_size=model.patch_size or patch,
+        in_chans=model.in_chans,
+        hidden_size=model.hidden_size or hidden,
+        depth=model.depth or depth,
+        num_heads=model.num_heads or heads,
+        mlp_ratio=model.mlp_ratio,
+        num_classes=config.data.num_classes,
+        class_dropout_prob=model.class_dropout_prob,
+        learn_sigma=model.learn_sigma,
+        use_qknorm=model.use_qknorm,
+        use_swiglu=model.use_swiglu,
+        use_rope=model.use_rope,
+        use_rmsnorm=model.use_rmsnorm,
+        wo_shift=model.wo_shift,
+        use_checkpoint=model.use_checkpoint,
+        semantic_first=semantic_first,
+        repa_target_dim=REPA_TARGET_DIMS[model.repa_dino_version] if model.use_repa else None,
+        repa_feat_depth=model.repa_feat_depth or 0,
+        repa_projector_dim=model.repa_projector_dim,
+    )
+
+
+def validate(config: SFDConfig, source: str = "config") -> None:
+    """Every cross-field rule, checked once. Raises ConfigError naming the offending key."""
+    model, data, sample = config.model, config.data, config.sample
+
+    def check(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise _fail(source, key, message)
+
+    size, patch = parse_model_type(model.model_type)
+    custom = None not in (model.depth, model.hidden_size, model.num_heads)
+    check(size in SIZES or custom, "model.model_type",
+          f"unknown model type {model.model_type!r}; use one of LightningDiT-{{{','.join(SIZES)}}}/{{1,2}} "
+          "or give model.depth, model.hidden_size and model.num_heads")
+    check((model.patch_size or patch) is not None, "model.patch_size",
+          f"no patch size: set model.patch_size or end model_type with /1 or /2 (got {model.model_type!r})")
+    args = model_args(config)
+    for key, value in (("model.depth", args.depth), ("model.hidden_size", args.hidden_size),
+                       ("model.num_heads", args.num_heads), ("model.patch_size", args.patch_size),
+                       ("model.in_chans", args.in_chans), ("data.num_classes", args.num_classes)):
+        check(value > 0, key, f"must be positive (got {value})")
+    check(args.hidden_size % args.num_heads == 0, "model.hidden_size",
+          f"{args.hidden_size} is not divisible by model.num_heads={args.num_heads}")
+    check(args.hidden_size % 4 == 0, "model.hidden_size",
+          f"{args.hidden_size} must be divisible by 4 (2-D sin-cos position table)")
+    if model.use_rope:
+        check(args.head_dim % 4 == 0, "model.use_rope",
+              f"2-D RoPE needs a head dim divisible by 4 (hidden_size/num_heads = {args.head_dim})")
+    check(data.image_size % config.vae.downsample_ratio == 0, "data.image_size",
+          f"{data.image_size} is not divisible by vae.downsample_ratio={config.vae.downsample_ratio}")
+    check(args.input_size % args.patch_size == 0, "model.patch_size",
+          f"latent side {args.input_size} is not divisible by patch size {args.patch_size}")
+    check(0 <= model.semantic_chans < model.in_chans, "model.semantic_chans",
+          f"must be in [0, in_chans={model.in_chans}) (got {model.semantic_chans})")
+    check(0 <= model.semfirst_delta_t < 1, "model.semfirst_delta_t",
+          f"Δt must be in [0, 1) (got {model.semfirst_delta_t})")
+    check(model.semfirst_delta_t == 0 or model.semantic_chans > 0, "model.semfirst_delta_t",
+          f"Δt={model.semfirst_delta_t} needs semantic channels (model.semantic_chans is 0)")
+    check(0 <= model.class_dropout_prob < 1, "model.class_dropout_prob",
+          f"must be in [0, 1) (got {model.class_dropout_prob})")
+    check(model.repa_mode in ("cos", "mse", "cos_mse"), "model.repa_mode",
+          f"expected cos, mse or cos_mse (got {model.repa_mode!r})")
+    check(model.semfirst_infer_interval_mode in (None, "both", "tex", "sem"), "model.semfirst_infer_interval_mode",
+          f"expected both, tex or sem (got {model.semfirst_infer_interval_mode!r})")
+    if model.use_repa:
+        check(model.repa_dino_version in REPA_TARGET_DIMS, "model.repa_dino_version",
+              f"unknown REPA target {model.repa_dino_version!r}; known: {', '.join(REPA_TARGET_DIMS)}")
+        check(model.repa_feat_depth is not None and 1 <= model.repa_feat_depth <= args.depth,
+              "model.repa_feat_depth", f"must be a block index in [1, {args.depth}] (got {model.repa_feat_depth})")
+    check(config.transport.path_type == "Linear", "transport.path_type",
+          f"only 'Linear' is implemented, the path every SFD release uses (got {config.transport.path_type!r})")
+    check(config.transport.prediction == "velocity", "transport.prediction",
+          f"only 'velocity' is implemented, as in every SFD release (got {config.transport.prediction!r})")
+    check(sample.mode in ("ODE", "SDE"), "sample.mode", f"expected ODE or SDE (got {sample.mode!r})")
+    check(not sample.reverse, "sample.reverse", "reverse (data -> noise) integration is not supported")
+    check(sample.num_sampling_steps >= 2, "sample.num_sampling_steps",
+          f"need at least 2 grid points (got {sample.num_sampling_steps})")
+    check(sample.timestep_shift >= 0, "sample.timestep_shift", f"must be >= 0 (got {sample.timestep_shift})")
+    check(sample.class_label is None or 0 <= sample.class_label <= data.num_classes, "sample.class_label",
+          f"must be in [0, {data.num_classes}] (got {sample.class_label})")
+    check(not sample.autoguidance or bool(sample.autoguidance_config), "sample.autoguidance_config",
+          "sample.autoguidance is true but no guide config is given")
+    check(config.train.global_batch_size > 0, "train.global_batch_size", "must be positive")

@@ -1,0 +1,192 @@
+"""Samplers: the probability-flow ODE over the global time τ ∈ [0, τ_max] and an Euler–Maruyama SDE.
+
+The drift at (x, τ) is the (guided) velocity at (t_tex, t_sem) = split(τ), multiplied by the phase mask, so the
+texture channels stay at their initial noise while τ < Δt and the semantic channels freeze once τ > 1 (paper §3,
+three-phase sampling; SFD_METHOD.md §5). For the synchronous model the split is the identity and there is no mask.
+
+Fixed-step Euler and Heun are explicit loops over the grid; every other method name (dopri5 for the released
+numbers, rk4, ...) goes to torchdiffeq with the tolerances passed as one-element lists, as the release does
+(that makes torchdiffeq compute the error norm in float64 and reproduces the official step sequence).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torchdiffeq import odeint
+
+from sfd.config import SFDConfig
+from sfd.guidance import Guidance, guided_velocity
+from sfd.schedule import TimeSplit
+
+Drift = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (τ [B], x) -> dx/dτ
+
+# SDE diffusion coefficients w(t) on the linear path (the release's `compute_diffusion`). "SBDM" (w = (1−t)/t) is
+# left out: it is infinite at t = 0, which the first step of the synchronous sampler and the texture group of the
+# semantic-first sampler (at τ = Δt) both hit.
+DIFFUSION_FORMS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "constant": lambda t, norm: torch.full_like(t, norm),
+    "sigma": lambda t, norm: norm * (1 - t),
+    "linear": lambda t, norm: norm * (1 - t),
+    "decreasing": lambda t, norm: 0.25 * (norm * torch.cos(math.pi * t) + 1) ** 2,
+    "increasing-decreasing": lambda t, norm: norm * torch.sin(math.pi * t) ** 2,
+}
+
+
+@dataclass
+class SampleResult:
+    x: torch.Tensor  # final state at τ_max, [B, C, H, W]
+    nfe: int  # number of drift evaluations (a guided evaluation counts once)
+    trajectory: Optional[torch.Tensor] = None  # [steps, B, C, H, W] for the fixed-step methods
+
+
+def make_drift(model: nn.Module, split: TimeSplit, y: torch.Tensor, guidance: Optional[Guidance] = None) -> Drift:
+    """dx/dτ: the guided velocity at split(τ), masked to the channel groups that move at τ."""
+
+    def drift(tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        t_tex, t_sem = split.times(tau)
+        velocity = guided_velocity(model, x, t_tex, t_sem, y, guidance, split.semantic_chans)
+        mask = split.active_mask(tau, x.shape[1])
+        return velocity if mask is None else velocity * mask
+
+    return drift
+
+
+def euler(drift: Drift, x: torch.Tensor, grid: torch.Tensor) -> list[torch.Tensor]:
+    """x_{k+1} = x_k + (τ_{k+1} − τ_k)·f(τ_k, x_k); returns every grid state."""
+    states = [x]
+    for tau, tau_next in zip(grid[:-1], grid[1:]):
+        x = x + (tau_next - tau) * drift(tau.expand(x.shape[0]), x)
+        states.append(x)
+    return states
+
+
+def heun(drift: Drift, x: torch.Tensor, grid: torch.Tensor) -> list[torch.Tensor]:
+    """Second-order Heun (trapezoidal predictor-corrector), two evaluations per step."""
+    states = [x]
+    for tau, tau_next in zip(grid[:-1], grid[1:]):
+        step = tau_next - tau
+        slope = drift(tau.expand(x.shape[0]), x)
+        predicted = x + step * slope
+        x = x + step * 0.5 * (slope + drift(tau_next.expand(x.shape[0]), predicted))
+        states.append(x)
+    return states
+
+
+def solve_ode(drift: Drift, x: torch.Tensor, grid: torch.Tensor, method: str, atol: float, rtol: float
+              ) -> list[torch.Tensor]:
+    """torchdiffeq ``odeint`` (dopri5 by default in configs). Adaptive methods use the grid only as output points."""
+
+    def func(tau: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return drift(torch.ones(state.shape[0], device=state.device) * tau, state)
+
+    return list(odeint(func, x, grid.to(x.device), method=method, atol=[atol], rtol=[rtol]))
+
+
+def euler_maruyama(
+    velocity: Drift,
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    split: TimeSplit,
+    diffusion: Callable[[torch.Tensor], torch.Tensor],
+    generator: Optional[torch.Generator],
+    eps: float = 1e-3,
+) -> list[torch.Tensor]:
+    """SDE sampler with the same marginals as the ODE: dx = [v + w(t)·s(x, t)] dτ + sqrt(2 w(t)) dW, with the
+    score of the linear path s = (t·v − x)/(1 − t) and each channel group at its own time. Noise enters only the
+    groups that move at τ. The last step is the noise-free mean step (the release's default last step)."""
+    states = [x]
+    num_chans = x.shape[1]
+    for index, (tau, tau_next) in enumerate(zip(grid[:-1], grid[1:])):
+        tau_b = tau.expand(x.shape[0])
+        step = tau_next - tau
+        t = split.per_channel(*split.times(tau_b), num_chans).clamp(0.0, 1.0)
+        v = velocity(tau_b, x)
+        w = diffusion(t)
+        score = (t * v - x) / (1 - t).clamp(min=eps)
+        mask = split.active_mask(tau_b, num_chans)
+        mask = torch.ones_like(t) if mask is None else mask
+        x = x + step * mask * (v + w * score)
+        if index < len(grid) - 2:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + mask * torch.sqrt(2 * w * step) * noise
+        states.append(x)
+    return states
+
+
+def sample(
+    model: nn.Module,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    split: TimeSplit,
+    *,
+    method: str = "dopri5",
+    num_steps: int = 250,
+    atol: float = 1e-6,
+    rtol: float = 1e-3,
+    shift: float = 0.0,
+    guidance: Optional[Guidance] = None,
+    sde: bool = False,
+    diffusion_form: str = "sigma",
+    diffusion_norm: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+    keep_trajectory: bool = False,
+) -> SampleResult:
+    """Integrate from noise ``z`` [B, C, H, W] at τ = 0 to τ_max with labels ``y`` [B].
+
+    ``method``: ``euler`` | ``heun`` | any torchdiffeq method (ODE); with ``sde=True`` Euler–Maruyama is used and
+    ``generator`` supplies its noise. Returns the final state and the number of drift evaluations."""
+    calls = 0
+
+    def counted(fn: Drift) -> Drift:
+        def wrapped(tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            return fn(tau, x)
+
+        return wrapped
+
+    grid = split.grid(num_steps, shift).to(z.device)
+    with torch.no_grad():
+        if sde:
+            if diffusion_form not in DIFFUSION_FORMS:
+                raise ValueError(f"sample.diffusion_form: unknown {diffusion_form!r}; "
+                                 f"known: {', '.join(DIFFUSION_FORMS)}")
+            form = DIFFUSION_FORMS[diffusion_form]
+            velocity = counted(lambda tau, x: guided_velocity(model, x, *split.times(tau), y, guidance,
+                                                              split.semantic_chans))
+            states = euler_maruyama(velocity, z, grid, split, lambda t: form(t, diffusion_norm), generator)
+        else:
+            drift = counted(make_drift(model, split, y, guidance))
+            if method == "euler":
+                states = euler(drift, z, grid)
+            elif method == "heun":
+                states = heun(drift, z, grid)
+            else:
+                states = solve_ode(drift, z, grid, method, atol, rtol)
+    trajectory = torch.stack(states) if keep_trajectory else None
+    return SampleResult(x=states[-1], nfe=calls, trajectory=trajectory)
+
+
+def sample_from_config(
+    model: nn.Module,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    config: SFDConfig,
+    guide: Optional[nn.Module] = None,
+    generator: Optional[torch.Generator] = None,
+) -> SampleResult:
+    """``sample`` with every setting taken from ``config.sample`` and ``config.model`` (the release's rules for
+    when guidance is on)."""
+    settings = config.sample
+    return sample(
+        model, z, y, TimeSplit(config.model.semfirst_delta_t, config.model.semantic_chans),
+        method=settings.sampling_method, num_steps=settings.num_sampling_steps, atol=settings.atol,
+        rtol=settings.rtol, shift=settings.timestep_shift, guidance=Guidance.from_config(config, guide),
+        sde=settings.mode == "SDE", diffusion_form=settings.diffusion_form, diffusion_norm=settings.diffusion_norm,
+        generator=generator,
+    )

@@ -1,0 +1,66 @@
+"""The semantic-first time split, written once (paper §3; SFD_METHOD.md §3.1, §5.2).
+
+A global time τ runs over [0, 1 + Δt]. The semantic channels see t_sem = min(τ, 1) and the texture channels
+t_tex = max(τ − Δt, 0), so semantics lead texture by Δt. Sampling therefore has three phases: semantics only
+(τ < Δt), both (Δt ≤ τ ≤ 1) and texture only (τ > 1). With Δt = 0 (or no semantic channels) this is the plain
+synchronous model: t_tex = t_sem = τ, no clamping and no masks. The loss, every sampler and the guidance use these
+functions; nothing else computes t_tex or t_sem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    delta_t: float = 0.0  # Δt: how far the semantic time leads the texture time
+    semantic_chans: int = 0  # the trailing channels of the latent that are semantic
+
+    @property
+    def semantic_first(self) -> bool:
+        return self.delta_t > 0 and self.semantic_chans > 0
+
+    @property
+    def tau_max(self) -> float:
+        """End of the global time: 1 + Δt (1 for the synchronous model)."""
+        return 1.0 + self.delta_t if self.semantic_first else 1.0
+
+    def times(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t_tex, t_sem) for global times τ. t_tex is not clamped above: dopri5 evaluates past τ_max and the
+        release feeds t_tex > 1 there (quirk 11 of §9.2)."""
+        if not self.semantic_first:
+            return tau, tau
+        return (tau - self.delta_t).clamp(min=0.0), tau.clamp(max=1.0)
+
+    def training_tau(self, t: torch.Tensor) -> torch.Tensor:
+        """Map a training time t ∈ [0, 1] onto the global time τ = t·(1 + Δt)."""
+        return t * (1 + self.delta_t) if self.semantic_first else t
+
+    def per_channel(self, t_tex: torch.Tensor, t_sem: torch.Tensor, num_chans: int) -> torch.Tensor:
+        """[B, C, 1, 1] tensor holding t_tex on the texture channels and t_sem on the semantic ones."""
+        texture_chans = num_chans - self.semantic_chans
+        parts = [t_tex[:, None].expand(-1, texture_chans), t_sem[:, None].expand(-1, self.semantic_chans)]
+        return torch.cat(parts, dim=1)[:, :, None, None]
+
+    def active_mask(self, tau: torch.Tensor, num_chans: int) -> Optional[torch.Tensor]:
+        """[B, C, 1, 1] 0/1 mask of the channel groups that move at τ; None for the synchronous model.
+        Both bounds are inclusive: texture moves for τ ≥ Δt, semantics for τ ≤ 1 (compared in the dtype of τ)."""
+        if not self.semantic_first:
+            return None
+        texture_on = (tau >= self.delta_t).to(tau.dtype)
+        semantic_on = (tau <= 1.0).to(tau.dtype)
+        return self.per_channel(texture_on, semantic_on, num_chans)
+
+    def grid(self, num_steps: int, shift: float = 0.0, start: float = 0.0) -> torch.Tensor:
+        """float32 time grid of ``num_steps`` points from ``start`` to τ_max. A shift s > 0 warps the normalised
+        grid u = τ/τ_max to s·u / (1 + (s − 1)·u) (s < 1: denser near noise), as the release does."""
+        grid = torch.linspace(start, self.tau_max, num_steps, dtype=torch.float32)
+        if shift > 0:
+            scaled = grid / self.tau_max if self.semantic_first else grid
+            warped = shift * scaled / (1 + (shift - 1) * scaled)
+            grid = warped * self.tau_max if self.semantic_first else warped
+        return grid
