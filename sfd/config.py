@@ -249,6 +249,8 @@ def validate(config: SFDConfig, source: str = "config") -> None:
           "or give model.depth, model.hidden_size and model.num_heads")
     check((model.patch_size or patch) is not None, "model.patch_size",
           f"no patch size: set model.patch_size or end model_type with /1 or /2 (got {model.model_type!r})")
+    check(not model.use_repa or model.repa_dino_version in REPA_TARGET_DIMS, "model.repa_dino_version",
+          f"unknown REPA target {model.repa_dino_version!r}; known: {', '.join(REPA_TARGET_DIMS)}")
     args = model_args(config)
     for key, value in (("model.depth", args.depth), ("model.hidden_size", args.hidden_size),
                        ("model.num_heads", args.num_heads), ("model.patch_size", args.patch_size),
@@ -278,8 +280,6 @@ def validate(config: SFDConfig, source: str = "config") -> None:
     check(model.semfirst_infer_interval_mode in (None, "both", "tex", "sem"), "model.semfirst_infer_interval_mode",
           f"expected both, tex or sem (got {model.semfirst_infer_interval_mode!r})")
     if model.use_repa:
-        check(model.repa_dino_version in REPA_TARGET_DIMS, "model.repa_dino_version",
-              f"unknown REPA target {model.repa_dino_version!r}; known: {', '.join(REPA_TARGET_DIMS)}")
         check(model.repa_feat_depth is not None and 1 <= model.repa_feat_depth <= args.depth,
               "model.repa_feat_depth", f"must be a block index in [1, {args.depth}] (got {model.repa_feat_depth})")
     check(config.transport.path_type == "Linear", "transport.path_type",

@@ -1,0 +1,393 @@
+#!/usr/bin/env python
+"""Time LightningDiT's eval forward and a full training step per batch size, and report the peak memory.
+
+The forward row is one sampler-style call (no grad, eval mode, no REPA projector). The train row is what one
+optimisation step of training costs: the SFD flow-matching loss (semantic-first times, cosine and REPA terms as the
+config says), backward, optional gradient clipping and an AdamW step. bf16/fp16 use autocast with fp32 master
+weights (fp16 also a gradient scaler). Inputs are random tensors of the config's latent shape, so no data or
+checkpoint is needed.
+
+Examples:
+    python scripts/bench_model.py                                     # SFD-XL/1 training config, fp32
+    python scripts/bench_model.py --dtype bf16 --compile --batch 32 --batch 64 --json bench.json
+    python scripts/bench_model.py --config configs/sfd/autoguidance_b/train.yaml --mode forward
+    python scripts/bench_model.py --config tests/data/sfd_tiny.yaml --batch 2 --iters 2 --warmup 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+import sfd
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = {"forward": ("forward",), "train": ("train",), "both": ("forward", "train")}
+MIB = 2**20
+# Defaults that depend on the device: (batch sizes, warmup, timed iterations).
+CPU_DEFAULTS = ((1, 4), 1, 3)
+# 32 is the release's per-GPU batch (global batch 256 over 8 GPUs).
+CUDA_DEFAULTS = ((1, 32), 3, 10)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
+    return value
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command line; device-dependent defaults (batch, warmup, iters) are filled in by ``resolve_defaults``."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Memory: on CUDA the peak of torch.cuda.max_memory_allocated (weights, optimizer state, activations); "
+               "on CPU the growth of the process's peak RSS during the row (see the note under the table).",
+    )
+    parser.add_argument("--config", default="configs/sfd/lightningdit_xl/train.yaml",
+                        help="SFD YAML whose model/data/loss sections are benchmarked (default: %(default)s)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override such as model.depth=4 (repeatable)")
+    parser.add_argument("--batch", action="extend", nargs="+", type=positive_int, metavar="N",
+                        help="batch size(s), repeatable or a list (default: %s on CPU, %s on CUDA)"
+                             % (" and ".join(map(str, CPU_DEFAULTS[0])), " and ".join(map(str, CUDA_DEFAULTS[0]))))
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="compute dtype; bf16/fp16 run under autocast with fp32 master weights "
+                             "(very slow on CPU) (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up absorbs compiling)")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available, else cpu)")
+    parser.add_argument("--warmup", type=non_negative_int, default=None,
+                        help=f"untimed iterations per row (default: {CPU_DEFAULTS[1]} on CPU, {CUDA_DEFAULTS[1]} on CUDA)")
+    parser.add_argument("--iters", type=positive_int, default=None,
+                        help=f"timed iterations per row, the median is reported "
+                             f"(default: {CPU_DEFAULTS[2]} on CPU, {CUDA_DEFAULTS[2]} on CUDA)")
+    parser.add_argument("--mode", choices=MODES, default="both",
+                        help="eval forward, train step, or both (default: %(default)s)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="gradient checkpointing of the transformer blocks (same as model.use_checkpoint=true)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    try:
+        args.device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    resolve_defaults(args)
+    return args
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    """The requested device, or CUDA when available; ValueError for an unknown or unavailable device."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: unknown device {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: only cpu and cuda are supported (got {name!r})")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill in batch sizes, warmup and iterations that were not given, by device type."""
+    batches, warmup, iters = CUDA_DEFAULTS if args.device.type == "cuda" else CPU_DEFAULTS
+    args.batch = list(dict.fromkeys(args.batch or batches))  # keep order, drop repeats
+    args.warmup = warmup if args.warmup is None else args.warmup
+    args.iters = iters if args.iters is None else args.iters
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the GPU, or of the CPU with the number of threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"CPU {name} ({torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class MemoryMeter:
+    """Peak memory of one row, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak. CPU: the process's peak RSS during the row
+    minus its value at the start; on Linux the peak (VmHWM) is reset per row through /proc/self/clear_refs, elsewhere
+    the growth of ``ru_maxrss`` is used, which only counts memory above the highest earlier peak (a lower bound).
+    Memory the allocator kept from earlier rows is not counted again on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.resettable = device.type == "cpu" and self._reset_rss_peak()
+        if device.type == "cuda":
+            self.method = "torch.cuda.max_memory_allocated (weights + optimizer state + activations)"
+        elif self.resettable:
+            self.method = "peak RSS growth during the row (Linux VmHWM, reset per row); weights already resident " \
+                          "are not counted"
+        else:
+            self.method = "growth of the process peak RSS (resource.getrusage ru_maxrss); a lower bound"
+        self.start_bytes = 0
+
+    @staticmethod
+    def _reset_rss_peak() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _rss_peak_bytes() -> int:
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        if self.resettable:
+            self._reset_rss_peak()
+        self.start_bytes = self._rss_peak_bytes()
+
+    def peak_mib(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / MIB
+        return max(0, self._rss_peak_bytes() - self.start_bytes) / MIB
+
+
+@dataclass
+class Batch:
+    """Random model inputs of the config's shapes."""
+
+    x: torch.Tensor  # [B, in_chans, S, S] clean latents
+    t_tex: torch.Tensor  # [B]
+    t_sem: torch.Tensor  # [B]
+    y: torch.Tensor  # [B] class labels
+    repa_target: Optional[torch.Tensor]  # [B, repa_dim, S/p, S/p], None without REPA
+
+
+def make_batch(args: sfd.LightningDiTArgs, batch: int, device: torch.device, generator: torch.Generator) -> Batch:
+    """Inputs for ``batch`` samples: latents, times, labels and (with REPA) a target feature map."""
+    side = args.input_size
+    grid = side // args.patch_size
+    rand = partial(torch.randn, generator=generator, device=device)
+    repa = None if args.repa_target_dim is None else rand(batch, args.repa_target_dim, grid, grid)
+    return Batch(
+        x=rand(batch, args.in_chans, side, side),
+        t_tex=torch.rand(batch, generator=generator, device=device),
+        t_sem=torch.rand(batch, generator=generator, device=device),
+        y=torch.randint(0, args.num_classes, (batch,), generator=generator, device=device),
+        repa_target=repa,
+    )
+
+
+@dataclass
+class Bench:
+    """Everything a row needs: the (possibly compiled) model, the loss and the run settings."""
+
+    model: torch.nn.Module
+    model_args: sfd.LightningDiTArgs
+    loss: sfd.FlowMatchingLoss
+    config: sfd.SFDConfig
+    device: torch.device
+    dtype: torch.dtype
+    generator: torch.Generator
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+def forward_step(bench: Bench, inputs: Batch) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(step, cleanup) for one eval forward as a sampler calls it: no grad, no REPA projector."""
+    bench.model.eval()
+
+    def step() -> None:
+        with torch.no_grad(), bench.autocast():
+            bench.model(inputs.x, inputs.t_tex, inputs.t_sem, inputs.y, repa=False)
+
+    return step, lambda: None
+
+
+def train_step(bench: Bench, inputs: Batch) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(step, cleanup) for one training step: loss, backward, clipping when configured, AdamW. The optimizer is new
+    for each row so its state counts in that row's memory only; cleanup frees it and the gradients."""
+    bench.model.train()
+    params = [p for p in bench.model.parameters() if p.requires_grad]
+    settings = bench.config.optimizer
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, settings.beta2), weight_decay=0)
+    scaler = torch.amp.GradScaler(bench.device.type, enabled=bench.dtype == torch.float16)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with bench.autocast():
+            loss = bench.loss(bench.model, inputs.x, inputs.y, inputs.repa_target, generator=bench.generator).total
+        scaler.scale(loss).backward()
+        if settings.max_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+
+    def cleanup() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.state.clear()
+
+    return step, cleanup
+
+
+STEPS = {"forward": forward_step, "train": train_step}
+
+
+def time_step(step: Callable[[], None], warmup: int, iters: int, device: torch.device) -> list[float]:
+    """Run ``warmup`` untimed then ``iters`` timed calls; wall-clock ms of each timed call (CUDA synchronised)."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def run_row(bench: Bench, meter: MemoryMeter, mode: str, batch: int, warmup: int, iters: int) -> dict:
+    """Time one (mode, batch) pair; a CUDA out-of-memory gives a row with ``error`` set instead of times."""
+    row = {"mode": mode, "batch": batch}
+    cleanup = None
+    try:
+        inputs = make_batch(bench.model_args, batch, bench.device, bench.generator)
+        meter.start()
+        step, cleanup = STEPS[mode](bench, inputs)
+        times = time_step(step, warmup, iters, bench.device)
+        peak = meter.peak_mib()
+    except torch.OutOfMemoryError:
+        row.update(ms_per_iter=None, images_per_s=None, peak_mem_mib=None, times_ms=[], error="out of memory")
+    else:
+        median = statistics.median(times)
+        row.update(ms_per_iter=median, images_per_s=batch / (median / 1e3), peak_mem_mib=peak, times_ms=times)
+    finally:
+        if cleanup is not None:
+            cleanup()
+    return row
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The results as a Markdown table (OOM for rows that ran out of memory)."""
+    lines = ["| mode | batch | ms/iter | img/s | peak mem (MiB) |", "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        if row.get("error"):
+            lines.append(f"| {row['mode']} | {row['batch']} | OOM | OOM | OOM |")
+        else:
+            lines.append(f"| {row['mode']} | {row['batch']} | {row['ms_per_iter']:.2f} | {row['images_per_s']:.2f} "
+                         f"| {row['peak_mem_mib']:.1f} |")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` atomically: a temporary file in the same folder, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Benchmark the config's model; returns the exit status (2 for a config error)."""
+    args = parse_args(argv)
+    overrides = list(args.override) + (["model.use_checkpoint=true"] if args.grad_checkpointing else [])
+    try:
+        config = sfd.load_config(args.config, overrides)
+    except sfd.ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    device, dtype = args.device, DTYPES[args.dtype]
+    if device.type == "cpu" and dtype != torch.float32:
+        print(f"warning: {args.dtype} on CPU runs under CPU autocast and is usually far slower than fp32; "
+              "use it only to check that the path works", file=sys.stderr)
+
+    model = sfd.build_model(config).to(device)
+    model_args = model.args
+    n_params = sum(p.numel() for p in model.parameters())
+    if args.compile:
+        model = torch.compile(model)
+    generator = torch.Generator(device=device).manual_seed(config.train.global_seed)
+    bench = Bench(model, model_args, sfd.FlowMatchingLoss.from_config(config), config, device, dtype, generator)
+    meter = MemoryMeter(device)
+
+    tokens = (model_args.input_size // model_args.patch_size) ** 2
+    config_text = args.config + "".join(f" {item}" for item in overrides)
+    print(f"# {device_name(device)} | torch {torch.__version__} | config {config_text} | "
+          f"{config.model.model_type}, {n_params / 1e6:.2f}M params, {tokens} tokens | dtype {args.dtype} | "
+          f"compile {args.compile} | grad checkpointing {model_args.use_checkpoint} | "
+          f"warmup {args.warmup}, iters {args.iters}", flush=True)
+
+    rows = [run_row(bench, meter, mode, batch, args.warmup, args.iters)
+            for mode in MODES[args.mode] for batch in args.batch]
+    print()
+    print(markdown_table(rows))
+    print(f"\nms/iter: median over {args.iters} timed iterations; peak mem: {meter.method}")
+
+    if args.json is not None:
+        write_json(args.json, {
+            "device": device_name(device), "torch": torch.__version__, "config": args.config,
+            "overrides": overrides, "model_type": config.model.model_type, "params_m": n_params / 1e6,
+            "tokens": tokens, "dtype": args.dtype, "compile": args.compile,
+            "grad_checkpointing": model_args.use_checkpoint, "warmup": args.warmup, "iters": args.iters,
+            "memory": meter.method, "rows": rows,
+        })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

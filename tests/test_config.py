@@ -1,0 +1,111 @@
+"""Config schema: official YAMLs unchanged, overrides, and one-line errors naming the key."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import sfd
+from sfd.config import ConfigError, load_config, save_config
+from tests.conftest import DATA
+
+ROOT = Path(__file__).parent.parent
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+
+# Total parameters (incl. REPA projector and pos_embed) of the release sizes, from the golden manifests.
+RELEASE_PARAMS = {"LightningDiT-XL/1": 682_765_424, "LightningDiT-1p0B/1": 1_037_191_472,
+                  "LightningDiT-B/1": 137_632_304}
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_shipped_config_validates_and_builds(path):
+    config = load_config(ROOT / path)
+    with torch.device("meta"):
+        model = sfd.build_model(config)
+    params = sum(p.numel() for p in model.parameters())
+    if config.model.model_type in RELEASE_PARAMS:
+        assert params == RELEASE_PARAMS[config.model.model_type]
+
+
+def test_release_configs_are_all_there():
+    names = set(CONFIGS)
+    for expected in ["configs/sfd/lightningdit_xl/train.yaml", "configs/sfd/lightningdit_xl/train_80ep_lr2e-4.yaml",
+                     "configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml",
+                     "configs/sfd/lightningdit_1p0/inference_4m_autoguidance.yaml",
+                     "configs/sfd/autoguidance_b/inference.yaml", "configs/sfd/autoguidance_b/inference_retrain.yaml"]:
+        assert expected in names
+
+
+def test_official_values_come_through():
+    config = load_config(ROOT / "configs/sfd/lightningdit_xl/train_80ep_lr2e-4.yaml")
+    assert (config.optimizer.lr, config.optimizer.beta2) == (2e-4, 0.95)
+    assert (config.model.repa_weight, config.model.repa_mode) == (0.5, "cos_mse")
+    assert (config.model.semfirst_delta_t, config.model.semantic_chans, config.model.in_chans) == (0.3, 16, 48)
+    guided = load_config(ROOT / "configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml")
+    assert guided.sample.autoguidance and guided.sample.balanced_sampling
+    assert guided.sample.autoguidance_config == "configs/sfd/autoguidance_b/inference.yaml"
+
+
+def test_defaults_are_the_official_absent_key_values():
+    config = load_config(None)
+    assert config.data.latent_multiplier == 0.18215
+    assert config.model.in_chans == 4 and config.model.semfirst_delta_t == 0.0
+    assert config.model.repa_mode == "cos" and config.model.repa_weight == 1.0
+    assert config.sample.cfg_interval_start == 0 and config.sample.timestep_shift == 0
+
+
+def test_dotlist_overrides():
+    config = load_config(DATA / "sfd_tiny.yaml", ["sample.cfg_scale=1.7", "model.semfirst_delta_t=0.5"])
+    assert config.sample.cfg_scale == 1.7 and config.model.semfirst_delta_t == 0.5
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.no_such_key=1"], "model.no_such_key"),
+    (["nosection.key=1"], "nosection"),
+    (["sample.cfg_scale=abc"], "sample.cfg_scale"),
+    (["model.depth=three"], "model.depth"),
+    (["model.semfirst_delta_t=1.0"], "model.semfirst_delta_t"),
+    (["model.semfirst_delta_t=-0.1"], "model.semfirst_delta_t"),
+    (["model.semantic_chans=48"], "model.semantic_chans"),
+    (["model.semantic_chans=0"], "model.semfirst_delta_t"),
+    (["model.model_type=LightningDiT-Huge/1", "model.depth=null"], "model.model_type"),
+    (["model.num_heads=3"], "model.hidden_size"),
+    (["model.repa_mode=l1"], "model.repa_mode"),
+    (["model.repa_dino_version=resnet50"], "model.repa_dino_version"),
+    (["model.repa_feat_depth=9"], "model.repa_feat_depth"),
+    (["model.semfirst_infer_interval_mode=all"], "model.semfirst_infer_interval_mode"),
+    (["transport.path_type=VP"], "transport.path_type"),
+    (["sample.mode=DDIM"], "sample.mode"),
+    (["sample.reverse=true"], "sample.reverse"),
+    (["data.image_size=250"], "data.image_size"),
+    (["sample.autoguidance=true", "sample.autoguidance_config=null"], "sample.autoguidance_config"),
+])
+def test_bad_configs_fail_with_one_line_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        load_config(DATA / "sfd_tiny.yaml", overrides)
+    message = str(error.value)
+    assert key in message and "\n" not in message
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model:\n  use_qknorm: true\n  dropout_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown.yaml: model.dropout_rate"):
+        load_config(unknown)
+    typed = tmp_path / "typed.yaml"
+    typed.write_text("train:\n  max_steps: lots\n")
+    with pytest.raises(ConfigError, match=r"train.max_steps"):
+        load_config(typed)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(DATA / "sfd_tiny.yaml", ["sample.cfg_scale=2.5"])
+    save_config(config, tmp_path / "run" / "config.yaml")
+    assert load_config(tmp_path / "run" / "config.yaml") == config
+    assert not list((tmp_path / "run").glob("*.tmp"))

@@ -1,0 +1,162 @@
+"""LightningDiT against the official goldens, key manifests and the spec's self-check numbers."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+import sfd
+from sfd.lightningdit import SIZES, LightningDiT, LightningDiTArgs, RotaryEmbedding2D, TimestepEmbedder, sincos_pos_embed
+from tests.conftest import DATA, TOL_FORWARD, golden, rel_error
+
+
+def run(model, case):
+    with torch.no_grad():
+        return model(case["x"], case["t_tex"], case["t_sem"], case["y"])
+
+
+def test_forward_and_repa_match_golden(sfd_tiny):
+    model, _ = sfd_tiny
+    case = golden("forward_sfd_tiny")
+    out = run(model, case)
+    assert rel_error(out.velocity, case["out"]) < TOL_FORWARD
+    assert rel_error(out.repa, case["repa_proj"]) < TOL_FORWARD
+
+
+def test_strong_signal_forward_matches_golden(sfd_tiny):
+    model = copy.deepcopy(sfd_tiny[0])
+    state = model.state_dict()
+    state.update(golden("sfd_tiny_strong_override"))
+    model.load_state_dict(state)
+    case = golden("forward_strong_sfd_tiny")
+    assert rel_error(run(model, case).velocity, case["out"]) < TOL_FORWARD
+
+
+def test_swapping_time_order_changes_output(sfd_tiny):
+    """The (t_tex, t_sem) order matters: exchanging them moves the golden output far beyond tolerance."""
+    model, _ = sfd_tiny
+    case = golden("forward_sfd_tiny")
+    swapped = dict(case, t_tex=case["t_sem"], t_sem=case["t_tex"])
+    assert rel_error(run(model, swapped).velocity, case["out"]) > 1e-3
+
+
+def test_baseline_forward_matches_golden(baseline_tiny):
+    model, _ = baseline_tiny
+    case = golden("forward_baseline_tiny")
+    with torch.no_grad():
+        out = model(case["x"], case["t"], case["t"], case["y"])
+    assert out.repa is None
+    assert rel_error(out.velocity, case["out"]) < TOL_FORWARD
+
+
+def test_train_and_eval_return_the_same_type(sfd_tiny):
+    model = copy.deepcopy(sfd_tiny[0]).train()
+    case = golden("forward_sfd_tiny")
+    out = model(case["x"], case["t_tex"], case["t_sem"], case["y"])
+    assert isinstance(out, sfd.ModelOutput) and out.repa.shape == (2, 256, 768)
+    assert torch.allclose(out.velocity, case["out"], atol=1e-6, rtol=1e-5)
+    assert model(case["x"], case["t_tex"], case["t_sem"], case["y"], repa=False).repa is None
+
+
+@pytest.mark.parametrize("name", ["xl_1", "1p0b_1", "b_1"])
+def test_state_dict_matches_release_manifest(name):
+    manifest = json.loads((DATA / f"manifest_lightningdit_{name}.json").read_text())
+    config = sfd.load_config(DATA / "sfd_tiny.yaml", [
+        f"model.model_type={manifest['name']}", "model.depth=null", "model.hidden_size=null", "model.num_heads=null",
+        "model.patch_size=null", "model.repa_projector_dim=2048"])
+    with torch.device("meta"):
+        model = sfd.build_model(config)
+    state = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert list(state) == list(manifest["state_dict"])
+    assert state == manifest["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == manifest["total_params"]
+    assert len(state) == manifest["num_state_dict_entries"]
+
+
+# §4.1: parameters of the SFD configuration excluding the REPA projector and pos_embed, and the projector alone.
+EXPECTED_MILLIONS = {"S": (32.83, 6.56), "B": (130.09, 7.34), "L": (457.40, 7.87), "XL": (674.34, 8.13),
+                     "1p0B": (1027.88, 8.92), "1p6B": (1629.76, 9.44)}
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("patch", [1, 2])
+def test_every_registry_size_builds_with_the_official_count(size, patch):
+    config = sfd.load_config(DATA / "sfd_tiny.yaml", [
+        f"model.model_type=LightningDiT-{size}/{patch}", "model.depth=null", "model.hidden_size=null",
+        "model.num_heads=null", "model.patch_size=null", "model.repa_projector_dim=2048"])
+    with torch.device("meta"):
+        model = sfd.build_model(config)
+    depth, width, heads = SIZES[size]
+    assert (model.args.depth, model.args.hidden_size, model.args.num_heads, model.args.patch_size) == (
+        depth, width, heads, patch)
+    projector = sum(p.numel() for p in model.repa_projector.parameters())
+    body = sum(p.numel() for p in model.parameters()) - projector - model.pos_embed.numel()
+    if patch == 1:
+        assert round(body / 1e6, 2) == EXPECTED_MILLIONS[size][0]
+        assert round(projector / 1e6, 2) == EXPECTED_MILLIONS[size][1]
+    assert 25 + 14 * depth == len(model.state_dict())
+
+
+def test_xl_shapes_from_the_spec():
+    config = sfd.load_config(DATA.parent.parent / "configs/sfd/lightningdit_xl/train.yaml")
+    with torch.device("meta"):
+        state = sfd.build_model(config).state_dict()
+    assert state["blocks.0.attn.qkv.weight"].shape == (3456, 1152)
+    assert state["blocks.0.mlp.w12.weight"].shape == (6144, 1152)
+    assert state["blocks.0.mlp.w3.weight"].shape == (1152, 3072)
+    assert state["feat_rope.freqs_cos"].shape == (256, 72)
+    assert state["y_embedder.embedding_table.weight"].shape == (1001, 1152)
+    assert state["final_layer.linear.weight"].shape == (48, 1152)
+
+
+def test_position_tables_follow_the_release_layout():
+    table = sincos_pos_embed(64, 16)
+    quarter = 16
+    expected_token0 = torch.cat([torch.zeros(quarter), torch.ones(quarter), torch.zeros(quarter), torch.ones(quarter)])
+    assert torch.equal(table[0].float(), expected_token0)
+    # token 17 is row 1, column 1: both halves see position 1
+    assert torch.allclose(table[17, :32], table[17, 32:])
+    # token 1 is row 0, column 1: only the first (column) half moves
+    assert not torch.allclose(table[1, :32], table[0, :32]) and torch.equal(table[1, 32:], table[0, 32:])
+
+    rope = RotaryEmbedding2D(head_dim=72, grid=16)
+    assert torch.equal(rope.freqs_cos[0], torch.ones(72)) and torch.equal(rope.freqs_sin[0], torch.zeros(72))
+    omega = 1.0 / 10000 ** (torch.arange(0, 36, 2)[:18].float() / 36)
+    angles = torch.acos(rope.freqs_cos[1].clamp(-1, 1))
+    assert torch.allclose(angles[:36], torch.zeros(36), atol=1e-3)  # row 0: first half unrotated
+    assert torch.allclose(angles[36:], omega.repeat_interleave(2), atol=1e-3)  # column 1: ω_j twice
+
+    assert torch.equal(TimestepEmbedder.sinusoid(torch.zeros(1))[0], torch.cat([torch.ones(128), torch.zeros(128)]))
+
+
+def test_options_build_and_run():
+    """Every non-SFD option of the backbone builds and runs (GELU MLP, LayerNorm, wo_shift, learn_sigma, patch 2,
+    synchronous embedder, gradient checkpointing with identical outputs)."""
+    args = LightningDiTArgs(input_size=8, patch_size=2, in_chans=6, hidden_size=32, depth=2, num_heads=2,
+                            num_classes=5, use_swiglu=False, use_rmsnorm=False, wo_shift=True, learn_sigma=True,
+                            semantic_first=False, repa_target_dim=12, repa_feat_depth=1, repa_projector_dim=16)
+    torch.manual_seed(0)
+    model = LightningDiT(args)
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.1)
+    x, t, y = torch.randn(3, 6, 8, 8), torch.rand(3), torch.tensor([0, 4, 5])
+    out = model(x, t, t, y)
+    assert out.velocity.shape == (3, 6, 8, 8) and out.repa.shape == (3, 16, 12)
+    assert "blocks.0.mlp.fc1.weight" in model.state_dict() and "t_embedder.mlp.0.weight" in model.state_dict()
+    checkpointed = LightningDiT(LightningDiTArgs(**{**args.__dict__, "use_checkpoint": True}))
+    checkpointed.load_state_dict(model.state_dict())
+    checkpointed.train()
+    out_ckpt = checkpointed(x, t, t, y)
+    assert torch.allclose(out_ckpt.velocity, out.velocity, atol=1e-6)
+    out_ckpt.velocity.sum().backward()
+    assert checkpointed.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_initialisation_zeroes_the_output():
+    """adaLN-Zero: a freshly built model predicts exactly zero velocity (zeroed final layer)."""
+    config = sfd.load_config(DATA / "sfd_tiny.yaml")
+    model = sfd.build_model(config)
+    out = model(torch.randn(2, 48, 16, 16), torch.rand(2), torch.rand(2), torch.tensor([1, 2]))
+    assert torch.equal(out.velocity, torch.zeros_like(out.velocity))
+    assert not model.pos_embed.requires_grad
