@@ -19,7 +19,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) scripts/bench_model.py
+	$(PY) scripts/bench_model.py --config configs/sfd/autoguidance_b/train.yaml --batch 1 --mode forward
 
 clean-env:
 	rm -rf $(VENV)

@@ -76,11 +76,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
                         help="compute dtype; bf16/fp16 run under autocast with fp32 master weights "
                              "(very slow on CPU) (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up absorbs compiling)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model; compiling happens in the warm-up, so keep --warmup >= 1")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available, else cpu)")
     parser.add_argument("--warmup", type=non_negative_int, default=None,
-                        help=f"untimed iterations per row (default: {CPU_DEFAULTS[1]} on CPU, {CUDA_DEFAULTS[1]} on CUDA)")
+                        help=f"untimed iterations per row "
+                             f"(default: {CPU_DEFAULTS[1]} on CPU, {CUDA_DEFAULTS[1]} on CUDA)")
     parser.add_argument("--iters", type=positive_int, default=None,
                         help=f"timed iterations per row, the median is reported "
                              f"(default: {CPU_DEFAULTS[2]} on CPU, {CUDA_DEFAULTS[2]} on CUDA)")
@@ -355,6 +357,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if device.type == "cpu" and dtype != torch.float32:
         print(f"warning: {args.dtype} on CPU runs under CPU autocast and is usually far slower than fp32; "
               "use it only to check that the path works", file=sys.stderr)
+    if args.compile and args.warmup == 0:
+        print("warning: --compile with --warmup 0 counts the compilation in the first timed iteration", file=sys.stderr)
 
     model = sfd.build_model(config).to(device)
     model_args = model.args

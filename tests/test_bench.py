@@ -1,0 +1,50 @@
+"""Smoke test of scripts/bench_model.py on the tiny golden config (no timing thresholds)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_model.py"
+
+
+@pytest.fixture(scope="module")
+def bench_model():
+    spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_forward_and_train_rows_in_json(bench_model, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    status = bench_model.main(["--config", str(DATA / "sfd_tiny.yaml"), "--device", "cpu", "--batch", "2",
+                               "--iters", "1", "--warmup", "0", "--mode", "both", "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    rows = {row["mode"]: row for row in result["rows"]}
+    assert set(rows) == {"forward", "train"} and len(result["rows"]) == 2
+    for row in rows.values():
+        assert row["batch"] == 2
+        assert row["ms_per_iter"] > 0 and row["images_per_s"] > 0
+        assert row["peak_mem_mib"] >= 0
+        assert len(row["times_ms"]) == 1
+    assert result["params_m"] > 0 and result["dtype"] == "fp32"
+    printed = capsys.readouterr().out
+    assert "| mode | batch | ms/iter | img/s | peak mem (MiB) |" in printed
+    assert not list(tmp_path.glob("*.tmp"))  # the atomic write left no temporary file
+
+
+def test_config_error_is_one_line_and_exit_2(bench_model, tmp_path, capsys):
+    status = bench_model.main(["--config", str(DATA / "sfd_tiny.yaml"), "--device", "cpu",
+                               "--override", "model.depth=x", "--json", str(tmp_path / "bench.json")])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "model.depth" in err and "\n" not in err
+    assert not (tmp_path / "bench.json").exists()
