@@ -1,0 +1,1 @@
+"""Image sources, latent shards and the datasets that read them."""

@@ -1,0 +1,146 @@
+"""The latent dataset: lazily read shards → normalised [texture, semantic] latents, labels and REPA targets.
+
+Per item (SFD_METHOD.md §2.3; goldens/semvae/SPEC.md §c): pick the unflipped or the mirrored keys with p = 0.5 (one
+choice for texture, semantics and DINOv2 features), standardise texture and semantic latents with their own
+per-channel statistics, concatenate texture first and multiply by ``latent_multiplier``. The flip is drawn from a
+generator seeded by (seed, epoch, index), so an epoch's data is reproducible whatever the worker layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import safe_open
+from torch.utils.data import Dataset
+
+from sfd.extract import STATS_FILES, shard_files
+
+
+@dataclass
+class LatentItem:
+    latent: torch.Tensor  # [C_tex + C_sem, H, W] normalised, texture channels first
+    label: int
+    dino: Optional[torch.Tensor]  # [D, H, W] float32, unnormalised (None when the shards have no features)
+
+
+def load_stats(data_dir: str | Path, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) [1, C, 1, 1] of ``latents`` or ``latents_sv`` from the shard folder."""
+    path = Path(data_dir) / STATS_FILES[key]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: latent statistics missing; copy the released file or run "
+                                "scripts/extract_latents.py --stats-only on this folder")
+    stats = torch.load(path, map_location="cpu", weights_only=True)
+    for name in ("mean", "std"):
+        if name not in stats:
+            raise KeyError(f"{path}: no '{name}' entry (expected {{'mean', 'std'}} of shape [1, C, 1, 1])")
+    return stats["mean"].float(), stats["std"].float()
+
+
+class LatentShardDataset(Dataset):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        latent_norm: bool = True,
+        latent_sv_norm: bool = True,
+        latent_multiplier: float = 1.0,
+        semantic: bool = True,  # False: texture latents only (the LightningDiT baseline)
+        with_dino: bool = True,  # return the REPA target features
+        flip_prob: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.files = shard_files(self.data_dir)
+        self.latent_multiplier = latent_multiplier
+        self.semantic = semantic
+        self.flip_prob = flip_prob
+        self.seed = seed
+        self.epoch = 0
+        keys = ["latents", "latents_flip", "labels"]
+        keys += ["latents_sv", "latents_sv_flip"] if semantic else []
+        self.counts = [self._check_shard(path, keys) for path in self.files]
+        self.with_dino = with_dino and all(self._has(path, "feats_dino") for path in self.files)
+        self.starts = torch.tensor([0] + self.counts).cumsum(0)
+        self.texture_stats = load_stats(self.data_dir, "latents") if latent_norm else None
+        self.semantic_stats = load_stats(self.data_dir, "latents_sv") if semantic and latent_sv_norm else None
+        self._handles: dict[Path, object] = {}
+
+    @staticmethod
+    def _has(path: Path, key: str) -> bool:
+        with safe_open(str(path), framework="pt") as handle:
+            return key in handle.keys()
+
+    @staticmethod
+    def _check_shard(path: Path, keys: list[str]) -> int:
+        """Number of items in a shard, after checking it has every key with one leading size."""
+        with safe_open(str(path), framework="pt") as handle:
+            present = set(handle.keys())
+            sizes = {}
+            for key in keys:
+                if key not in present:
+                    raise KeyError(f"{path}: shard has no '{key}' (has {', '.join(sorted(present))})")
+                sizes[key] = handle.get_slice(key).get_shape()
+        counts = {shape[0] for shape in sizes.values()}
+        if len(counts) != 1:
+            raise ValueError(f"{path}: keys disagree on the number of items: "
+                             + ", ".join(f"{key} {tuple(shape)}" for key, shape in sizes.items()))
+        if sizes["latents"] != sizes["latents_flip"]:
+            raise ValueError(f"{path}: latents {tuple(sizes['latents'])} and latents_flip "
+                             f"{tuple(sizes['latents_flip'])} differ in shape")
+        if "latents_sv" in sizes and sizes["latents_sv"][2:] != sizes["latents"][2:]:
+            raise ValueError(f"{path}: latents_sv grid {tuple(sizes['latents_sv'][2:])} differs from the texture "
+                             f"grid {tuple(sizes['latents'][2:])}")
+        return counts.pop()
+
+    def set_epoch(self, epoch: int) -> None:
+        """A new flip draw per epoch (call from the training loop)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _handle(self, path: Path):
+        if path not in self._handles:
+            self._handles[path] = safe_open(str(path), framework="pt")
+        return self._handles[path]
+
+    def _read(self, path: Path, key: str, row: int) -> torch.Tensor:
+        return self._handle(path).get_slice(key)[row: row + 1][0]
+
+    def flipped(self, index: int) -> bool:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+        return bool(torch.rand((), generator=generator) < self.flip_prob)
+
+    def __getitem__(self, index: int) -> LatentItem:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} latents")
+        shard = int(torch.searchsorted(self.starts, torch.tensor(index), right=True)) - 1
+        path, row = self.files[shard], index - int(self.starts[shard])
+        suffix = "_flip" if self.flipped(index) else ""
+        texture = self._read(path, "latents" + suffix, row).float()
+        if self.texture_stats is not None:
+            texture = (texture - self.texture_stats[0][0]) / self.texture_stats[1][0]
+        parts = [texture]
+        if self.semantic:
+            semantic = self._read(path, "latents_sv" + suffix, row).float()
+            if self.semantic_stats is not None:
+                semantic = (semantic - self.semantic_stats[0][0]) / self.semantic_stats[1][0]
+            parts.append(semantic)
+        latent = torch.cat(parts) * self.latent_multiplier
+        dino = self._read(path, "feats_dino" + suffix, row).float() if self.with_dino else None
+        return LatentItem(latent=latent, label=int(self._read(path, "labels", row)), dino=dino)
+
+    def __getstate__(self) -> dict:
+        # Open file handles do not cross process boundaries (DataLoader workers reopen them).
+        return {**self.__dict__, "_handles": {}}
+
+
+def collate_latents(items: list[LatentItem]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Batch of (latents [B, C, H, W], labels [B], dino [B, D, H, W] or None)."""
+    latents = torch.stack([item.latent for item in items])
+    labels = torch.tensor([item.label for item in items], dtype=torch.int64)
+    dino = torch.stack([item.dino for item in items]) if items[0].dino is not None else None
+    return latents, labels, dino

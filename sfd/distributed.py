@@ -1,0 +1,50 @@
+"""The one distributed layer: torch.distributed from torchrun's environment, or a single process without it.
+
+Launch several processes with ``torchrun --nproc_per_node N script.py`` (gloo on CPU, NCCL on GPUs). With no
+launcher every helper degrades to one process. Only the global main process (rank 0, not a node's local rank 0)
+writes shared files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Topology:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def init() -> Topology:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); one process when absent."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    topology = Topology(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if world_size > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(topology.local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return topology
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
