@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import yaml
 from omegaconf import OmegaConf
@@ -83,16 +83,27 @@ class TrainConfig:
     ckpt: Optional[str] = None  # unused by the release, kept for compatibility
     log_every: int = 100
     ckpt_every: int = 80_000
-    resume: bool = False
-    load_ckpt: Any = None
-    weight_init: Optional[str] = None  # initialise from another checkpoint (shape-checked)
-    use_checkpoint: bool = True  # only logged by the release
+    resume: bool = False  # accepted for the release's configs; a run always resumes from its latest checkpoint
+    load_ckpt: Any = None  # accepted for the release's configs (unused)
+    weight_init: Optional[str] = None  # initialise from another checkpoint (every key and shape must match)
+    use_checkpoint: bool = True  # only logged by the release (gradient checkpointing is model.use_checkpoint)
+    precision: str = "bf16"  # fp32 | bf16 | fp16 autocast on GPUs (CPU runs in fp32); run_train.sh sets PRECISION
+    ema_decay: float = 0.9999  # EMA of the weights, updated after every optimizer step
+    compile: bool = False  # torch.compile the model (GPU)
+    tensorboard: bool = True  # also log to {run}/tensorboard when tensorboard is installed
+    valid_every: int = 10_000  # validation-loss interval in steps (needs data.valid_path)
+    valid_items: int = 1000  # held-out latents used for the validation loss
+    valid_timesteps: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])  # fixed global t
 
 
 @dataclass
 class OptimizerConfig:
     lr: float = 1e-4
+    beta1: float = 0.9
     beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (the release: 0)
+    warmup_steps: int = 0  # linear warm-up from 0 to lr (the release: none)
     max_grad_norm: Optional[float] = None  # gradient clipping when set
 
 
@@ -295,4 +306,12 @@ def validate(config: SFDConfig, source: str = "config") -> None:
           f"must be in [0, {data.num_classes}] (got {sample.class_label})")
     check(not sample.autoguidance or bool(sample.autoguidance_config), "sample.autoguidance_config",
           "sample.autoguidance is true but no guide config is given")
-    check(config.train.global_batch_size > 0, "train.global_batch_size", "must be positive")
+    train = config.train
+    check(train.global_batch_size > 0, "train.global_batch_size", "must be positive")
+    check(train.precision in ("fp32", "bf16", "fp16"), "train.precision",
+          f"expected fp32, bf16 or fp16 (got {train.precision!r})")
+    check(0 <= train.ema_decay <= 1, "train.ema_decay", f"must be in [0, 1] (got {train.ema_decay})")
+    for key in ("max_steps", "log_every", "ckpt_every", "valid_every"):
+        check(getattr(train, key) > 0, f"train.{key}", f"must be positive (got {getattr(train, key)})")
+    check(all(0 <= t <= 1 for t in train.valid_timesteps), "train.valid_timesteps", "values must be in [0, 1]")
+    check(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sfd import rng
 from sfd.config import SFDConfig
 from sfd.schedule import TimeSplit
 
@@ -46,6 +47,7 @@ class FlowMatchingLoss:
     repa_weight: float = 1.0
     repa_mode: str = "cos"  # cos | mse | cos_mse
     class_dropout_prob: float = 0.0  # probability of replacing a label by the null label
+    null_label: int = 1000  # the unconditional label index (= num_classes)
     # Official quirk (SFD_METHOD.md §3.2): train.py adds REPA to the total only when the cosine loss is on.
     official_repa_requires_cosine: bool = False
 
@@ -61,23 +63,23 @@ class FlowMatchingLoss:
             repa_weight=model.repa_weight,
             repa_mode=model.repa_mode,
             class_dropout_prob=model.class_dropout_prob,
+            null_label=config.data.num_classes,
         )
         fields.update(overrides)
         return cls(**fields)
 
-    def sample_time(self, batch: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    def sample_time(self, batch: int, generator: rng.Generator, device: torch.device) -> torch.Tensor:
         """Training time t ∈ [0, 1]: logit-normal (sigmoid computed in float64, then float32, as the release) or
         uniform."""
         if self.use_lognorm:
-            normal = torch.randn(batch, generator=generator, dtype=torch.float64, device=device)
-            return torch.sigmoid(normal).float()
-        return torch.rand(batch, generator=generator, device=device)
+            return torch.sigmoid(rng.randn(generator, (batch,), device, torch.float64)).float()
+        return rng.rand(generator, (batch,), device)
 
-    def drop_labels(self, y: torch.Tensor, null_label: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-        """Replace each label by ``null_label`` with probability ``class_dropout_prob`` (trains the unconditional
+    def drop_labels(self, y: torch.Tensor, generator: rng.Generator) -> torch.Tensor:
+        """Replace each label by the null label with probability ``class_dropout_prob`` (trains the unconditional
         branch that classifier-free guidance uses)."""
-        dropped = torch.rand(y.shape[0], generator=generator, device=y.device) < self.class_dropout_prob
-        return torch.where(dropped, torch.full_like(y, null_label), y)
+        dropped = rng.rand(generator, (y.shape[0],), y.device) < self.class_dropout_prob
+        return torch.where(dropped, torch.full_like(y, self.null_label), y)
 
     def __call__(
         self,
@@ -88,15 +90,16 @@ class FlowMatchingLoss:
         *,
         t: Optional[torch.Tensor] = None,
         noise: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        generator: rng.Generator = None,
     ) -> LossTerms:
         """Loss for data latents ``x1`` [B, C, H, W] with labels ``y`` [B]. ``repa_target`` is the target feature
         map [B, D, h, w] (used as is, not normalised). ``t`` and ``noise`` are drawn from ``generator`` unless given;
-        the generator is used in the order t, noise, label dropout."""
+        the generator (one ``torch.Generator``, per-sample ``rng.SampleGenerators`` or None for the global RNG) is
+        used in the order t, noise, label dropout."""
         if t is None:
             t = self.sample_time(x1.shape[0], generator, x1.device)
         if noise is None:
-            noise = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+            noise = rng.randn(generator, x1.shape, x1.device, x1.dtype)
         if self.use_repa and repa_target is None:
             raise ValueError("REPA is enabled (model.use_repa) but no repa_target features were given")
         t = t.to(x1)
@@ -104,7 +107,7 @@ class FlowMatchingLoss:
         t_channel = self.split.per_channel(t_tex, t_sem, x1.shape[1])
         xt = t_channel * x1 + (1 - t_channel) * noise
         target = x1 - noise
-        labels = self.drop_labels(y, model.null_label, generator) if self.class_dropout_prob > 0 else y
+        labels = self.drop_labels(y, generator) if self.class_dropout_prob > 0 else y
         output = model(xt, t_tex, t_sem, labels, repa=self.use_repa)
         pred = output.velocity
 

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from torch.utils.data import Dataset
 
 from sfd.extract import STATS_FILES, shard_files
+from sfd.rng import derive_seed
 
 
 @dataclass
@@ -51,8 +52,10 @@ class LatentShardDataset(Dataset):
         with_dino: bool = True,  # return the REPA target features
         flip_prob: float = 0.5,
         seed: int = 0,
+        stats_dir: Optional[str | Path] = None,  # where the statistics files are (default: data_dir)
     ) -> None:
         self.data_dir = Path(data_dir)
+        stats_dir = Path(stats_dir) if stats_dir is not None else self.data_dir
         self.files = shard_files(self.data_dir)
         self.latent_multiplier = latent_multiplier
         self.semantic = semantic
@@ -64,8 +67,8 @@ class LatentShardDataset(Dataset):
         self.counts = [self._check_shard(path, keys) for path in self.files]
         self.with_dino = with_dino and all(self._has(path, "feats_dino") for path in self.files)
         self.starts = torch.tensor([0] + self.counts).cumsum(0)
-        self.texture_stats = load_stats(self.data_dir, "latents") if latent_norm else None
-        self.semantic_stats = load_stats(self.data_dir, "latents_sv") if semantic and latent_sv_norm else None
+        self.texture_stats = load_stats(stats_dir, "latents") if latent_norm else None
+        self.semantic_stats = load_stats(stats_dir, "latents_sv") if semantic and latent_sv_norm else None
         self._handles: dict[Path, object] = {}
 
     @staticmethod
@@ -110,16 +113,19 @@ class LatentShardDataset(Dataset):
     def _read(self, path: Path, key: str, row: int) -> torch.Tensor:
         return self._handle(path).get_slice(key)[row: row + 1][0]
 
-    def flipped(self, index: int) -> bool:
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+    def flipped(self, index: int, epoch: Optional[int] = None) -> bool:
+        epoch = self.epoch if epoch is None else epoch
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
         return bool(torch.rand((), generator=generator) < self.flip_prob)
 
-    def __getitem__(self, index: int) -> LatentItem:
+    def __getitem__(self, key: int | tuple[int, int]) -> LatentItem:
+        """Item ``key`` = index, or (index, epoch) so that samplers in DataLoader workers choose the epoch's flip."""
+        index, epoch = key if isinstance(key, tuple) else (key, None)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} latents")
         shard = int(torch.searchsorted(self.starts, torch.tensor(index), right=True)) - 1
         path, row = self.files[shard], index - int(self.starts[shard])
-        suffix = "_flip" if self.flipped(index) else ""
+        suffix = "_flip" if self.flipped(index, epoch) else ""
         texture = self._read(path, "latents" + suffix, row).float()
         if self.texture_stats is not None:
             texture = (texture - self.texture_stats[0][0]) / self.texture_stats[1][0]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Train SFD on one or many nodes: ./run_train.sh CONFIG [section.key=value ...] [--dry-run]
+# Topology (the release's variables): GPUS_PER_NODE (default: GPUs seen, or 1 on CPU), WORLD_SIZE or NNODES
+# (number of nodes, default 1), RANK or NODE_RANK (this node, default 0), MASTER_ADDR (127.0.0.1),
+# MASTER_PORT (1235), PRECISION (bf16 | fp16 | fp32, default bf16; CPUs always train in fp32).
+set -euo pipefail
+if [[ $# -lt 1 ]]; then
+    echo "usage: $0 CONFIG [section.key=value ...] [--dry-run]" >&2
+    exit 2
+fi
+config=$1
+shift
+cd "$(dirname "$0")"
+python=${PYTHON:-python}
+[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && python=.venv/bin/python
+for argument in "$@"; do
+    if [[ $argument == --dry-run ]]; then
+        exec "$python" scripts/train.py --config "$config" "train.precision=${PRECISION:-bf16}" "$@"
+    fi
+done
+gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())')
+nproc=${GPUS_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}
+nnodes=${NNODES:-${WORLD_SIZE:-1}}
+node_rank=${NODE_RANK:-${RANK:-0}}
+# torchrun sets WORLD_SIZE/RANK for the workers itself; the node-level values must not leak into them.
+unset WORLD_SIZE RANK
+if [[ $gpus -eq 0 ]]; then
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+fi
+exec "$python" -m torch.distributed.run --nnodes "$nnodes" --node_rank "$node_rank" --nproc_per_node "$nproc" \
+    --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-1235}" \
+    scripts/train.py --config "$config" "train.precision=${PRECISION:-bf16}" "$@"

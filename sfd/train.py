@@ -1,0 +1,329 @@
+"""The SFD trainer: one code path for one process and for many (torchrun, DDP), exact resume.
+
+What makes a run reproducible and independent of the process count:
+
+* the data order is a permutation per epoch from a generator seeded by (seed, epoch); step s takes the global batch
+  [s·G, (s+1)·G) of it (the last incomplete batch of an epoch is dropped) and process r the r-th slice of that;
+* row j of step s draws its time, noise and label dropout from a generator seeded by (seed, step, j), and the
+  horizontal flip of item i in epoch e from one seeded by (seed, e, i);
+* gradients are averaged over processes, so G rows on W processes give the update of G rows on one.
+
+A checkpoint holds model, EMA, optimizer, step, images seen, data position and the resolved config, and is written
+to a temporary file and renamed. Rerunning the same command resumes from the highest step. A non-finite loss
+stops the run before the update (the last checkpoint stays intact).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from sfd import distributed, rng
+from sfd.build import build_model
+from sfd.checkpoint import atomic_save, explain_mismatch, extract_state_dict, read_file
+from sfd.config import SFDConfig, config_to_dict, save_config
+from sfd.data.latents import LatentShardDataset, collate_latents
+from sfd.loss import FlowMatchingLoss
+
+CHECKPOINT_NAME = re.compile(r"^(\d+)\.pt$")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot continue (bad data size, non-finite loss); the message says why in one line."""
+
+
+@dataclass
+class DataPosition:
+    epoch: int
+    batch_in_epoch: int
+
+
+class StepBatchSampler(Sampler):
+    """Yields, for each step from ``start_step``, this process's (index, epoch) keys of the step's global batch."""
+
+    def __init__(self, num_items: int, global_batch: int, rank: int, world_size: int, seed: int,
+                 start_step: int, max_steps: int) -> None:
+        self.steps_per_epoch = num_items // global_batch
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"train.global_batch_size={global_batch} is larger than the dataset ({num_items} "
+                                "latents); lower it or add data")
+        self.num_items, self.global_batch, self.rank, self.world_size = num_items, global_batch, rank, world_size
+        self.local_batch = global_batch // world_size
+        self.seed, self.start_step, self.max_steps = seed, start_step, max_steps
+        self._permutation: tuple[int, torch.Tensor] = (-1, torch.empty(0))
+
+    def position(self, step: int) -> DataPosition:
+        return DataPosition(*divmod(step, self.steps_per_epoch))
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if self._permutation[0] != epoch:
+            generator = torch.Generator().manual_seed(rng.derive_seed(self.seed, epoch))
+            self._permutation = (epoch, torch.randperm(self.num_items, generator=generator))
+        return self._permutation[1]
+
+    def rows(self) -> range:
+        """Positions of this process's rows in the global batch."""
+        return range(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.max_steps):
+            position = self.position(step)
+            start = position.batch_in_epoch * self.global_batch
+            batch = self.permutation(position.epoch)[start: start + self.global_batch]
+            yield [(int(batch[row]), position.epoch) for row in self.rows()]
+
+    def __len__(self) -> int:
+        return max(0, self.max_steps - self.start_step)
+
+
+def latest_checkpoint(folder: Path) -> Optional[Path]:
+    """The checkpoint with the highest step (by name, {step:07d}.pt), or None."""
+    steps = [(int(m.group(1)), p) for p in folder.glob("*.pt") if (m := CHECKPOINT_NAME.match(p.name))]
+    return max(steps)[1] if steps else None
+
+
+def autocast_for(precision: str, device: torch.device):
+    """bf16/fp16 autocast on GPUs; CPUs train in fp32 (their bf16 matmuls are ~100× slower, ENVIRONMENT.md)."""
+    if device.type != "cuda" or precision == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+class Trainer:
+    def __init__(self, config: SFDConfig, topology: Optional[distributed.Topology] = None,
+                 run_dir: Optional[Path] = None) -> None:
+        self.config = config
+        self.topology = topology or distributed.Topology()
+        self.device = self.topology.device
+        train = config.train
+        if train.global_batch_size % self.topology.world_size:
+            raise TrainingError(f"train.global_batch_size={train.global_batch_size} is not divisible by the "
+                                f"{self.topology.world_size} processes")
+        self.run_dir = run_dir or Path(train.output_dir) / (train.exp_name or "sfd")
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rng.derive_seed(train.global_seed, -2))  # the same initial weights on every process
+            self.model = build_model(config).to(self.device)
+        if train.weight_init:
+            self._initialise_from(Path(train.weight_init))
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        optimizer = config.optimizer
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=optimizer.lr,
+            betas=(optimizer.beta1, optimizer.beta2), eps=optimizer.eps, weight_decay=optimizer.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and train.precision == "fp16")
+        self.loss = FlowMatchingLoss.from_config(config)
+        self.dataset = self._dataset(config.data.data_path, flip_prob=0.5)
+        self.step, self.images_seen = 0, 0
+        resumed = self._resume()
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None) if self.topology.world_size > 1 else self.model)
+        self.forward_model = torch.compile(self.ddp) if train.compile else self.ddp
+        self.resumed_from = resumed
+
+    # -- setup -------------------------------------------------------------------------------------------------
+
+    def _dataset(self, path: str, flip_prob: float) -> LatentShardDataset:
+        """Shards of ``path`` normalised with the training set's statistics (data.data_path)."""
+        data, model = self.config.data, self.config.model
+        dataset = LatentShardDataset(path, latent_norm=data.latent_norm, latent_sv_norm=data.latent_sv_norm,
+                                     latent_multiplier=data.latent_multiplier, semantic=model.semantic_chans > 0,
+                                     with_dino=model.use_repa, flip_prob=flip_prob, seed=self.config.train.global_seed,
+                                     stats_dir=data.data_path)
+        channels = dataset[0].latent.shape[0]
+        if channels != model.in_chans:
+            raise TrainingError(f"{path}: shards give {channels}-channel latents, model.in_chans is {model.in_chans}")
+        if model.use_repa and not dataset.with_dino:
+            raise TrainingError(f"{path}: model.use_repa needs 'feats_dino' in the shards")
+        return dataset
+
+    def _initialise_from(self, path: Path) -> None:
+        state = extract_state_dict(read_file(path), path)
+        problems = explain_mismatch(self.model, state)
+        if problems:
+            raise TrainingError(f"train.weight_init {path}: " + "; ".join(problems))
+        self.model.load_state_dict(state)
+
+    def _resume(self) -> Optional[Path]:
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return None
+        payload = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(payload["model"])
+        self.ema.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["opt"])
+        if "scaler" in payload:
+            self.scaler.load_state_dict(payload["scaler"])
+        self.step, self.images_seen = int(payload["step"]), int(payload["images_seen"])
+        return path
+
+    # -- one step ----------------------------------------------------------------------------------------------
+
+    def learning_rate(self, step: int) -> float:
+        optimizer = self.config.optimizer
+        if optimizer.warmup_steps and step < optimizer.warmup_steps:
+            return optimizer.lr * (step + 1) / optimizer.warmup_steps
+        return optimizer.lr
+
+    def train_step(self, latents: torch.Tensor, labels: torch.Tensor, dino: Optional[torch.Tensor],
+                   rows: range) -> dict[str, float]:
+        """One optimizer step on this process's rows of the global batch; returns globally averaged loss terms."""
+        self.model.train()
+        seeds = [rng.derive_seed(self.config.train.global_seed, self.step, row) for row in rows]
+        generators = rng.SampleGenerators(seeds, self.device)
+        with autocast_for(self.config.train.precision, self.device):
+            terms = self.loss(self.forward_model, latents, labels, dino, generator=generators)
+        zero = torch.zeros((), device=self.device)
+        values = torch.stack([term.detach().float().mean() if term is not None else zero
+                              for term in (terms.total, terms.mse, terms.cos, terms.repa)])
+        if dist.is_initialized():
+            dist.all_reduce(values)
+            values /= self.topology.world_size
+        if not torch.isfinite(values).all():
+            raise TrainingError(f"step {self.step}: non-finite loss (total {values[0].item()}, mse {values[1].item()}, "
+                                f"cos {values[2].item()}, repa {values[3].item()}); stopped before the update, the "
+                                f"last checkpoint ({latest_checkpoint(self.checkpoint_dir)}) is intact")
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.total).backward()
+        if self.config.optimizer.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optimizer.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.update_ema()
+        self.step += 1
+        self.images_seen += self.config.train.global_batch_size
+        return dict(zip(("loss", "mse", "cos", "repa"), values.tolist()))
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema ← decay·ema + (1 − decay)·θ over every parameter (pos_embed included; it is constant)."""
+        decay = self.config.train.ema_decay
+        ema_params = list(self.ema.parameters())
+        torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1.0 - decay)
+
+    # -- checkpoints, validation, logging -----------------------------------------------------------------------
+
+    def save_checkpoint(self, sampler: StepBatchSampler) -> Optional[Path]:
+        path = self.checkpoint_dir / f"{self.step:07d}.pt"
+        if self.topology.is_main:
+            position = sampler.position(self.step)
+            atomic_save({
+                "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "opt": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step, "images_seen": self.images_seen,
+                "data_position": {"epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch},
+                "rng": {"global_seed": self.config.train.global_seed},
+                "config": config_to_dict(self.config),
+            }, path)
+        distributed.barrier()
+        return path
+
+    @torch.no_grad()
+    def validation_loss(self) -> dict[str, float]:
+        """Mean velocity loss of held-out latents at each fixed time (fixed noise, no flips, no label dropout)."""
+        dataset = self.valid_dataset
+        count = min(len(dataset), self.config.train.valid_items)
+        mine = range(self.topology.rank, count, self.topology.world_size)
+        loss = FlowMatchingLoss.from_config(self.config, class_dropout_prob=0.0)
+        sums = torch.zeros(len(self.config.train.valid_timesteps) + 1, device=self.device, dtype=torch.float64)
+        self.model.eval()
+        batch = self.config.sample.per_proc_batch_size * 4
+        for start in range(0, len(mine), batch):
+            indices = list(mine[start: start + batch])
+            latents, labels, dino = collate_latents([dataset[i] for i in indices])
+            latents, labels = latents.to(self.device), labels.to(self.device)
+            dino = dino.to(self.device) if dino is not None else None
+            for k, t in enumerate(self.config.train.valid_timesteps):
+                generators = rng.SampleGenerators([rng.derive_seed(self.config.train.global_seed, -1, i)
+                                                   for i in indices], self.device)
+                noise = generators.randn(latents.shape)
+                terms = loss(self.model, latents, labels, dino, t=torch.full((len(indices),), t), noise=noise)
+                sums[k] += terms.mse.double().sum()
+            sums[-1] += len(indices)
+        if dist.is_initialized():
+            dist.all_reduce(sums)
+        return {f"valid_mse_t{t:g}": (sums[k] / sums[-1]).item()
+                for k, t in enumerate(self.config.train.valid_timesteps)}
+
+    def log(self, record: dict) -> None:
+        if not self.topology.is_main:
+            return
+        with open(self.run_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def _open_writer(self):
+        if not (self.topology.is_main and self.config.train.tensorboard):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+
+    def run(self, progress: bool = True) -> dict:
+        train = self.config.train
+        if self.topology.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.yaml")
+        distributed.barrier()
+        self.writer = self._open_writer()
+        valid_path = self.config.data.valid_path
+        self.valid_dataset = self._dataset(valid_path, flip_prob=0.0) if valid_path else None
+        sampler = StepBatchSampler(len(self.dataset), train.global_batch_size, self.topology.rank,
+                                   self.topology.world_size, train.global_seed, self.step, train.max_steps)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate_latents,
+                            num_workers=self.config.data.num_workers if self.device.type == "cuda" else 0,
+                            pin_memory=self.device.type == "cuda")
+        bar = None
+        if progress and self.topology.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=train.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        last: dict = {}
+        window: dict[str, float] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        for latents, labels, dino in loader:
+            latents, labels = latents.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            dino = dino.to(self.device, non_blocking=True) if dino is not None else None
+            last = self.train_step(latents, labels, dino, sampler.rows())
+            window = {key: window.get(key, 0.0) + value for key, value in last.items()}
+            window_steps += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+            if self.step % train.log_every == 0 or self.step == train.max_steps:
+                rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
+                means = {key: value / window_steps for key, value in window.items()}
+                self.log({"step": self.step, **means, "lr": self.learning_rate(self.step - 1),
+                          "steps_per_s": rate, "images_per_s": rate * train.global_batch_size,
+                          "images_seen": self.images_seen})
+                window, window_start, window_steps = {}, time.perf_counter(), 0
+            if self.valid_dataset is not None and self.step % train.valid_every == 0:
+                self.log({"step": self.step, **self.validation_loss()})
+            if self.step % train.ckpt_every == 0 or self.step == train.max_steps:
+                self.save_checkpoint(sampler)
+        if bar is not None:
+            bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        return last

@@ -1,0 +1,138 @@
+"""The trainer on CPU: process-count independence, exact resume, learning, NaN stop, the launcher."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sfd.config import load_config
+from sfd.data.synthetic import write_synthetic_shards
+from sfd.train import Trainer, TrainingError, latest_checkpoint
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    write_synthetic_shards(root / "sfd", num_items=32, num_classes=4, dino_dim=768, shard_size=16)
+    write_synthetic_shards(root / "valid", num_items=8, num_classes=4, dino_dim=768, seed=1)
+    return root
+
+
+def tiny_config(data, run_dir, *overrides, config="configs/tiny/sfd_tiny.yaml"):
+    return load_config(ROOT / config, [
+        f"data.data_path={data / 'sfd'}", f"train.output_dir={run_dir}", "train.exp_name=run",
+        "train.global_batch_size=8", "train.log_every=1", "train.ckpt_every=3", "train.max_steps=6",
+        "optimizer.lr=1e-3", "train.ema_decay=0.9", "train.tensorboard=false", *overrides])
+
+
+def final_state(run_dir):
+    return torch.load(latest_checkpoint(Path(run_dir) / "run" / "checkpoints"), weights_only=True)
+
+
+def test_resume_after_a_kill_is_exact(data, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    Trainer(tiny_config(data, straight)).run(progress=False)
+
+    interrupted = tmp_path / "interrupted"
+    original = Trainer.train_step
+
+    def killed_after_step_4(self, *args):
+        if self.step == 4:
+            raise KeyboardInterrupt  # the process dies between checkpoints 3 and 6
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", killed_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(data, interrupted)).run(progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert latest_checkpoint(interrupted / "run" / "checkpoints").name == "0000003.pt"
+    resumed = Trainer(tiny_config(data, interrupted))
+    assert resumed.step == 3 and resumed.images_seen == 24
+    resumed.run(progress=False)
+
+    a, b = final_state(straight), final_state(interrupted)
+    assert a["step"] == b["step"] == 6 and a["data_position"] == b["data_position"]
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    for index, state in a["opt"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["opt"]["state"][index][name]), (index, name)
+
+
+@pytest.mark.parametrize("config", ["configs/tiny/sfd_tiny.yaml", "configs/tiny/baseline_tiny.yaml"])
+def test_loss_decreases(data, tmp_path, config):
+    trainer = Trainer(tiny_config(data, tmp_path, "train.max_steps=40", "train.ckpt_every=40", config=config))
+    trainer.run(progress=False)
+    import json
+
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+
+
+def test_validation_loss_is_logged(data, tmp_path):
+    Trainer(tiny_config(data, tmp_path, f"data.valid_path={data / 'valid'}", "train.valid_every=3")).run(progress=False)
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    assert log.count("valid_mse_t0.5") == 2
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch):
+    from sfd.data.latents import LatentShardDataset
+
+    original = LatentShardDataset.__getitem__
+
+    def poisoned(self, key):
+        item = original(self, key)
+        index = key[0] if isinstance(key, tuple) else key
+        if index == 5 and self.flip_prob > 0:
+            item.latent[0, 0, 0] = float("nan")
+        return item
+
+    trainer = Trainer(tiny_config(data, tmp_path, "train.ckpt_every=1", "train.max_steps=8"))
+    monkeypatch.setattr(LatentShardDataset, "__getitem__", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite loss.*intact"):
+        trainer.run(progress=False)
+    last = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state = torch.load(last, weights_only=True)
+    assert state["step"] == trainer.step and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_bad_batch_sizes_fail_clearly(data, tmp_path):
+    with pytest.raises(TrainingError, match="larger than the dataset"):
+        Trainer(tiny_config(data, tmp_path, "train.global_batch_size=64")).run(progress=False)
+    from sfd.distributed import Topology
+
+    with pytest.raises(TrainingError, match="not divisible by the 3 processes"):
+        Trainer(tiny_config(data, tmp_path), Topology(rank=0, world_size=3))
+
+
+def test_two_processes_match_one_through_run_train_sh(data, tmp_path):
+    """run_train.sh with GPUS_PER_NODE=2 (gloo) trains the same weights as one process with the same global batch."""
+    overrides = [f"data.data_path={data / 'sfd'}", "train.exp_name=run", "train.global_batch_size=8",
+                 "train.max_steps=4", "train.ckpt_every=4", "train.log_every=1", "optimizer.lr=1e-3",
+                 "train.tensorboard=false"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PRECISION": "fp32",
+           "MASTER_PORT": "29533", "PYTHON": sys.executable}
+    one = subprocess.run([sys.executable, "scripts/train.py", "--config", "configs/tiny/sfd_tiny.yaml",
+                          f"train.output_dir={tmp_path / 'one'}", *overrides, "--no-progress"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(["bash", "run_train.sh", "configs/tiny/sfd_tiny.yaml", f"train.output_dir={tmp_path / 'two'}",
+                          *overrides, "--no-progress"], cwd=ROOT, env={**env, "GPUS_PER_NODE": "2"},
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "2 process(es)" in two.stdout
+    a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-5, rtol=1e-4), key
+
+    dry = subprocess.run(["bash", "run_train.sh", "configs/tiny/sfd_tiny.yaml", "train.max_steps=7", "--dry-run"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and "max_steps: 7" in dry.stdout and "precision: fp32" in dry.stdout
