@@ -280,7 +280,8 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
-    def run(self, progress: bool = True) -> dict:
+    def run(self, progress: bool = True, final_checkpoint: bool = True) -> dict:
+        """Train to ``train.max_steps`` from the current step; returns the last step's loss terms."""
         train = self.config.train
         if self.topology.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -320,7 +321,7 @@ class Trainer:
                 window, window_start, window_steps = {}, time.perf_counter(), 0
             if self.valid_dataset is not None and self.step % train.valid_every == 0:
                 self.log({"step": self.step, **self.validation_loss()})
-            if self.step % train.ckpt_every == 0 or self.step == train.max_steps:
+            if self.step % train.ckpt_every == 0 or (final_checkpoint and self.step == train.max_steps):
                 self.save_checkpoint(sampler)
         if bar is not None:
             bar.close()

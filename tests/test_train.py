@@ -136,3 +136,27 @@ def test_two_processes_match_one_through_run_train_sh(data, tmp_path):
     dry = subprocess.run(["bash", "run_train.sh", "configs/tiny/sfd_tiny.yaml", "train.max_steps=7", "--dry-run"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0 and "max_steps: 7" in dry.stdout and "precision: fp32" in dry.stdout
+
+
+def test_ema_export_loads_for_inference(data, tmp_path):
+    import sfd
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import export_ema
+
+    trainer = Trainer(tiny_config(data, tmp_path, "train.max_steps=2", "train.ckpt_every=2"))
+    trainer.run(progress=False)
+    for name in ("ema.pt", "ema.safetensors"):
+        assert export_ema.main([str(tmp_path / "run"), str(tmp_path / name)]) == 0
+        model = sfd.build_model(load_config(ROOT / "configs/tiny/sfd_tiny.yaml"))
+        sfd.load_weights(model, tmp_path / name)
+        for key, value in trainer.ema.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value)
+    assert export_ema.main([str(tmp_path / "missing")]) == 2
+
+
+def test_bench_train_runs():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_train
+
+    assert bench_train.main(["--config", str(ROOT / "configs/tiny/sfd_tiny.yaml"), "--batch", "4", "--steps", "1"]) == 0

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Measure the whole training loop (data loading, loss, backward, AdamW, EMA) on synthetic shards shaped like the
+config's latents: step time, images/s and peak memory per global batch size, as a table.
+
+    python scripts/bench_train.py --config configs/tiny/sfd_tiny.yaml --batch 8 16 --steps 10
+    python scripts/bench_train.py --config configs/sfd/lightningdit_xl/train.yaml --batch 32 --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sfd.config import ConfigError, load_config
+from sfd.data.synthetic import write_synthetic_shards
+from sfd.lightningdit import REPA_TARGET_DIMS
+from sfd.train import Trainer
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/tiny/sfd_tiny.yaml")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--batch", type=int, nargs="+", default=[8], help="global batch sizes")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up step")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    return parser.parse_args(argv)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process peak
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for batch in args.batch:
+            try:
+                config = load_config(args.config, [*args.override, f"train.global_batch_size={batch}",
+                                                   f"train.precision={args.precision}"])
+            except ConfigError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            model = config.model
+            side = config.data.image_size // config.vae.downsample_ratio
+            data = Path(scratch) / f"data{batch}"
+            write_synthetic_shards(data, num_items=batch * (args.steps + 1), num_classes=min(config.data.num_classes, 10),
+                                   texture_chans=model.in_chans - model.semantic_chans,
+                                   semantic_chans=max(model.semantic_chans, 1), grid=side,
+                                   dino_dim=REPA_TARGET_DIMS.get(model.repa_dino_version or "", 8), shard_size=batch)
+            config.data.data_path, config.train.output_dir = str(data), str(Path(scratch) / f"runs{batch}")
+            config.train.max_steps, config.train.ckpt_every = args.steps + 1, 10**9
+            config.train.log_every, config.train.tensorboard = 10**9, False
+            trainer = Trainer(config)
+            if trainer.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(trainer.device)
+            config.train.max_steps = 1
+            trainer.run(progress=False, final_checkpoint=False)  # warm-up step (allocations, kernels, compilation)
+            config.train.max_steps = args.steps + 1
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize(trainer.device)
+            start = time.perf_counter()
+            trainer.run(progress=False, final_checkpoint=False)
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize(trainer.device)
+            seconds = (time.perf_counter() - start) / args.steps
+            rows.append((batch, seconds * 1000, batch / seconds, peak_memory_mib(trainer.device)))
+            device = torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "CPU"
+    print(f"# {device} | torch {torch.__version__} | {args.config} | {config.model.model_type} | "
+          f"precision {args.precision} (CPU runs fp32) | {args.steps} timed steps incl. data loading and EMA\n")
+    print("| global batch | ms/step | img/s | peak mem (MiB) |\n|---:|---:|---:|---:|")
+    for batch, ms, rate, memory in rows:
+        print(f"| {batch} | {ms:.1f} | {rate:.1f} | {memory:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
