@@ -158,7 +158,7 @@ def _fail(source: str, key: str, message: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {message}")
 
 
-def _merge(base: Any, layer: Any, source: str) -> Any:
+def merge_layer(base: Any, layer: Any, source: str) -> Any:
     try:
         return OmegaConf.merge(base, layer)
     except OmegaConfBaseException as error:
@@ -181,11 +181,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
         if raw is not None and not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        merged = _merge(merged, OmegaConf.create(raw or {}), str(path))
+        merged = merge_layer(merged, OmegaConf.create(raw or {}), str(path))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.key=value")
-        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+        merged = merge_layer(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
     config = OmegaConf.to_object(merged)
     validate(config, source=str(path) if path is not None else "config")
     return config

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Train the Semantic VAE on pre-extracted DINOv2 patch tokens (the release's recipe, SEMVAE SPEC a.4).
+
+    python scripts/train_semvae.py configs/semvae/ch16.yaml
+    python scripts/train_semvae.py configs/semvae/ch16.yaml data.feature_dir=/data/dinov2/train training.seed=1
+
+Rerunning the same command resumes exactly from the highest-step checkpoint in
+training.checkpointing.checkpoint_dir. See sfd/tokenizers/semvae_train.py for every config key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sfd.checkpoint import CheckpointError
+from sfd.config import ConfigError
+from sfd.tokenizers.semvae_train import DataError, load_train_config, train
+
+
+EPILOG = """\
+features (data.feature_dir, training.evaluation.feature_dir):
+  a folder of *.safetensors shards, each with patch_tokens [n, L, D] (fp16; L a perfect square) and optionally
+  labels or class_indices [n]; or the official {feature_dir}/{model_name}/features_{max_samples}samples.safetensors.
+  Files are memory-mapped and read batch by batch.
+
+outputs:
+  training.checkpointing.checkpoint_dir  semantic_ae_checkpoint_step_{k}.pt (resume) and semantic_ae_final.pt
+                                         (the official layout: model_state_dict, iteration, config, ...)
+  training.log.log_dir                   config.yaml (resolved), train_log.jsonl, tensorboard/ (if enabled)
+  training.evaluation.output_dir         eval_log.jsonl (MSE and per-token cosine from the posterior mean)
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", metavar="CONFIG", help="YAML in the official semvae_train layout, e.g. "
+                                                         "configs/semvae/ch16.yaml")
+    parser.add_argument("overrides", metavar="key=value", nargs="*",
+                        help="config overrides in dotted form, e.g. data.batch_size=32 training.seed=1")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu); bf16 "
+                                                       "autocast is used on CUDA only")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                        help="stop after this many steps in this run, writing a checkpoint (for time-limited jobs; "
+                             "rerun the same command to continue)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_train_config(args.config, args.overrides)
+        result = train(config, device=args.device, stop_after=args.stop_after, progress=not args.no_progress)
+    except (ConfigError, DataError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    where = result.final or result.checkpoint
+    print(f"step {result.step}/{config.training.total_iterations}; weights: {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

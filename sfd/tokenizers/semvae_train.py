@@ -1,0 +1,737 @@
+"""Training the Semantic VAE on pre-extracted DINOv2 patch tokens (SEMVAE SPEC a.4).
+
+The recipe is the release's: AdamW (lr 5e-5, weight decay 0.01), warm-up / constant / cosine learning rate,
+loss = MSE + cosine + 1e-7·KL on the reconstruction of a posterior *sample*, bf16 autocast on CUDA, batch 64.
+What the release leaves to chance is made reproducible here: the weight init, the posterior noise and the data
+order come from seeded ``torch.Generator``s, and a checkpoint holds everything a run depends on (weights, optimizer,
+step, noise-generator state, data position, loss averages), so rerunning the same command after a crash continues
+with exactly the batches, noise and losses of an uninterrupted run.
+
+Config files use the official ``tokenizer/configs/semvae_train/*.yaml`` layout unchanged; a few keys are added for
+what the release hard-codes (``training.seed``, ``training.loss.cosine_axis``, ``training.optimizer.weight_decay``,
+...). Features are read lazily from safetensors files (memory-mapped), so memory stays bounded for the 504 GB
+ImageNet feature set (SPEC d.6).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch.utils.data import DataLoader, Dataset
+
+from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, read_file
+from sfd.config import ConfigError, merge_layer
+from sfd.tokenizers.semvae import SemanticVAE, SemVAEArgs, grid_side, init_weights
+
+# Feature width of each encoder name the official trainer knows (train.py looks input_dim up by data.model_name).
+INPUT_DIMS = {"dinov2_vits14_reg": 384, "dinov2_vitb14_reg": 768, "dinov2_vitl14_reg": 1024,
+              "dinov2_vitg14_reg": 1536, "mae_base": 768, "mae_large": 1024, "clip_vit_base_patch16": 768,
+              "clip_vit_large_patch14": 1024, "siglip_base_patch16_224": 768}
+
+CHECKPOINT_PATTERN = re.compile(r"semantic_ae_checkpoint_step_(\d+)\.pt$")
+FINAL_NAME = "semantic_ae_final.pt"
+
+
+class DataError(ValueError):
+    """Feature files that cannot be used; the message is one line naming the file."""
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+@dataclass
+class ModelParams:
+    hidden_dim: int = 768  # E, transformer width
+    transformer_heads: int = 6
+    transformer_blocks: int = 4  # per side (encoder and decoder)
+
+
+@dataclass
+class ModelSection:
+    variational: bool = True  # only the variational model is released (and implemented)
+    bottleneck_dim: int = 16  # C, latent channels
+    arch: str = "transformer"  # only the released transformer arch is implemented
+    params: ModelParams = field(default_factory=ModelParams)
+    input_dim: Optional[int] = None  # D; null: INPUT_DIMS[data.model_name], else the width of the features
+
+
+@dataclass
+class DataSection:
+    # A folder of *.safetensors shards, or the official {feature_dir}/{model_name}/features_{N}samples.safetensors.
+    feature_dir: str = "outputs/dataset/imagenet-dinov2/train"
+    model_name: str = "dinov2_vitb14_reg"  # feature extractor; names the official file's folder and sets input_dim
+    max_samples: Optional[int] = 1_281_167  # use the first N samples (null: all); names the official file
+    batch_size: int = 64
+    num_workers: int = 4  # DataLoader reader processes (the data itself is deterministic)
+    shuffle: bool = True  # seeded permutation per epoch (training.seed, epoch)
+
+
+@dataclass
+class OptimizerSection:
+    type: str = "AdamW"  # only AdamW is implemented (the release's choice)
+    lr: float = 5e-5  # base learning rate
+    weight_decay: float = 0.01  # PyTorch's AdamW default, applied to every parameter as in the release
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class SchedulerSection:
+    warmup_steps: int = 500  # linear 0.01·lr → lr
+    constant_steps: int = 800_000  # then lr held constant
+    min_lr_factor: float = 0.1  # then cosine to min_lr_factor·lr at training.total_iterations
+
+
+@dataclass
+class LossSection:
+    mse_weight: float = 1.0
+    cos_weight: float = 1.0
+    l1_weight: float = 0.0
+    kl_weight: float = 1e-7  # on the batch mean of per-sample KL sums (SPEC d.4)
+    classification_weight: float = 0.0  # the release disables its classification head; must stay 0
+    cosine_axis: str = "tokens"  # tokens: the release's cosine over the token axis (SPEC d.3); features: per token
+
+
+@dataclass
+class CheckpointingSection:
+    save_every: int = 100_000  # steps between checkpoints (resume continues from the highest step)
+    checkpoint_dir: str = "outputs/semantic_vae/dinov2_vitb14_reg/transformer_ch16/checkpoints"
+
+
+@dataclass
+class EvaluationSection:
+    feature_dir: Optional[str] = "outputs/dataset/imagenet-dinov2/val"  # held-out features; null: no evaluation
+    model_name: str = "dinov2_vitb14_reg"
+    max_samples: Optional[int] = 500  # the first N held-out samples
+    batch_size: int = 64
+    eval_every: int = 2000  # steps; also before the first and after the last step
+    output_dir: str = "outputs/semantic_vae/dinov2_vitb14_reg/transformer_ch16/eval"  # eval_log.jsonl
+
+
+@dataclass
+class LogSection:
+    log_dir: str = "outputs/semantic_vae/dinov2_vitb14_reg/transformer_ch16"  # config.yaml, train_log.jsonl
+    log_every: int = 100  # steps between log lines
+    swandb_exp_name: str = "arch_transformer_ch16"  # run name (the release's SwanLab name; our TensorBoard subfolder)
+    tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
+
+
+@dataclass
+class TrainingSection:
+    mixed_precision: str = "bf16"  # bf16: autocast on CUDA (CPU runs fp32, bf16 is far slower there) | no
+    max_epochs: int = 10_000_000_000
+    total_iterations: int = 1_000_000  # optimizer steps
+    checkpoint_path: str = ""  # start from this checkpoint (official or ours) when checkpoint_dir holds none
+    seed: int = 0  # weight init, posterior noise and data order
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    loss: LossSection = field(default_factory=LossSection)
+    checkpointing: CheckpointingSection = field(default_factory=CheckpointingSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    log: LogSection = field(default_factory=LogSection)
+
+
+@dataclass
+class SemVAETrainConfig:
+    # Free-form values other keys interpolate, e.g. ${variables.bottleneck_dim} (official layout).
+    variables: Dict[str, Any] = field(default_factory=lambda: {
+        "output_root": "outputs/semantic_vae/dinov2_vitb14_reg/transformer_ch16", "bottleneck_dim": 16,
+        "model_name": "dinov2_vitb14_reg"})
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+
+
+def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SemVAETrainConfig:
+    """An official-layout SemVAE YAML (or the defaults, the released recipe) with ``section.key=value`` overrides,
+    interpolations resolved and validated. Raises ConfigError with one line naming the file and key."""
+    merged = OmegaConf.structured(SemVAETrainConfig)
+    source = "config"
+    if path is not None:
+        source = str(path)
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            layer = OmegaConf.load(path)  # OmegaConf's YAML reads 5e-5 as a float (PyYAML: a string)
+        except Exception as error:  # yaml.YAMLError and OmegaConf's own errors
+            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        merged = merge_layer(merged, layer, source)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        merged = merge_layer(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    try:
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:  # e.g. an interpolation that does not resolve
+        key = getattr(error, "full_key", None) or "?"
+        raise ConfigError(f"{source}: {key}: {str(error).splitlines()[0]}") from None
+    validate_train_config(config, source)
+    return config
+
+
+def validate_train_config(config: SemVAETrainConfig, source: str = "config") -> None:
+    """Every rule on the values, checked once; raises ConfigError naming the key."""
+    model, training = config.model, config.training
+
+    def check(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: {key}: {message}")
+
+    check(model.arch == "transformer", "model.arch", f"only 'transformer' (the released arch) is implemented, "
+                                                     f"got {model.arch!r}")
+    check(model.variational, "model.variational", "only the variational model is implemented")
+    for key, value in (("model.bottleneck_dim", model.bottleneck_dim),
+                       ("model.params.hidden_dim", model.params.hidden_dim),
+                       ("model.params.transformer_heads", model.params.transformer_heads),
+                       ("model.params.transformer_blocks", model.params.transformer_blocks),
+                       ("data.batch_size", config.data.batch_size),
+                       ("training.evaluation.batch_size", training.evaluation.batch_size),
+                       ("training.total_iterations", training.total_iterations),
+                       ("training.max_epochs", training.max_epochs),
+                       ("training.checkpointing.save_every", training.checkpointing.save_every),
+                       ("training.evaluation.eval_every", training.evaluation.eval_every),
+                       ("training.log.log_every", training.log.log_every),
+                       ("training.optimizer.lr", training.optimizer.lr)):
+        check(value > 0, key, f"must be positive (got {value})")
+    check(model.params.hidden_dim % model.params.transformer_heads == 0, "model.params.hidden_dim",
+          f"{model.params.hidden_dim} is not divisible by transformer_heads={model.params.transformer_heads}")
+    check(model.input_dim is None or model.input_dim > 0, "model.input_dim",
+          f"must be positive (got {model.input_dim})")
+    for key, value in (("data.max_samples", config.data.max_samples),
+                       ("training.evaluation.max_samples", training.evaluation.max_samples)):
+        check(value is None or value > 0, key, f"must be positive or null (got {value})")
+    check(config.data.num_workers >= 0, "data.num_workers", f"must be >= 0 (got {config.data.num_workers})")
+    check(training.mixed_precision in ("bf16", "no"), "training.mixed_precision",
+          f"expected bf16 or no (got {training.mixed_precision!r})")
+    check(training.optimizer.type == "AdamW", "training.optimizer.type",
+          f"only AdamW (the release's optimizer) is implemented, got {training.optimizer.type!r}")
+    check(len(training.optimizer.betas) == 2 and all(0 <= b < 1 for b in training.optimizer.betas),
+          "training.optimizer.betas", f"expected two values in [0, 1) (got {list(training.optimizer.betas)})")
+    check(training.optimizer.weight_decay >= 0, "training.optimizer.weight_decay", "must be >= 0")
+    check(training.scheduler.warmup_steps >= 0 and training.scheduler.constant_steps >= 0, "training.scheduler",
+          "warmup_steps and constant_steps must be >= 0")
+    check(0 <= training.scheduler.min_lr_factor <= 1, "training.scheduler.min_lr_factor", "must be in [0, 1]")
+    loss = training.loss
+    check(loss.cosine_axis in ("tokens", "features"), "training.loss.cosine_axis",
+          f"expected tokens (the release) or features (got {loss.cosine_axis!r})")
+    check(loss.classification_weight == 0, "training.loss.classification_weight",
+          "the classification head is not implemented (the release trains with weight 0)")
+    for name in ("mse_weight", "cos_weight", "l1_weight", "kl_weight"):
+        check(getattr(loss, name) >= 0, f"training.loss.{name}", f"must be >= 0 (got {getattr(loss, name)})")
+
+
+def config_yaml(config: SemVAETrainConfig) -> str:
+    """The resolved config as YAML (stored as the ``config`` string of checkpoints, like the release)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def semvae_args(config: SemVAETrainConfig, input_dim: int) -> SemVAEArgs:
+    params = config.model.params
+    return SemVAEArgs(input_dim=input_dim, bottleneck_dim=config.model.bottleneck_dim, hidden_dim=params.hidden_dim,
+                      transformer_heads=params.transformer_heads, transformer_blocks=params.transformer_blocks)
+
+
+def configured_input_dim(config: SemVAETrainConfig) -> Optional[int]:
+    """D from the config: model.input_dim, else the official table by data.model_name, else unknown (None)."""
+    return config.model.input_dim or INPUT_DIMS.get(config.data.model_name)
+
+
+# ------------------------------------------------------------------------------------------------ loss and schedule
+
+@dataclass
+class SemVAELossTerms:
+    total: torch.Tensor
+    mse: torch.Tensor
+    l1: torch.Tensor
+    cos: torch.Tensor  # 1 − mean cosine similarity along the configured axis
+    kl: torch.Tensor  # batch mean of per-sample KL sums
+
+
+class SemVAELoss:
+    """total = w_mse·MSE + w_l1·L1 + w_cos·(1 − cos) + w_kl·KL (SPEC a.4), all in fp32 on the reconstruction of a
+    posterior sample. ``cosine_axis='tokens'`` is the release's ``F.cosine_similarity(recon, x)`` with its default
+    dim=1, i.e. over the L tokens of each (sample, feature channel); ``'features'`` is the per-token cosine over the
+    D features, the quantity the release's evaluation reports (SPEC d.3)."""
+
+    def __init__(self, mse_weight: float = 1.0, cos_weight: float = 1.0, l1_weight: float = 0.0,
+                 kl_weight: float = 1e-7, cosine_axis: str = "tokens") -> None:
+        if cosine_axis not in ("tokens", "features"):
+            raise ValueError(f"SemVAELoss: cosine_axis must be tokens or features (got {cosine_axis!r})")
+        self.weights = (mse_weight, cos_weight, l1_weight, kl_weight)
+        self.cosine_dim = 1 if cosine_axis == "tokens" else -1
+
+    @classmethod
+    def from_config(cls, loss: LossSection) -> "SemVAELoss":
+        return cls(loss.mse_weight, loss.cos_weight, loss.l1_weight, loss.kl_weight, loss.cosine_axis)
+
+    def __call__(self, target: torch.Tensor, recon: torch.Tensor, kl_per_sample: torch.Tensor) -> SemVAELossTerms:
+        target, recon, kl_per_sample = target.float(), recon.float(), kl_per_sample.float()
+        mse = F.mse_loss(recon, target)
+        l1 = F.l1_loss(recon, target)
+        cos = 1 - F.cosine_similarity(recon, target, dim=self.cosine_dim).mean()
+        kl = kl_per_sample.mean()
+        w_mse, w_cos, w_l1, w_kl = self.weights
+        return SemVAELossTerms(total=w_mse * mse + w_l1 * l1 + w_cos * cos + w_kl * kl, mse=mse, l1=l1, cos=cos, kl=kl)
+
+
+def token_cosine(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each token's D features, [B, L]; its mean is the release's eval metric (train.py:72-74)."""
+    return F.cosine_similarity(recon.float(), target.float(), dim=-1)
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The release's three phases (SequentialLR of LinearLR, ConstantLR, CosineAnnealingLR; SPEC a.4), as the closed
+    form of the learning rate used by 0-based optimizer step ``step``:
+    warm-up lr·(0.01 + 0.99·step/warmup); then lr for ``constant`` steps; then
+    lr·(m + (1 − m)·(1 + cos(π·k/T))/2) with k = step − warmup − constant, T = total − warmup − constant.
+    The release steps the PyTorch schedulers recursively; the closed form agrees to 2e-12 relative."""
+
+    base_lr: float
+    warmup: int
+    constant: int
+    total: int
+    min_lr_factor: float = 0.1
+
+    @classmethod
+    def from_config(cls, training: TrainingSection) -> "LRSchedule":
+        return cls(training.optimizer.lr, training.scheduler.warmup_steps, training.scheduler.constant_steps,
+                   training.total_iterations, training.scheduler.min_lr_factor)
+
+    def __call__(self, step: int) -> float:
+        warmup = max(self.warmup, 1)  # the release turns a warm-up of 0 into 1 step
+        cosine = max(self.total - warmup - self.constant, 1)  # ... and a cosine phase of <= 0 steps into 1
+        if step < warmup:
+            return self.base_lr * (0.01 + 0.99 * step / warmup)
+        if step < warmup + self.constant:
+            return self.base_lr
+        k = step - warmup - self.constant
+        floor = self.min_lr_factor
+        return self.base_lr * (floor + (1 - floor) * (1 + math.cos(math.pi * k / cosine)) / 2)
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        lr = self(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self, step: int) -> dict:
+        """What the official ``scheduler_state_dict`` slot holds for us: the schedule and its position."""
+        return {"last_epoch": step, "_last_lr": [self(step)], "base_lrs": [self.base_lr], "warmup_steps": self.warmup,
+                "constant_steps": self.constant, "total_iterations": self.total, "min_lr_factor": self.min_lr_factor}
+
+
+# ------------------------------------------------------------------------------------------------ features
+
+class FeatureBatch(NamedTuple):
+    tokens: torch.Tensor  # [b, L, D] fp32
+    labels: Optional[torch.Tensor]  # [b] int64 when every file has `labels` or `class_indices`
+
+
+def feature_files(feature_dir: str, model_name: str, max_samples: Optional[int], key: str) -> List[Path]:
+    """The files of a feature set: the official single file ``{dir}/{model_name}/features_{N}samples.safetensors``,
+    ``dir`` itself when it is a file, else every ``*.safetensors`` in ``dir`` (or ``dir/model_name``), sorted."""
+    root = Path(feature_dir)
+    official = root / model_name / f"features_{max_samples}samples.safetensors"
+    if official.is_file():
+        return [official]
+    if root.is_file():
+        return [root]
+    for folder in (root, root / model_name):
+        shards = sorted(folder.glob("*.safetensors"))
+        if shards:
+            return shards
+    raise DataError(f"{key}: no features in {root} (looked for {official} and *.safetensors in {root} "
+                    f"and {root / model_name})")
+
+
+class FeatureShards(Dataset):
+    """Patch tokens of one or more safetensors files, read lazily through memory maps (``get_slice``).
+
+    Each file holds ``patch_tokens`` [n, L, D] (fp16 in the release) and optionally ``labels`` or
+    ``class_indices`` [n]; other keys (``cls_tokens``, ``patch_avg``) are ignored. The samples of all files form
+    one global index in file order; ``max_samples`` keeps the first N. An item is a *list* of global indices and
+    yields a whole batch, so a DataLoader with ``batch_size=None`` reads batches in worker processes.
+    """
+
+    def __init__(self, files: Sequence[Path], max_samples: Optional[int] = None) -> None:
+        from safetensors import safe_open
+
+        self.files = [Path(f) for f in files]
+        if not self.files:
+            raise DataError("FeatureShards: no feature files given")
+        sizes, self.label_keys, shape = [], [], None
+        for path in self.files:
+            with safe_open(str(path), "pt") as handle:
+                keys = set(handle.keys())
+                if "patch_tokens" not in keys:
+                    raise DataError(f"{path}: no 'patch_tokens' tensor (keys: {', '.join(sorted(keys)) or 'none'})")
+                file_shape = tuple(handle.get_slice("patch_tokens").get_shape())
+                label_key = next((k for k in ("labels", "class_indices") if k in keys), None)
+                if label_key and tuple(handle.get_slice(label_key).get_shape()) != file_shape[:1]:
+                    raise DataError(f"{path}: {label_key} has shape {handle.get_slice(label_key).get_shape()}, "
+                                    f"expected [{file_shape[0]}]")
+            if len(file_shape) != 3:
+                raise DataError(f"{path}: patch_tokens has shape {list(file_shape)}, expected [n, L, D]")
+            if shape is not None and file_shape[1:] != shape:
+                raise DataError(f"{path}: patch_tokens is [n, {file_shape[1]}, {file_shape[2]}] but "
+                                f"{self.files[0]} has [n, {shape[0]}, {shape[1]}]")
+            shape = file_shape[1:]
+            sizes.append(file_shape[0])
+            self.label_keys.append(label_key)
+        self.tokens_per_sample, self.dim = shape
+        grid_side(self.tokens_per_sample)
+        self.offsets = [0]
+        for size in sizes:
+            self.offsets.append(self.offsets[-1] + size)
+        self.length = min(self.offsets[-1], max_samples) if max_samples else self.offsets[-1]
+        if self.length == 0:
+            raise DataError(f"{self.files[0]}: the feature set is empty")
+        self._handles: dict = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getstate__(self) -> dict:
+        # Open files are not picklable; each DataLoader worker reopens them.
+        return {**self.__dict__, "_handles": {}}
+
+    def _handle(self, file: int):
+        from safetensors import safe_open
+
+        if file not in self._handles:
+            self._handles[file] = safe_open(str(self.files[file]), "pt")
+        return self._handles[file]
+
+    def _runs(self, indices: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+        """(file, first, stop) runs of consecutive indices within one file, in the given order."""
+        run = None
+        for index in indices:
+            if not 0 <= index < self.length:
+                raise IndexError(f"FeatureShards: index {index} out of range [0, {self.length})")
+            file = bisect.bisect_right(self.offsets, index) - 1
+            local = index - self.offsets[file]
+            if run is not None and run[0] == file and run[2] == local:
+                run = (file, run[1], local + 1)
+                continue
+            if run is not None:
+                yield run
+            run = (file, local, local + 1)
+        if run is not None:
+            yield run
+
+    def __getitem__(self, indices: Sequence[int]) -> FeatureBatch:
+        tokens, labels = [], []
+        with_labels = all(self.label_keys)
+        for file, first, stop in self._runs(indices):
+            handle = self._handle(file)
+            tokens.append(handle.get_slice("patch_tokens")[first:stop])
+            if with_labels:
+                labels.append(handle.get_slice(self.label_keys[file])[first:stop])
+        return FeatureBatch(torch.cat(tokens).float(), torch.cat(labels).long() if with_labels else None)
+
+
+def open_features(feature_dir: str, model_name: str, max_samples: Optional[int], key: str) -> FeatureShards:
+    return FeatureShards(feature_files(feature_dir, model_name, max_samples, key), max_samples)
+
+
+def seeded_generator(seed: int, purpose: str, index: int = 0) -> torch.Generator:
+    """A CPU generator for one purpose ("init", "noise", "epoch" + its number): the seed is a hash of
+    (seed, purpose, index), so the streams of different purposes never coincide."""
+    digest = hashlib.sha256(f"{seed}/{purpose}/{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The sample order of one epoch: a permutation drawn from a generator seeded by (seed, epoch), so any epoch
+    can be rebuilt on resume without stored state; identity order without shuffling."""
+    if not shuffle:
+        return torch.arange(size)
+    return torch.randperm(size, generator=seeded_generator(seed, "epoch", epoch))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+@dataclass
+class EvalResult:
+    mse: float  # mean squared error over all elements
+    cosine_per_token: float  # mean per-token cosine similarity over D (the release's eval metric)
+    kl: float  # mean per-sample KL sum
+    samples: int
+
+
+@torch.no_grad()
+def evaluate(model: SemanticVAE, data: FeatureShards, batch_size: int, device: torch.device,
+             autocast: contextlib.AbstractContextManager | None = None) -> EvalResult:
+    """Reconstruction quality from the posterior *mean*, so it is deterministic (the release samples here too).
+    Averages run over every element / token / sample, not over batch means."""
+    was_training = model.training
+    model.eval()
+    squared = cosine = kl = 0.0
+    for start in range(0, len(data), batch_size):
+        target = data[range(start, min(start + batch_size, len(data)))].tokens.to(device)
+        with autocast or contextlib.nullcontext():
+            out = model(target, sample=False)
+        recon = out.recon.float()
+        squared += (recon - target).double().pow(2).sum().item()
+        cosine += token_cosine(recon, target).double().sum().item()
+        kl += out.kl.double().sum().item()
+    model.train(was_training)
+    n = len(data)
+    return EvalResult(mse=squared / (n * data.tokens_per_sample * data.dim),
+                      cosine_per_token=cosine / (n * data.tokens_per_sample), kl=kl / n, samples=n)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+@dataclass
+class TrainState:
+    step: int = 0  # completed optimizer steps = 0-based index of the next one
+    epoch: int = 0
+    position: int = 0  # samples of this epoch's order already consumed
+    averages: Dict[str, float] = field(default_factory=dict)  # EMA (momentum 0.99) of the loss terms, as logged
+
+
+class LossAverages:
+    """The release's LossTracker: an EMA with momentum 0.99, seeded by the first value (stored as
+    ``loss_averages`` in checkpoints)."""
+
+    momentum = 0.99
+
+    @staticmethod
+    def update(averages: Dict[str, float], values: Dict[str, float]) -> None:
+        for key, value in values.items():
+            averages[key] = value if key not in averages else (
+                LossAverages.momentum * averages[key] + (1 - LossAverages.momentum) * value)
+
+
+def latest_checkpoint(directory: str | Path) -> Optional[Path]:
+    """The trainer checkpoint with the highest step in ``directory`` (None if there is none)."""
+    found = [(int(m.group(1)), p) for p in Path(directory).glob("semantic_ae_checkpoint_step_*.pt")
+             if (m := CHECKPOINT_PATTERN.search(p.name))]
+    return max(found)[1] if found else None
+
+
+def official_payload(model: SemanticVAE, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+                     state: TrainState, config: SemVAETrainConfig) -> dict:
+    """The nine keys of the release's ``semantic_ae_*.pt`` (SPEC a.4); ``iteration`` counts completed steps."""
+    return {"iteration": state.step, "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(), "scheduler_state_dict": schedule.state_dict(state.step),
+            "loss": state.averages.get("total", 0.0), "loss_averages": dict(state.averages),
+            "config": config_yaml(config), "input_dim": model.args.input_dim,
+            "bottleneck_dim": model.args.bottleneck_dim}
+
+
+def save_checkpoint(directory: Path, model: SemanticVAE, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+                    state: TrainState, noise: torch.Generator, config: SemVAETrainConfig) -> Path:
+    """Official layout plus what exact resumption needs: step, data position and the noise generator's state."""
+    payload = official_payload(model, optimizer, schedule, state, config)
+    payload.update(step=state.step, data_epoch=state.epoch, data_position=state.position,
+                   noise_generator_state=noise.get_state())
+    return atomic_save(payload, directory / f"semantic_ae_checkpoint_step_{state.step}.pt")
+
+
+def restore(path: Path, model: SemanticVAE, optimizer: torch.optim.Optimizer, noise: torch.Generator) -> TrainState:
+    """Load a checkpoint into the run. Our files restore everything exactly; an official file restores weights and
+    optimizer and continues at its ``iteration`` + 1, as the release's loader does (data order restarts)."""
+    payload = read_file(path)
+    if not isinstance(payload.get("model_state_dict"), dict):
+        raise CheckpointError(f"{path}: no 'model_state_dict' (not a SemVAE training checkpoint)")
+    problems = explain_mismatch(model, payload["model_state_dict"])
+    if problems:
+        raise CheckpointError(f"{path}: does not fit the configured SemVAE: " + "; ".join(problems))
+    model.load_state_dict(payload["model_state_dict"])
+    if "optimizer_state_dict" in payload:
+        try:
+            optimizer.load_state_dict(payload["optimizer_state_dict"])
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"{path}: optimizer_state_dict does not fit ({error})") from None
+    averages = dict(payload.get("loss_averages", {}))
+    if "step" not in payload:
+        return TrainState(step=int(payload["iteration"]) + 1, averages=averages)
+    noise.set_state(payload["noise_generator_state"])
+    return TrainState(step=int(payload["step"]), epoch=int(payload["data_epoch"]),
+                      position=int(payload["data_position"]), averages=averages)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+@dataclass
+class TrainResult:
+    step: int  # completed steps
+    checkpoint: Optional[Path]  # the last trainer checkpoint written or resumed from
+    final: Optional[Path]  # semantic_ae_final.pt once total_iterations are done
+    averages: Dict[str, float]  # EMA of the loss terms
+    evaluation: Optional[EvalResult]  # the last evaluation of this run
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _tensorboard(config: SemVAETrainConfig):
+    """A SummaryWriter when training.log.tensorboard is on; the package is optional."""
+    if not config.training.log.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("training.log.tensorboard: true, but the tensorboard package is not installed "
+                          "(pip install tensorboard, or set training.log.tensorboard=false)") from None
+    log = config.training.log
+    return SummaryWriter(str(Path(log.log_dir) / "tensorboard" / log.swandb_exp_name))
+
+
+def _open_data(config: SemVAETrainConfig) -> tuple[FeatureShards, Optional[FeatureShards], int]:
+    """Training and held-out features, and the feature width D the model is built for."""
+    data, evaluation = config.data, config.training.evaluation
+    train_set = open_features(data.feature_dir, data.model_name, data.max_samples, "data.feature_dir")
+    input_dim = configured_input_dim(config) or train_set.dim
+    if train_set.dim != input_dim:
+        raise DataError(f"{train_set.files[0]}: features have D={train_set.dim}, but the config implies "
+                        f"input_dim={input_dim} (model.input_dim / data.model_name={data.model_name!r})")
+    eval_set = None
+    if evaluation.feature_dir:
+        eval_set = open_features(evaluation.feature_dir, evaluation.model_name, evaluation.max_samples,
+                                 "training.evaluation.feature_dir")
+        if (eval_set.tokens_per_sample, eval_set.dim) != (train_set.tokens_per_sample, train_set.dim):
+            raise DataError(f"{eval_set.files[0]}: held-out tokens are [{eval_set.tokens_per_sample}, {eval_set.dim}], "
+                            f"training tokens [{train_set.tokens_per_sample}, {train_set.dim}]")
+    return train_set, eval_set, input_dim
+
+
+def _build(config: SemVAETrainConfig, input_dim: int, device: torch.device) -> tuple[SemanticVAE, torch.optim.AdamW]:
+    """Model initialised on the CPU from a generator seeded by training.seed, so the start is the same on any device
+    (built on the meta device first: the global RNG is never drawn), and its AdamW."""
+    with torch.device("meta"):
+        model = SemanticVAE(semvae_args(config, input_dim))
+    model = init_weights(model.to_empty(device="cpu"), seeded_generator(config.training.seed, "init")).to(device)
+    opt = config.training.optimizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+    return model, optimizer
+
+
+def _batches(data: FeatureShards, config: SemVAETrainConfig, state: TrainState) -> Iterator[FeatureBatch]:
+    """Batches from the state's data position on, epoch after epoch; the last batch of an epoch is smaller
+    (drop_last=False, SPEC d.13). Advances ``state.epoch`` / ``state.position`` as batches are handed out."""
+    size, batch_size = len(data), config.data.batch_size
+    while state.epoch < config.training.max_epochs:
+        order = epoch_order(size, config.training.seed, state.epoch, config.data.shuffle)
+        plan = [order[start:start + batch_size].tolist() for start in range(state.position, size, batch_size)]
+        loader = DataLoader(data, batch_size=None, sampler=plan, num_workers=config.data.num_workers)
+        for indices, batch in zip(plan, loader):
+            state.position += len(indices)
+            yield batch
+        state.epoch, state.position = state.epoch + 1, 0
+
+
+def _step_record(terms: SemVAELossTerms, latent: torch.Tensor) -> Dict[str, float]:
+    """The terms the release tracks (its names), as floats."""
+    latent = latent.detach().float()
+    return {"mse": terms.mse.item(), "l1": terms.l1.item(), "cos_loss": terms.cos.item(), "kl_loss": terms.kl.item(),
+            "classification_loss": 0.0, "total": terms.total.item(), "bottleneck_std": latent.std().item(),
+            "bottleneck_mean": latent.mean().item(), "bottleneck_min": latent.min().item(),
+            "bottleneck_max": latent.max().item()}
+
+
+def _train_step(model: SemanticVAE, optimizer: torch.optim.Optimizer, loss_fn: SemVAELoss,
+                target: torch.Tensor, noise: torch.Generator,
+                autocast: Any) -> tuple[SemVAELossTerms, torch.Tensor]:
+    """One optimizer step on the reconstruction of a posterior sample; returns the loss terms and the latent."""
+    with autocast():
+        out = model(target, generator=noise)
+    terms = loss_fn(target, out.recon, out.kl)
+    optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()
+    optimizer.step()
+    return terms, out.latent
+
+
+def train(config: SemVAETrainConfig, device: str | torch.device | None = None, stop_after: Optional[int] = None,
+          progress: bool = True) -> TrainResult:
+    """Train (or resume) a SemVAE. Resume = rerun: the highest-step checkpoint in checkpoint_dir is continued
+    exactly; without one, training.checkpoint_path (if set) is the starting point. ``stop_after`` ends this run
+    after that many steps with a checkpoint (for time-limited jobs); rerunning continues."""
+    from tqdm import tqdm
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    training, log = config.training, config.training.log
+    train_set, eval_set, input_dim = _open_data(config)
+    model, optimizer = _build(config, input_dim, device)
+    schedule, loss_fn = LRSchedule.from_config(training), SemVAELoss.from_config(training.loss)
+    noise = seeded_generator(training.seed, "noise")  # posterior ε on the CPU: the same draws on any device
+    checkpoint_dir = Path(training.checkpointing.checkpoint_dir)
+    start = latest_checkpoint(checkpoint_dir) or (Path(training.checkpoint_path) if training.checkpoint_path else None)
+    state = restore(start, model, optimizer, noise) if start else TrainState()
+    # bf16 autocast on CUDA only (the release's Accelerate bf16); the loss runs in fp32 on the fp32-cast outputs.
+    use_bf16 = training.mixed_precision == "bf16" and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    _write_text_atomic(Path(log.log_dir) / "config.yaml", config_yaml(config))
+    writer = _tensorboard(config)
+
+    def run_eval() -> Optional[EvalResult]:
+        if eval_set is None:
+            return None
+        result = evaluate(model, eval_set, training.evaluation.batch_size, device, autocast())
+        _append_jsonl(Path(training.evaluation.output_dir) / "eval_log.jsonl", {"step": state.step, **vars(result)})
+        if writer:
+            writer.add_scalars("eval", {"mse": result.mse, "cosine_per_token": result.cosine_per_token}, state.step)
+        tqdm.write(f"[eval] step {state.step}: mse {result.mse:.6f}, per-token cosine {result.cosine_per_token:.4f}")
+        return result
+
+    evaluation = run_eval() if state.step == 0 else None
+    checkpoint, done_here = start, 0
+    model.train()
+    bar = tqdm(total=training.total_iterations, initial=min(state.step, training.total_iterations),
+               disable=not progress, dynamic_ncols=True, desc="semvae")
+    batches = _batches(train_set, config, state)
+    while state.step < training.total_iterations and (stop_after is None or done_here < stop_after):
+        batch = next(batches, None)
+        if batch is None:  # training.max_epochs reached
+            break
+        lr = schedule.apply(optimizer, state.step)
+        terms, latent = _train_step(model, optimizer, loss_fn, batch.tokens.to(device), noise, autocast)
+        record = _step_record(terms, latent)
+        LossAverages.update(state.averages, record)
+        state.step, done_here = state.step + 1, done_here + 1
+        bar.update(1)
+        if state.step % log.log_every == 0:
+            averages = state.averages
+            bar.set_postfix(total=f"{averages['total']:.4f}", mse=f"{averages['mse']:.4f}",
+                            cos=f"{averages['cos_loss']:.4f}", kl=f"{averages['kl_loss']:.4g}", lr=f"{lr:.3g}")
+            _append_jsonl(Path(log.log_dir) / "train_log.jsonl", {"step": state.step, "lr": lr, **record})
+            if writer:
+                writer.add_scalars("train", {"lr": lr, **record}, state.step)
+        if state.step % training.evaluation.eval_every == 0 or state.step == training.total_iterations:
+            evaluation = run_eval() or evaluation
+        if (state.step % training.checkpointing.save_every == 0 or state.step == training.total_iterations
+                or done_here == stop_after):
+            checkpoint = save_checkpoint(checkpoint_dir, model, optimizer, schedule, state, noise, config)
+    batches.close()
+    bar.close()
+    final = None
+    if state.step >= training.total_iterations:
+        final = atomic_save(official_payload(model, optimizer, schedule, state, config), checkpoint_dir / FINAL_NAME)
+    if writer:
+        writer.close()
+    return TrainResult(step=state.step, checkpoint=checkpoint, final=final, averages=dict(state.averages),
+                       evaluation=evaluation)
