@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import yaml
 from omegaconf import OmegaConf
@@ -167,26 +167,44 @@ def merge_layer(base: Any, layer: Any, source: str) -> Any:
         raise _fail(source, key, message) from None
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SFDConfig:
-    """Load an official-layout YAML (or only the defaults when ``path`` is None), apply ``section.key=value``
-    overrides and validate. Raises ConfigError with one line naming the file and key on any problem."""
-    merged = OmegaConf.structured(SFDConfig)
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file as plain Python data (OmegaConf's YAML rules: ``5e-5`` is a float); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return OmegaConf.to_container(OmegaConf.create(path.read_text() or "{}"), resolve=False)
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).strip().splitlines()[0]})") from None
+
+
+def load_structured(schema: type, path: str | Path | None, overrides: Sequence[str] = (),
+                    adapt: Callable[[Any, str], Any] = lambda raw, source: raw) -> Any:
+    """The one way configs are read: ``schema``'s defaults ← the YAML at ``path`` (``adapt`` may reshape it) ←
+    ``section.key=value`` overrides, interpolations resolved, as a dataclass instance. Any unknown key, wrong type or
+    unresolvable value raises ConfigError with one line naming the file (or override) and the key."""
+    merged = OmegaConf.structured(schema)
+    source = "config"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        source = str(path)
+        raw = adapt(read_yaml(path), source)
         if raw is not None and not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        merged = merge_layer(merged, OmegaConf.create(raw or {}), str(path))
+        merged = merge_layer(merged, OmegaConf.create(raw or {}), source)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.key=value")
         merged = merge_layer(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
-    config = OmegaConf.to_object(merged)
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:  # e.g. an interpolation that does not resolve
+        raise _fail(source, getattr(error, "full_key", None) or "?", str(error).splitlines()[0]) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SFDConfig:
+    """Load an official-layout YAML (or only the defaults when ``path`` is None), apply ``section.key=value``
+    overrides and validate. Raises ConfigError with one line naming the file and key on any problem."""
+    config = load_structured(SFDConfig, path, overrides)
     validate(config, source=str(path) if path is not None else "config")
     return config
 

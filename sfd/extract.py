@@ -93,6 +93,33 @@ def _batches(indices: range, batch_size: int) -> Iterable[range]:
         yield range(start, min(start + batch_size, indices.stop))
 
 
+def write_missing_shards(
+    num_items: int,
+    output_dir: str | Path,
+    prefix: str,
+    encode_shard: Callable[[range], dict[str, torch.Tensor]],
+    *,
+    shard_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Callable[[int], None] = lambda n: None,
+) -> list[Path]:
+    """Write this process's shards that do not exist yet (shard k = items [k·S, (k+1)·S), process k mod W);
+    ``encode_shard`` returns a shard's tensors. Returns the paths written."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for shard in shards_of_rank(num_items, shard_size, rank, world_size):
+        path = output_dir / shard_name(shard.start // shard_size, prefix)
+        if path.exists():
+            progress(len(shard))
+            continue
+        atomic_save_file(encode_shard(shard), path,
+                         metadata={"total_size": str(len(shard)), "first_index": str(shard.start)})
+        written.append(path)
+    return written
+
+
 def extract_latents(
     items: Sequence[ImageItem],
     encoders: LatentEncoders,
@@ -108,14 +135,8 @@ def extract_latents(
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[Path]:
     """Write this process's missing latent shards; return the paths it wrote."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for shard in shards_of_rank(len(items), shard_size, rank, world_size):
-        path = output_dir / shard_name(shard.start // shard_size)
-        if path.exists():
-            progress(len(shard))
-            continue
+
+    def encode_shard(shard: range) -> dict[str, torch.Tensor]:
         parts: dict[str, list[torch.Tensor]] = {key: [] for key in LATENT_KEYS}
         for batch in _batches(shard, batch_size):
             images = torch.stack([load_image(items[i].path, image_size) for i in batch]).to(device)
@@ -123,10 +144,10 @@ def extract_latents(
                 parts[key].append(value.cpu())
             parts["labels"].append(torch.tensor([items[i].label for i in batch], dtype=torch.int64))
             progress(len(batch))
-        tensors = {key: torch.cat(values) for key, values in parts.items()}
-        atomic_save_file(tensors, path, metadata={"total_size": str(len(shard)), "first_index": str(shard.start)})
-        written.append(path)
-    return written
+        return {key: torch.cat(values) for key, values in parts.items()}
+
+    return write_missing_shards(len(items), output_dir, "latents", encode_shard, shard_size=shard_size, rank=rank,
+                                world_size=world_size, progress=progress)
 
 
 @torch.no_grad()
@@ -147,14 +168,8 @@ def extract_dino_features(
     from PIL import Image
 
     transform = semvae_training_transform()
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for shard in shards_of_rank(len(items), shard_size, rank, world_size):
-        path = output_dir / shard_name(shard.start // shard_size, prefix="features")
-        if path.exists():
-            progress(len(shard))
-            continue
+
+    def encode_shard(shard: range) -> dict[str, torch.Tensor]:
         tokens, labels = [], []
         for batch in _batches(shard, batch_size):
             images = []
@@ -164,10 +179,10 @@ def extract_dino_features(
             tokens.append(dino(torch.stack(images).to(device)).half().cpu())
             labels.append(torch.tensor([items[i].label for i in batch], dtype=torch.int64))
             progress(len(batch))
-        atomic_save_file({"patch_tokens": torch.cat(tokens), "labels": torch.cat(labels)}, path,
-                         metadata={"total_size": str(len(shard)), "first_index": str(shard.start)})
-        written.append(path)
-    return written
+        return {"patch_tokens": torch.cat(tokens), "labels": torch.cat(labels)}
+
+    return write_missing_shards(len(items), output_dir, "features", encode_shard, shard_size=shard_size, rank=rank,
+                                world_size=world_size, progress=progress)
 
 
 def shard_files(data_dir: str | Path, prefix: str = "latents") -> list[Path]:

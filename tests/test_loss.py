@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 
-import sfd
 from sfd import rng
 from sfd.lightningdit import LightningDiT, LightningDiTArgs
 from sfd.loss import FlowMatchingLoss

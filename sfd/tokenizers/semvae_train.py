@@ -28,11 +28,10 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader, Dataset
 
 from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, read_file
-from sfd.config import ConfigError, merge_layer
+from sfd.config import ConfigError, load_structured
 from sfd.tokenizers.semvae import SemanticVAE, SemVAEArgs, grid_side, init_weights
 
 # Feature width of each encoder name the official trainer knows (train.py looks input_dim up by data.model_name).
@@ -155,26 +154,8 @@ class SemVAETrainConfig:
 def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SemVAETrainConfig:
     """An official-layout SemVAE YAML (or the defaults, the released recipe) with ``section.key=value`` overrides,
     interpolations resolved and validated. Raises ConfigError with one line naming the file and key."""
-    merged = OmegaConf.structured(SemVAETrainConfig)
-    source = "config"
-    if path is not None:
-        source = str(path)
-        if not Path(path).is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            layer = OmegaConf.load(path)  # OmegaConf's YAML reads 5e-5 as a float (PyYAML: a string)
-        except Exception as error:  # yaml.YAMLError and OmegaConf's own errors
-            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        merged = merge_layer(merged, layer, source)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
-        merged = merge_layer(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
-    try:
-        config = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:  # e.g. an interpolation that does not resolve
-        key = getattr(error, "full_key", None) or "?"
-        raise ConfigError(f"{source}: {key}: {str(error).splitlines()[0]}") from None
+    config = load_structured(SemVAETrainConfig, path, overrides)
+    source = str(path) if path is not None else "config"
     validate_train_config(config, source)
     return config
 

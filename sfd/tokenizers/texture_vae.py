@@ -42,13 +42,10 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
 import torch
-import yaml
 from diffusers.models.autoencoders.vae import Decoder, Encoder
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from sfd.config import ConfigError, resolve_path
+from sfd.config import ConfigError, load_structured, resolve_path
 from sfd.tokenizers.distributions import DiagonalGaussian
 
 # Checkpoint entries that belong to the autoencoder; everything else (loss.*, foundation_model.*, EMA copies,
@@ -89,20 +86,7 @@ class TextureVAEConfig:
     def from_yaml(cls, path: str | Path) -> "TextureVAEConfig":
         """Read an LDM-style tokenizer YAML (``ckpt_path``, ``model.params.embed_dim``, ``model.params.ddconfig``;
         the release's training keys are ignored). Unknown keys and wrong types fail naming the file and key."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        values = _flatten_ldm_layout(raw, str(path))
-        try:
-            merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(values))
-        except OmegaConfBaseException as error:
-            key = getattr(error, "full_key", None) or "?"
-            raise ConfigError(f"{path}: {key}: {str(error).splitlines()[0]}") from None
-        config = OmegaConf.to_object(merged)
+        config = load_structured(cls, path, adapt=_flatten_ldm_layout)
         config.check(str(path))
         return config
 
