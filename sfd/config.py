@@ -40,8 +40,13 @@ class DataConfig:
 
 @dataclass
 class VAEConfig:
-    model_name: str = "sdvae_f16d32"  # texture tokenizer config name
+    model_name: str = "sdvae_f16d32"  # texture tokenizer: configs/tokenizer/{model_name}.yaml
     downsample_ratio: int = 16  # latent stride
+    config: Optional[str] = None  # explicit texture-VAE YAML (overrides model_name)
+
+    @property
+    def config_path(self) -> str:
+        return self.config or f"configs/tokenizer/{self.model_name}.yaml"
 
 
 @dataclass

@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Generate samples with SFD: an FID folder of PNGs (+ packed .npz), or a demo grid.
+
+    python scripts/sample.py --config configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml \\
+        --cfg_scale 1.5 --autoguidance_model_size b --autoguidance_ckpt_iter 70
+    torchrun --nproc_per_node 8 scripts/sample.py --config ...   (or ./run_inference.sh CONFIG)
+    python scripts/sample.py --config ... --demo --labels 207 360 387 974 --out grid.png
+
+The release's flags (underscored names; hyphens also work) override the config's sample.* keys; further
+section.key=value overrides may follow. Samples go to {train.output_dir}/{train.exp_name}/<name from the
+settings>/000000.png ..., then <name>.npz. Sample i is seeded by (seed, i): the images do not depend on the number
+of processes, and a rerun completes an interrupted folder without duplicates or gaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sfd import distributed
+from sfd.build import build_model
+from sfd.checkpoint import CheckpointError, load_weights
+from sfd.config import ConfigError, load_config, resolve_path
+from sfd.generate import (DEMO_LABELS, ImageSampler, LabelPlan, LatentDecoder, batches_of_rank, demo_grid,
+                          folder_name, generate_folder, guide_checkpoint_for_iteration)
+from sfd.visualize import save_png
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="SFD inference YAML (official layout)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    parser.add_argument("--demo", action="store_true", help="write one grid image instead of an FID folder")
+    parser.add_argument("--labels", type=int, nargs="+", default=list(DEMO_LABELS), help="demo grid classes")
+    parser.add_argument("--out", default="demo_images/demo_samples.png", help="demo grid path (default: %(default)s)")
+    parser.add_argument("--seed", type=int, help="sampling seed (default: train.global_seed)")
+    parser.add_argument("--ckpt", help="checkpoint overriding the config's ckpt_path")
+    parser.add_argument("--output-dir", help="parent of the sample folder (default: {output_dir}/{exp_name})")
+    parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="tf32",
+                        help="GPU matmul precision: tf32 is the release's setting (default: %(default)s)")
+    for flag, kind in (("cfg_scale", float), ("cfg_interval_start", float), ("timestep_shift", float),
+                       ("cfg_scale_sem", float), ("cfg_scale_tex", float), ("num_sampling_steps", int),
+                       ("autoguidance_model_size", str), ("autoguidance_ckpt_iter", int)):
+        parser.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", dest=flag, type=kind, nargs="+",
+                            help="release flag (only the first value is used)")
+    parser.add_argument("--fid_num", "--fid-num", dest="fid_num", type=int, help="number of samples")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def release_overrides(args: argparse.Namespace) -> list[str]:
+    """The release's flags as config overrides (the first value of each list, as inference.py does)."""
+    overrides = []
+    for flag in ("cfg_scale", "cfg_interval_start", "timestep_shift", "cfg_scale_sem", "cfg_scale_tex",
+                 "num_sampling_steps"):
+        values = getattr(args, flag)
+        if values:
+            overrides.append(f"sample.{flag}={values[0]}")
+    if args.fid_num is not None:
+        overrides.append(f"sample.fid_num={args.fid_num}")
+    if args.autoguidance_model_size:
+        size = args.autoguidance_model_size[0]
+        overrides += ["sample.autoguidance=true",
+                      f"sample.autoguidance_config=configs/sfd/autoguidance_{size}/inference.yaml"]
+    return overrides
+
+
+def load_network(config_path: Path, overrides, ckpt: str | None, device: torch.device):
+    config = load_config(config_path, overrides)
+    model = build_model(config)
+    load_weights(model, ckpt or resolve_path(config.ckpt_path, config_path))
+    return model.to(device).eval(), config
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    topology = distributed.init()
+    device = topology.device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+    try:
+        model, config = load_network(Path(args.config), [*release_overrides(args), *args.overrides], args.ckpt,
+                                     device)
+        guide, ag_iter = None, None
+        if config.sample.autoguidance:
+            guide_path = resolve_path(config.sample.autoguidance_config, args.config)
+            guide_config = load_config(guide_path)
+            guide_ckpt = str(resolve_path(guide_config.ckpt_path, guide_path))
+            if args.autoguidance_ckpt_iter:
+                ag_iter = args.autoguidance_ckpt_iter[0]
+                guide_ckpt = guide_checkpoint_for_iteration(guide_ckpt, ag_iter)
+            guide, _ = load_network(guide_path, [], guide_ckpt, device)
+        from sfd.tokenizers.texture_vae import load_texture_vae
+
+        vae = load_texture_vae(resolve_path(config.vae.config_path, args.config), device=device)
+        decoder = LatentDecoder(vae, config, device)
+    except (ConfigError, CheckpointError, FileNotFoundError, KeyError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        distributed.shutdown()
+        return 2
+    seed = config.train.global_seed if args.seed is None else args.seed
+    sampler = ImageSampler(model, config, decoder, guide=guide, device=device, seed=seed)
+    try:
+        if args.demo:
+            if topology.is_main:
+                path = save_png(demo_grid(sampler, args.labels), args.out)
+                print(f"demo grid: {path}")
+            return 0
+        name = folder_name(config, args.ckpt or config.ckpt_path,
+                           args.autoguidance_model_size[0] if args.autoguidance_model_size else None, ag_iter,
+                           separate_scales=bool(args.cfg_scale_sem or args.cfg_scale_tex))
+        parent = Path(args.output_dir) if args.output_dir else Path(config.train.output_dir) / (
+            config.train.exp_name or "sfd")
+        folder = parent / name
+        plan = LabelPlan(config.sample.fid_num, config.data.num_classes, balanced=config.sample.balanced_sampling,
+                         fixed=config.sample.class_label, seed=seed)
+        mine = sum(len(b) for b in batches_of_rank(plan.num_samples, config.sample.per_proc_batch_size,
+                                                   topology.rank, topology.world_size))
+        bar = tqdm(total=mine, desc=f"sampling {name}", unit="img",
+                   disable=args.no_progress or not topology.is_main)
+        generate_folder(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size, rank=topology.rank,
+                        world_size=topology.world_size, progress=bar.update)
+        bar.close()
+        distributed.barrier()
+        if topology.is_main:
+            from sfd.evaluation.npz import load_images, save_sample_npz
+
+            images = load_images(folder)[: plan.num_samples]
+            labels = plan.labels(range(plan.num_samples)).numpy()
+            npz = save_sample_npz(folder.parent / f"{folder.name}.npz", images, labels)
+            print(f"{plan.num_samples} samples in {folder}, packed as {npz}")
+        distributed.barrier()
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

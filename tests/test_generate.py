@@ -1,0 +1,116 @@
+"""Generation: labels, seeds, folder names; end to end with 2 processes, resume, npz, demo grid."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sfd
+from sfd.generate import LabelPlan, folder_name, guide_checkpoint_for_iteration, initial_noise
+
+ROOT = Path(__file__).parent.parent
+DATA = ROOT / "tests" / "data"
+
+
+def test_balanced_fixed_and_random_labels():
+    plan = LabelPlan(50_000, 1000, balanced=True)
+    assert plan.labels([0, 49, 50, 49_999]).tolist() == [0, 0, 1, 999]
+    remainder = LabelPlan(1005, 1000, balanced=True)  # one per class, then 0, 1, 2, 3, 4
+    assert remainder.labels([999, 1000, 1004]).tolist() == [999, 0, 4]
+    assert LabelPlan(10, 1000, fixed=1000).labels([3, 4]).tolist() == [1000, 1000]
+    random = LabelPlan(10, 1000, seed=3)
+    assert random.labels([5, 6]).tolist() == random.labels([5, 6]).tolist()
+    assert random.labels([6]).tolist() == random.labels([5, 6])[1:].tolist()  # per-sample, not per-batch
+    noise = initial_noise(0, [4, 7], (2, 3, 3), torch.device("cpu"))
+    assert torch.equal(noise[1], initial_noise(0, [7], (2, 3, 3), torch.device("cpu"))[0])
+
+
+def test_release_folder_names():
+    config = sfd.load_config(ROOT / "configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml")
+    ckpt = "outputs/train/sfd_xl/checkpoints/4000000.pt"
+    assert folder_name(config, ckpt) == "lightningdit-xl-1-ckpt-4000000-dopri5-250-balanced"
+    guided = sfd.load_config(ROOT / "configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml",
+                             ["sample.cfg_scale=1.5"])
+    assert folder_name(guided, ckpt, "b", 70) == (
+        "lightningdit-xl-1-ckpt-4000000-dopri5-250-interval0.00-cfg1.50-shift0.00-balanced-agb70k")
+    separate = sfd.load_config(ROOT / "configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml",
+                               ["sample.cfg_scale=1.5", "sample.cfg_scale_sem=2.0"])
+    assert folder_name(separate, ckpt, separate_scales=True).endswith("-balanced-cfgsem2.00-cfgtex1.50")
+    assert guide_checkpoint_for_iteration("outputs/train/sfd_autoguidance_b/checkpoints/0070000.pt", 120) == (
+        "outputs/train/sfd_autoguidance_b/checkpoints/0120000.pt")
+    with pytest.raises(ValueError, match="does not end"):
+        guide_checkpoint_for_iteration("guide.safetensors", 60)
+
+
+@pytest.fixture(scope="module")
+def stats_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stats")
+    torch.save({"mean": 0.1 * torch.ones(1, 32, 1, 1), "std": 0.5 * torch.ones(1, 32, 1, 1)},
+               folder / "latents_stats.pt")
+    return folder
+
+
+def overrides(stats_dir, output):
+    return [f"data.data_path={stats_dir}", f"vae.config={DATA / 'vae_tiny.yaml'}", "sample.sampling_method=euler",
+            "sample.num_sampling_steps=4", "sample.fid_num=5", "sample.per_proc_batch_size=2",
+            "sample.balanced_sampling=true", "sample.autoguidance=true",
+            f"sample.autoguidance_config={DATA / 'sfd_tiny_guide.yaml'}", f"train.output_dir={output}",
+            "train.exp_name=run"]
+
+
+def run(command, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+           "CFG_SCALE": "1.5", "MASTER_PORT": "29544", **(env_extra or {})}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_processes_resume_and_npz(stats_dir, tmp_path):
+    config = str(DATA / "sfd_tiny.yaml")
+    run([sys.executable, "scripts/sample.py", "--config", config, "--cfg_scale", "1.5", "--no-progress",
+         *overrides(stats_dir, tmp_path / "one")])
+    name = "lightningdit-tiny-1-ckpt-sfd_tiny-euler-4-interval0.00-cfg1.50-shift0.00-balanced"
+    one = tmp_path / "one" / "run" / name
+    files = sorted(p.name for p in one.glob("*.png"))
+    assert files == [f"{i:06d}.png" for i in range(5)]
+    packed = np.load(tmp_path / "one" / "run" / f"{name}.npz")
+    assert packed["arr_0"].shape == (5, 256, 256, 3) and packed["arr_0"].dtype == np.uint8
+    assert packed["arr_1"].tolist() == [0, 1, 2, 3, 4]  # 5 // 1000 = 0 per class: remainder labels
+    assert np.array_equal(packed["arr_0"][3], np.asarray(Image.open(one / "000003.png")))
+
+    # two processes, with an interrupted folder: images 1 and 4 missing, a stale temporary file present
+    two = tmp_path / "two" / "run" / name
+    two.mkdir(parents=True)
+    for index in (0, 2, 3):
+        (two / f"{index:06d}.png").write_bytes((one / f"{index:06d}.png").read_bytes())
+    (two / ".000004.999.tmp.png").write_bytes(b"half")
+    result = run(["bash", "run_inference.sh", config, "--no-progress", *overrides(stats_dir, tmp_path / "two")],
+                 {"GPUS_PER_NODE": "2"})
+    assert "5 samples" in result.stdout
+    for index in range(5):
+        assert (two / f"{index:06d}.png").read_bytes() == (one / f"{index:06d}.png").read_bytes(), index
+    assert sorted(p.name for p in two.glob("*.png")) == files
+
+
+def test_demo_grid(stats_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    run(["bash", "run_fast_inference.sh", str(DATA / "sfd_tiny.yaml"), "--labels", "1", "2", "3", "--out", str(out),
+         *overrides(stats_dir, tmp_path)])
+    assert Image.open(out).size == (3 * 256, 256)
+
+
+def test_bad_inputs_are_reported(stats_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "scripts/sample.py", "--config", str(DATA / "sfd_tiny.yaml"),
+                             "sample.no_such=1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "sample.no_such" in result.stderr
+    result = subprocess.run([sys.executable, "scripts/sample.py", "--config", str(DATA / "sfd_tiny.yaml"),
+                             "--ckpt", str(DATA / "baseline_tiny.pt"), *overrides(stats_dir, tmp_path)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "t_embedder" in result.stderr
