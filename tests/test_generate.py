@@ -114,3 +114,13 @@ def test_bad_inputs_are_reported(stats_dir, tmp_path):
                              "--ckpt", str(DATA / "baseline_tiny.pt"), *overrides(stats_dir, tmp_path)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "t_embedder" in result.stderr
+
+
+def test_bench_sample_runs(capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_sample
+
+    assert bench_sample.main(["--config", str(ROOT / "configs/tiny/sfd_tiny.yaml"), "--steps", "3", "--batch", "1",
+                              "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "| euler-3 | cfg | 2 |" in table and "| heun-3 | none | 4 |" in table
