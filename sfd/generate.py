@@ -13,7 +13,6 @@ At the end the main process packs the images and labels into ``{folder}.npz`` (a
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from sfd import rng
@@ -30,6 +28,7 @@ from sfd.data.latents import load_stats
 from sfd.guidance import Guidance
 from sfd.samplers import sample
 from sfd.schedule import TimeSplit
+from sfd.visualize import save_png
 
 DEMO_LABELS = (106, 22, 279, 975, 388, 15, 36, 979)  # the release's demo grid classes
 
@@ -109,12 +108,6 @@ class LatentDecoder:
         texture = latents[:, : self.texture_chans].float()
         texture = texture * self.std / self.multiplier + self.mean
         return self.vae.to_uint8(self.vae.decode(texture)).cpu().numpy()
-
-
-def save_png(image: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    Image.fromarray(image).save(tmp)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -47,7 +47,7 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write an RGB uint8 array as PNG under a temporary name, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    Image.fromarray(np.asarray(array)).save(tmp)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(np.asarray(array)).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path

@@ -64,11 +64,12 @@ def _read_exact(handle: IO[bytes], size: int, path: Path) -> bytes:
 
 
 def list_pngs(folder: str | Path) -> list[Path]:
-    """The ``.png`` files of a folder in sorted name order (``000000.png``, ``000001.png``, ...)."""
+    """The ``.png`` files of a folder in sorted name order (``000000.png``, ``000001.png``, ...); hidden files
+    (temporary files of an interrupted writer) are not images of the set."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder of PNG images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
     if not files:
         raise ValueError(f"{folder}: contains no .png files")
     return files
