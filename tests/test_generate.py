@@ -71,7 +71,7 @@ def run(command, env_extra=None):
     return result
 
 
-def test_two_processes_resume_and_npz(stats_dir, tmp_path):
+def test_two_processes_resume_npz_and_evaluation(stats_dir, tmp_path, capsys):
     config = str(DATA / "sfd_tiny.yaml")
     run([sys.executable, "scripts/sample.py", "--config", config, "--cfg_scale", "1.5", "--no-progress",
          *overrides(stats_dir, tmp_path / "one")])
@@ -96,6 +96,17 @@ def test_two_processes_resume_and_npz(stats_dir, tmp_path):
     for index in range(5):
         assert (two / f"{index:06d}.png").read_bytes() == (one / f"{index:06d}.png").read_bytes(), index
     assert sorted(p.name for p in two.glob("[!.]*.png")) == files  # the stale temporary file is not an image
+
+    # the packed samples go straight into the evaluator (a small random feature network stands in for Inception)
+    from sfd.evaluation import adm
+    from tests.test_evaluation import RESULT_LINE, TinyFeatures
+
+    np.savez(tmp_path / "ref.npz", np.random.default_rng(0).integers(0, 255, (8, 256, 256, 3), dtype=np.uint8))
+    argv = [str(tmp_path / "ref.npz"), str(tmp_path / "two" / "run" / f"{name}.npz"), "--device", "cpu",
+            "--no-cache", "--json", str(tmp_path / "scores.json")]
+    assert adm.main(argv, network=TinyFeatures(), network_id="tiny") == 0
+    lines = capsys.readouterr().out.strip().splitlines()[-5:]
+    assert [RESULT_LINE.match(line).group(1) for line in lines] == list(adm.RESULT_LABELS)
 
 
 def test_demo_grid(stats_dir, tmp_path):
