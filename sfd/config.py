@@ -72,6 +72,7 @@ class ModelConfig:
     semantic_weight: float = 1.0  # β, weight of the semantic channels in the velocity MSE
     use_repa: bool = False  # REPA projector and alignment loss
     repa_dino_version: Optional[str] = None  # REPA target encoder; sets the projector output width
+    repa_target_dim: Optional[int] = None  # projector output width for a target encoder outside the registry
     repa_feat_depth: Optional[int] = None  # 1-based block whose output the projector reads
     repa_weight: float = 1.0
     repa_mode: str = "cos"  # cos | mse | cos_mse
@@ -262,7 +263,7 @@ def model_args(config: SFDConfig) -> LightningDiTArgs:
         wo_shift=model.wo_shift,
         use_checkpoint=model.use_checkpoint,
         semantic_first=semantic_first,
-        repa_target_dim=REPA_TARGET_DIMS[model.repa_dino_version] if model.use_repa else None,
+        repa_target_dim=(model.repa_target_dim or REPA_TARGET_DIMS[model.repa_dino_version]) if model.use_repa else None,
         repa_feat_depth=model.repa_feat_depth or 0,
         repa_projector_dim=model.repa_projector_dim,
     )
@@ -283,8 +284,9 @@ def validate(config: SFDConfig, source: str = "config") -> None:
           "or give model.depth, model.hidden_size and model.num_heads")
     check((model.patch_size or patch) is not None, "model.patch_size",
           f"no patch size: set model.patch_size or end model_type with /1 or /2 (got {model.model_type!r})")
-    check(not model.use_repa or model.repa_dino_version in REPA_TARGET_DIMS, "model.repa_dino_version",
-          f"unknown REPA target {model.repa_dino_version!r}; known: {', '.join(REPA_TARGET_DIMS)}")
+    check(not model.use_repa or model.repa_target_dim is not None or model.repa_dino_version in REPA_TARGET_DIMS,
+          "model.repa_dino_version", f"unknown REPA target {model.repa_dino_version!r}; known: "
+          f"{', '.join(REPA_TARGET_DIMS)} (or set model.repa_target_dim)")
     args = model_args(config)
     for key, value in (("model.depth", args.depth), ("model.hidden_size", args.hidden_size),
                        ("model.num_heads", args.num_heads), ("model.patch_size", args.patch_size),

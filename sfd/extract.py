@@ -65,7 +65,9 @@ class LatentEncoders:
 
     texture_vae: nn.Module  # encode(images in [-1, 1]) -> DiagonalGaussian
     semvae: nn.Module  # posterior(tokens [B, L, D]) -> DiagonalGaussian over [B, C, h, w]
-    dino: PatchFeatureEncoder  # normalised 224 px images -> [B, L, D]
+    dino: PatchFeatureEncoder  # preprocessed images -> [B, L, D]
+    # The texture VAE's input in [-1, 1] -> the feature encoder's input (the release's DINOv2 path by default).
+    preprocess: Callable[[torch.Tensor], torch.Tensor] = extraction_preprocess
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, indices: Sequence[int], seed: int) -> dict[str, torch.Tensor]:
@@ -74,7 +76,7 @@ class LatentEncoders:
         generators = [image_generator(seed, index, images.device) for index in indices]
         for suffix, batch in (("", images), ("_flip", images.flip(-1))):
             texture = self.texture_vae.encode(batch)
-            tokens = self.dino(extraction_preprocess(batch))
+            tokens = self.dino(self.preprocess(batch))
             semantic = self.semvae.posterior(tokens)
             # Per-image noise, drawn in a fixed order (texture, then semantic; unflipped, then mirrored).
             out["latents" + suffix] = texture.sample(noise=_per_image_noise(texture.mean, generators))
