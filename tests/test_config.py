@@ -10,9 +10,22 @@ from sfd.config import ConfigError, load_config, save_config
 from tests.conftest import DATA
 
 ROOT = Path(__file__).parent.parent
-# Every diffusion config shipped (configs/semvae holds the Semantic VAE trainer's own format).
+# The shipped configs by kind: diffusion (this schema), texture-VAE tokenizer (LDM layout), SemVAE trainer.
+TOKENIZER_CONFIGS = sorted((ROOT / "configs" / "tokenizer").glob("*.yaml"))
+SEMVAE_CONFIGS = sorted([*(ROOT / "configs" / "semvae").glob("*.yaml"), *(ROOT / "configs" / "demo").glob("semvae_*.yaml")])
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")
-                 if p.relative_to(ROOT / "configs").parts[0] != "semvae")
+                 if p not in TOKENIZER_CONFIGS and p not in SEMVAE_CONFIGS)
+
+
+@pytest.mark.parametrize("path", TOKENIZER_CONFIGS + SEMVAE_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_tokenizer_config_loads(path):
+    from sfd.tokenizers.semvae_train import load_train_config
+    from sfd.tokenizers.texture_vae import TextureVAEConfig
+
+    if path in TOKENIZER_CONFIGS:
+        assert TextureVAEConfig.from_yaml(path).embed_dim == 32
+    else:
+        assert load_train_config(path).model.bottleneck_dim in (4, 16)
 
 # Total parameters (incl. REPA projector and pos_embed) of the release sizes, from the golden manifests.
 RELEASE_PARAMS = {"LightningDiT-XL/1": 682_765_424, "LightningDiT-1p0B/1": 1_037_191_472,
