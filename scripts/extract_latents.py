@@ -36,7 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="shard folder (created; existing shards are kept)")
     parser.add_argument("--texture-vae", help="LDM-style texture VAE YAML (its ckpt_path is used unless --texture-ckpt)")
     parser.add_argument("--texture-ckpt", help="texture VAE checkpoint overriding the YAML's ckpt_path")
-    parser.add_argument("--semvae", help="Semantic VAE checkpoint (semantic_ae_final.pt or one of ours)")
+    semantic = parser.add_mutually_exclusive_group()
+    semantic.add_argument("--semvae", help="Semantic VAE checkpoint (semantic_ae_final.pt or one of ours)")
+    semantic.add_argument("--pca", help="ReDi-style PCA of the features (scripts/fit_pca.py) instead of a SemVAE")
     parser.add_argument("--dino-model", default="dinov2_vitb14_reg",
                         choices=[*TIMM_NAMES, "tiny-random"],
                         help="feature encoder; tiny-random is a small random stand-in for tests (default: %(default)s)")
@@ -53,8 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.stats_only and not (args.images or args.file_list):
         parser.error("give --images or --file-list")
-    if not (args.stats_only or args.dino_only) and not (args.texture_vae and args.semvae):
-        parser.error("latent extraction needs --texture-vae and --semvae")
+    if not (args.stats_only or args.dino_only) and not (args.texture_vae and (args.semvae or args.pca)):
+        parser.error("latent extraction needs --texture-vae and --semvae (or --pca)")
     if args.dino_model != "tiny-random" and not args.dino_weights and not args.stats_only:
         parser.error("--dino-weights is required (nothing is downloaded)")
     return args
@@ -82,11 +84,13 @@ def main(argv=None) -> int:
             if args.dino_only:
                 extract_dino_features(items, dino, args.output, batch_size=args.batch_size, **common)
             else:
+                from sfd.tokenizers.pca import PCAProjector
                 from sfd.tokenizers.semvae import load_semvae
                 from sfd.tokenizers.texture_vae import load_texture_vae
 
+                semantic = (PCAProjector.load(args.pca) if args.pca else load_semvae(args.semvae)).to(device).eval()
                 encoders = LatentEncoders(load_texture_vae(args.texture_vae, args.texture_ckpt, device=device).eval(),
-                                          load_semvae(args.semvae, device=device).eval(), dino)
+                                          semantic, dino)
                 extract_latents(items, encoders, args.output, image_size=args.image_size,
                                 batch_size=args.batch_size, seed=args.seed, **common)
             bar.close()

@@ -182,3 +182,30 @@ def test_dino_only_features(workspace, tmp_path):
     first = load_file(str(shards[0]))
     assert first["patch_tokens"].shape == (4, 256, 32) and first["patch_tokens"].dtype == torch.float16
     assert not (tmp_path / "feats" / "latents_stats.pt").exists()
+
+
+def test_pca_semantics_through_extraction(workspace, tmp_path):
+    """ReDi variant: DINOv2 features → fit_pca.py → extraction with --pca gives the same shard keys, with
+    latents_sv = the PCA coefficients of feats_dino."""
+    feats = tmp_path / "feats"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for command in ([sys.executable, "scripts/extract_latents.py", "--dino-only", "--images", str(workspace / "images"),
+                     "--output", str(feats), "--dino-model", "tiny-random"],
+                    [sys.executable, "scripts/fit_pca.py", str(feats), str(tmp_path / "pca.safetensors"),
+                     "--components", "8"]):
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+    output = tmp_path / "latents"
+    command = [sys.executable, "scripts/extract_latents.py", "--images", str(workspace / "images"), "--output",
+               str(output), "--texture-vae", str(DATA / "vae_tiny.yaml"), "--pca", str(tmp_path / "pca.safetensors"),
+               "--dino-model", "tiny-random", "--shard-size", "6", "--stats-samples", "6"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shard = load_file(str(output / "latents_shard000000.safetensors"))
+    assert set(shard) == set(LATENT_KEYS) and shard["latents_sv"].shape == (6, 8, 16, 16)
+    from sfd.tokenizers.pca import PCAProjector
+
+    pca = PCAProjector.load(tmp_path / "pca.safetensors")
+    tokens = shard["feats_dino"].float().flatten(2).transpose(1, 2)
+    assert torch.allclose(shard["latents_sv"], pca.project(tokens), atol=2e-2)  # feats are stored in float16
+    assert LatentShardDataset(output)[0].latent.shape == (40, 16, 16)
