@@ -1,0 +1,1 @@
+"""The offline Fashion-MNIST demo: the whole SFD pipeline at toy scale on a CPU."""

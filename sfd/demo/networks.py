@@ -1,0 +1,315 @@
+"""The demo's small stand-in networks and their trainers (Fashion-MNIST, 32×32, CPU).
+
+Pretrained SD-VAE and DINOv2 weights cannot be downloaded offline, so the demo trains three small networks on the
+images themselves, each in a couple of minutes on two CPU cores:
+
+* the texture VAE: a tiny member of the project's LDM KL-VAE family (``TextureVAE``), 32×32×3 → 4×8×8;
+* ``PatchEncoder``: a CNN whose LayerNormed per-patch tokens [B, 64, 32] on the same 8×8 grid stand in for DINOv2's
+  patch features (trained supervised; see ``train_patch_encoder``);
+* ``FeatureClassifier``: a differently built CNN, trained independently, whose penultimate features define the
+  demo's FID (the Inception network of real FID is not available either).
+
+Images are float [N, 3, 32, 32] in [-1, 1] (Fashion-MNIST padded to 32 and replicated to RGB); labels int [N].
+Every random draw — initial weights, batch order, flips, posterior noise — comes from the trainer's ``seed``, so a
+trainer returns identical weights and losses for the same inputs on the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Tuple, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sfd.rng import derive_seed
+from sfd.tokenizers.texture_vae import TextureVAE, TextureVAEConfig
+
+IMAGE_SIZE = 32  # demo images are 32×32 (Fashion-MNIST's 28×28 padded)
+NUM_CLASSES = 10
+PATCH_GRID = 8  # tokens per side: the texture latent's grid, so semantic and texture latents align cell by cell
+
+# Reconstruction is the mean squared error per pixel; the KL term is the mean KL per latent element. At this weight
+# the KL only keeps the posterior from collapsing to a point of arbitrary scale (the latents come out with a standard
+# deviation of order one); it is too weak to cost reconstruction detail. The pipeline standardises the latents per
+# channel afterwards, as SFD does with its latent statistics.
+VAE_KL_WEIGHT = 1e-4
+
+WEIGHT_DECAY = 0.01  # AdamW's default, for all three trainers
+WARMUP_FRACTION = 0.05  # linear warm-up over the first 5 % of the steps: high learning rates on fresh weights
+MIN_LR_FACTOR = 0.05  # then cosine decay to 5 % of the peak, which settles a short run into a minimum
+GRAD_CLIP = 1.0  # global gradient-norm clip; keeps the VAE's first steps at a high learning rate stable
+
+# Offsets that give each random stream of a trainer its own seed (derive_seed(seed, stream)).
+_INIT, _ORDER, _AUGMENT, _POSTERIOR = range(4)
+
+ProgressFn = Optional[Callable[[int, float], None]]
+Module = TypeVar("Module", bound=nn.Module)
+
+
+# ------------------------------------------------------------------------------------------------ the texture VAE
+
+def demo_vae_config() -> TextureVAEConfig:
+    """The demo's texture VAE: LDM KL-VAE at 32 px with three levels (4× downsampling to an 8×8 latent), 4 latent
+    channels, the family's minimum width of 32 (GroupNorm with 32 groups) and one resnet per encoder level. As in
+    SD-VAE f16d32, the lowest level also attends (resolution 8 here, 16 there); at 8×8 = 64 tokens that is cheap."""
+    return TextureVAEConfig(embed_dim=4, z_channels=4, resolution=IMAGE_SIZE, ch=32, ch_mult=[1, 1, 2],
+                            num_res_blocks=1, attn_resolutions=[IMAGE_SIZE // 4])
+
+
+def train_texture_vae(images: torch.Tensor, config: TextureVAEConfig, *, steps: int, batch_size: int, lr: float,
+                      seed: int, progress: ProgressFn = None,
+                      kl_weight: float = VAE_KL_WEIGHT) -> Tuple[TextureVAE, List[float]]:
+    """Train a ``TextureVAE`` on ``images`` (float [N, 3, H, W] in [-1, 1]): loss = MSE(decode(z), x) +
+    ``kl_weight``·mean KL, z a posterior sample drawn from a seeded generator (as LDM trains on samples, not means).
+    The LDM recipe's LPIPS and GAN terms are left out: at 32 px and a two-minute budget they cost more than they
+    give. Returns the model in eval mode and the loss of every step."""
+    _check_images(images, config.in_channels, config.resolution)
+    _check_schedule(steps, batch_size, lr)
+    vae = _build_seeded(lambda: TextureVAE(config), seed)
+    batches = _batch_indices(len(images), steps, batch_size, _generator(seed, _ORDER))
+    noise = _generator(seed, _POSTERIOR)
+
+    def loss_at(step: int) -> torch.Tensor:
+        x = images[batches[step]]
+        posterior = vae.encode(x)
+        reconstruction = vae.decode(posterior.sample(generator=noise))
+        kl_per_element = posterior.kl() / posterior.mean[0].numel()
+        return F.mse_loss(reconstruction, x) + kl_weight * kl_per_element.mean()
+
+    losses = _fit(vae, loss_at, steps=steps, lr=lr, progress=progress)
+    return vae.eval(), losses
+
+
+# ---------------------------------------------------------------------------------------- the DINOv2 stand-in
+
+class PatchEncoder(nn.Module):
+    """The demo's DINOv2 stand-in: images in [-1, 1] [B, 3, 32, 32] → patch tokens [B, 64, embed_dim], row-major on
+    the 8×8 grid (each token sees its 4×4-pixel patch and, through the 3×3 convolutions, its neighbours).
+
+    Like DINOv2's final norm, every token is LayerNormed over its features; the affine part is dropped so each
+    token has exactly zero mean and unit variance (the next consumer, the SemVAE, has its own linear input layer).
+    ``head`` is a linear classifier on the mean token, used only to train the features."""
+
+    def __init__(self, embed_dim: int = 32, width: int = 64) -> None:
+        super().__init__()
+        self._embed_dim = embed_dim
+        self.features = nn.Sequential(
+            _conv_gn_gelu(3, width // 2, stride=2),  # 32 → 16
+            _conv_gn_gelu(width // 2, width, stride=1),
+            _conv_gn_gelu(width, width, stride=2),  # 16 → 8: the patch grid
+            _conv_gn_gelu(width, width, stride=1),
+            nn.Conv2d(width, embed_dim, kernel_size=1),
+        )
+        self.norm = nn.LayerNorm(embed_dim, elementwise_affine=False)
+        self.head = nn.Linear(embed_dim, NUM_CLASSES)
+
+    @property
+    def embed_dim(self) -> int:
+        return self._embed_dim
+
+    @property
+    def grid(self) -> int:
+        return PATCH_GRID
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised patch tokens [B, 64, embed_dim]; token t is grid cell (t // 8, t % 8)."""
+        _check_images(images, 3, IMAGE_SIZE)
+        maps = self.features(images)  # [B, D, 8, 8]
+        return self.norm(maps.flatten(2).transpose(1, 2))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits [B, 10] from the mean token (training only)."""
+        return self.head(self(images).mean(dim=1))
+
+
+def _conv_gn_gelu(channels_in: int, channels_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1),
+                         nn.GroupNorm(8, channels_out), nn.GELU())
+
+
+def train_patch_encoder(images: torch.Tensor, labels: torch.Tensor, *, steps: int, batch_size: int, lr: float,
+                        seed: int, progress: ProgressFn = None) -> Tuple[PatchEncoder, List[float]]:
+    """Train a ``PatchEncoder`` by cross-entropy of its head on the mean token, with random horizontal flips.
+
+    This stands in for DINOv2's self-supervised training (DINO + iBOT on 142M images): what SFD needs from the
+    semantic encoder is patch features that carry the image's semantics on the latent grid, and supervision is the
+    cheapest way to get them from 60k images in a minute. Returns the model in eval mode and the loss of every
+    step."""
+    _check_labelled(images, labels)
+    _check_schedule(steps, batch_size, lr)
+    encoder = _build_seeded(PatchEncoder, seed)
+    labels = labels.long()
+    batches = _batch_indices(len(images), steps, batch_size, _generator(seed, _ORDER))
+    flips = _generator(seed, _AUGMENT)
+
+    def loss_at(step: int) -> torch.Tensor:
+        x = random_hflip(images[batches[step]], flips)
+        return F.cross_entropy(encoder.logits(x), labels[batches[step]])
+
+    losses = _fit(encoder, loss_at, steps=steps, lr=lr, progress=progress)
+    return encoder.eval(), losses
+
+
+# ------------------------------------------------------------------------------------------ the FID network
+
+class FeatureClassifier(nn.Module):
+    """The network behind the demo's FID: a small ResNet (BatchNorm, ReLU, three residual stages 32→64→128 on
+    16→8→4 maps). It is built differently from ``PatchEncoder`` and trained from another seed, so the metric does
+    not share the diffusion models' own semantic features. ``features`` are the 128 pooled penultimate
+    activations; ``forward`` gives the logits."""
+
+    feature_dim = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32),
+                                  nn.ReLU())  # 32 → 16
+        self.stages = nn.Sequential(_ResidualBlock(32, 32, stride=1), _ResidualBlock(32, 64, stride=2),
+                                    _ResidualBlock(64, self.feature_dim, stride=2))  # 16 → 8 → 4
+        self.head = nn.Linear(self.feature_dim, NUM_CLASSES)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [B, 128] of float images [B, 3, 32, 32] in [-1, 1], or of uint8 images
+        [B, 32, 32, 3] as ``TextureVAE.to_uint8`` and image files give them (x = u / 127.5 − 1, its inverse)."""
+        if images.dtype == torch.uint8:
+            _check_uint8(images)
+            images = images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        _check_images(images, 3, IMAGE_SIZE)
+        return self.stages(self.stem(images)).mean(dim=(2, 3))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+class _ResidualBlock(nn.Module):
+    """ResNet basic block: two 3×3 convolutions with BatchNorm; a strided 1×1 projection when the shape changes."""
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels_out)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or channels_in != channels_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(channels_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, steps: int, batch_size: int, lr: float,
+                     seed: int, progress: ProgressFn = None) -> Tuple[FeatureClassifier, List[float]]:
+    """Train a ``FeatureClassifier`` (cross-entropy, random horizontal flips). Returns it in eval mode and the loss
+    of every step."""
+    _check_labelled(images, labels)
+    _check_schedule(steps, batch_size, lr)
+    classifier = _build_seeded(FeatureClassifier, seed)
+    labels = labels.long()
+    batches = _batch_indices(len(images), steps, batch_size, _generator(seed, _ORDER))
+    flips = _generator(seed, _AUGMENT)
+
+    def loss_at(step: int) -> torch.Tensor:
+        x = random_hflip(images[batches[step]], flips)
+        return F.cross_entropy(classifier(x), labels[batches[step]])
+
+    losses = _fit(classifier, loss_at, steps=steps, lr=lr, progress=progress)
+    return classifier.eval(), losses
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    """Top-1 accuracy of a classifier (``model(images)`` → logits), evaluated in eval mode in batches; the
+    model's train/eval mode is restored afterwards."""
+    _check_labelled(images, labels)
+    was_training = model.training
+    model.eval()
+    correct = sum(int((model(images[start:start + batch_size]).argmax(dim=1) == labels[start:start + batch_size])
+                      .sum()) for start in range(0, len(images), batch_size))
+    model.train(was_training)
+    return correct / len(images)
+
+
+# ------------------------------------------------------------------------------------------ shared training
+
+def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability ½ (one draw per image from ``generator``)."""
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def learning_rate(step: int, steps: int, peak: float) -> float:
+    """Linear warm-up to ``peak`` over WARMUP_FRACTION of the steps, then cosine decay to MIN_LR_FACTOR·peak."""
+    warmup = max(1, round(WARMUP_FRACTION * steps))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - 1 - warmup)  # reaches 1 at the last step
+    return peak * (MIN_LR_FACTOR + (1 - MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _fit(model: nn.Module, loss_at: Callable[[int], torch.Tensor], *, steps: int, lr: float,
+         progress: ProgressFn) -> List[float]:
+    """AdamW for ``steps`` steps on ``loss_at(step)``; ``progress(completed_steps, loss)`` after each step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+    model.train()
+    losses: List[float] = []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, lr)
+        loss = loss_at(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, losses[-1])
+    return losses
+
+
+def _batch_indices(count: int, steps: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """[steps, batch_size] sample indices: successive seeded permutations of range(count), cut into batches, so
+    every image is seen once per epoch."""
+    epochs = math.ceil(steps * batch_size / count)
+    order = torch.cat([torch.randperm(count, generator=generator) for _ in range(epochs)])
+    return order[:steps * batch_size].view(steps, batch_size)
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(seed, stream))
+
+
+def _build_seeded(factory: Callable[[], Module], seed: int) -> Module:
+    """Construct a module with PyTorch's default initialisation drawn from ``seed``; the global RNG state is
+    restored afterwards, so building does not disturb (or depend on) any other random stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, _INIT))
+        return factory()
+
+
+# ------------------------------------------------------------------------------------------ input checks
+
+def _check_images(images: torch.Tensor, channels: int, size: int) -> None:
+    if images.dim() != 4 or tuple(images.shape[1:]) != (channels, size, size) or not images.is_floating_point():
+        raise ValueError(f"expected float images [B, {channels}, {size}, {size}] in [-1, 1], got "
+                         f"{images.dtype} {list(images.shape)}")
+
+
+def _check_uint8(images: torch.Tensor) -> None:
+    if images.dim() != 4 or tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise ValueError(f"expected uint8 images [B, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {list(images.shape)}")
+
+
+def _check_labelled(images: torch.Tensor, labels: torch.Tensor) -> None:
+    _check_images(images, 3, IMAGE_SIZE)
+    if labels.dim() != 1 or len(labels) != len(images) or labels.is_floating_point():
+        raise ValueError(f"expected integer labels [{len(images)}], got {labels.dtype} {list(labels.shape)}")
+
+
+def _check_schedule(steps: int, batch_size: int, lr: float) -> None:
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"steps, batch_size and lr must be positive, got {steps}, {batch_size}, {lr}")

@@ -1,0 +1,64 @@
+"""The CI-sized demo: every stage of the Fashion-MNIST pipeline on generated IDX files, then a resumed rerun."""
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sfd.demo.pipeline import DemoPipeline, DemoSettings, load_fashion_mnist, to_model_images
+
+
+def write_idx(folder: Path, prefix: str, count: int, seed: int) -> None:
+    """Fashion-MNIST-format files: ten classes of blurry class-dependent shapes."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count, dtype=np.uint8) % 10
+    yy, xx = np.mgrid[0:28, 0:28]
+    images = np.zeros((count, 28, 28), np.float64)
+    for index, label in enumerate(labels):
+        cy, cx = 8 + (label % 5) * 3, 8 + (label // 5) * 10
+        images[index] = 255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (10 + 4 * label))
+    images = np.clip(images + rng.normal(0, 10, images.shape), 0, 255).astype(np.uint8)
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as handle:
+        handle.write(np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([count, 28, 28], ">i4").tobytes()
+                     + images.tobytes())
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as handle:
+        handle.write(np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([count], ">i4").tobytes()
+                     + labels.tobytes())
+
+
+@pytest.fixture(scope="module")
+def fake_fashion(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fashion")
+    write_idx(folder, "train", 300, 0)
+    write_idx(folder, "t10k", 150, 1)
+    return folder
+
+
+def test_reader_and_image_conversion(fake_fashion):
+    images, labels = load_fashion_mnist("train", fake_fashion)
+    assert images.shape == (300, 28, 28) and images.dtype == np.uint8 and labels[:3].tolist() == [0, 1, 2]
+    tensor = to_model_images(images[:2])
+    assert tensor.shape == (2, 3, 32, 32) and tensor.min() >= -1 and tensor.max() <= 1
+    assert (tensor[:, :, :2] == -1).all()  # black padding
+
+
+def test_quick_pipeline_runs_every_stage_and_resumes(fake_fashion, tmp_path):
+    settings = DemoSettings.quick(str(tmp_path / "demo"), data_root=str(fake_fashion))
+    report = Path(DemoPipeline(settings, log=lambda message: None).run())
+    stages = {p.stem for p in (tmp_path / "demo" / "stages").glob("*.json")}
+    assert {"texture_vae", "semantic_encoder", "fid_classifier", "semvae", "latents", "train_sfd",
+            "train_baseline", "eval_sfd_0000010", "eval_baseline_0000020", "report"} <= stages
+    text = report.read_text()
+    assert "| sfd | 0.3 | 20 |" in text and "| baseline | 0.0 | 20 |" in text and "SFD had the lower FID" in text
+    for figure in ("samples_sfd.png", "samples_baseline.png", "loss_curves.png", "fid_vs_step.png"):
+        assert (tmp_path / "demo" / "report" / figure).stat().st_size > 0
+    shards = sorted((tmp_path / "demo" / "latents" / "train").glob("latents_shard*.safetensors"))
+    assert shards and (tmp_path / "demo" / "latents" / "train" / "latents_stats.pt").exists()
+    evaluation = json.loads((tmp_path / "demo" / "stages" / "eval_sfd_0000020.json").read_text())
+    assert evaluation["fid"] > 0 and 0 <= evaluation["class_accuracy"] <= 1
+
+    messages = []
+    DemoPipeline(settings, log=messages.append).run()  # a rerun only skips
+    assert all("skipped" in message for message in messages) and len(messages) == len(stages)
