@@ -38,7 +38,7 @@ def test_every_shipped_config_validates_and_builds(path):
     with torch.device("meta"):
         model = sfd.build_model(config)
     params = sum(p.numel() for p in model.parameters())
-    if config.model.model_type in RELEASE_PARAMS:
+    if path.startswith("configs/sfd/"):  # the release's own configs give the release's models
         assert params == RELEASE_PARAMS[config.model.model_type]
 
 
