@@ -10,16 +10,5 @@ fi
 config=$1
 shift
 cd "$(dirname "$0")"
-python=${PYTHON:-python}
-[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && python=.venv/bin/python
-flags=()
-add() { [[ -n "${2:-}" ]] && flags+=("--$1" ${2}); return 0; }
-add cfg_scale "${CFG_SCALE:-}"
-add cfg_interval_start "${CFG_INTERVAL_START:-}"
-add timestep_shift "${TIMESTEP_SHIFT:-}"
-add autoguidance_model_size "${AUTOGUIDANCE_MODEL_SIZE:-}"
-add autoguidance_ckpt_iter "${AUTOGUIDANCE_CKPT_ITER:-}"
-add cfg_scale_sem "${CFG_SCALE_SEM:-}"
-add cfg_scale_tex "${CFG_SCALE_TEX:-}"
-add num_sampling_steps "${NUM_SAMPLING_STEPS:-}"
-exec "$python" scripts/sample.py --config "$config" --demo --precision "${PRECISION:-tf32}" "${flags[@]}" "$@"
+source scripts/launch_common.sh
+exec "$python" scripts/sample.py --config "$config" --demo --precision "${PRECISION:-tf32}" "${sampling_flags[@]}" "$@"

@@ -14,19 +14,7 @@ fi
 config=$1
 shift
 cd "$(dirname "$0")"
-python=${PYTHON:-python}
-[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && python=.venv/bin/python
-flags=()
-add() { [[ -n "${2:-}" ]] && flags+=("--$1" ${2}); return 0; }  # unquoted: "1.5 2.0" gives two values (first used)
-add cfg_scale "${CFG_SCALE:-}"
-add cfg_interval_start "${CFG_INTERVAL_START:-}"
-add timestep_shift "${TIMESTEP_SHIFT:-}"
-add autoguidance_model_size "${AUTOGUIDANCE_MODEL_SIZE:-}"
-add autoguidance_ckpt_iter "${AUTOGUIDANCE_CKPT_ITER:-}"
-add cfg_scale_sem "${CFG_SCALE_SEM:-}"
-add cfg_scale_tex "${CFG_SCALE_TEX:-}"
-add fid_num "${FID_NUM:-}"
-add num_sampling_steps "${NUM_SAMPLING_STEPS:-}"
+source scripts/launch_common.sh
 gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())')
 nproc=${GPUS_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}
 nnodes=${NNODES:-${WORLD_SIZE:-1}}
@@ -35,4 +23,4 @@ unset WORLD_SIZE RANK
 [[ $gpus -eq 0 ]] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec "$python" -m torch.distributed.run --nnodes "$nnodes" --node_rank "$node_rank" --nproc_per_node "$nproc" \
     --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-1235}" \
-    scripts/sample.py --config "$config" --precision "${PRECISION:-tf32}" "${flags[@]}" "$@"
+    scripts/sample.py --config "$config" --precision "${PRECISION:-tf32}" "${sampling_flags[@]}" "$@"

@@ -11,8 +11,7 @@ fi
 config=$1
 shift
 cd "$(dirname "$0")"
-python=${PYTHON:-python}
-[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && python=.venv/bin/python
+source scripts/launch_common.sh
 for argument in "$@"; do
     if [[ $argument == --dry-run ]]; then
         exec "$python" scripts/train.py --config "$config" "train.precision=${PRECISION:-bf16}" "$@"
