@@ -11,7 +11,9 @@ images themselves, each in a couple of minutes on two CPU cores:
 
 Images are float [N, 3, 32, 32] in [-1, 1] (Fashion-MNIST padded to 32 and replicated to RGB); labels int [N].
 Every random draw — initial weights, batch order, flips, posterior noise — comes from the trainer's ``seed``, so a
-trainer returns identical weights and losses for the same inputs on the same machine.
+trainer returns identical weights and losses for the same inputs on the same machine (and thread count). All
+three trainers share one loop: AdamW, linear warm-up then cosine decay, gradient clipping, and, when given,
+``progress(step, loss)`` after every optimizer step (step = 1 … steps).
 """
 
 from __future__ import annotations
@@ -45,15 +47,20 @@ GRAD_CLIP = 1.0  # global gradient-norm clip; keeps the VAE's first steps at a h
 _INIT, _ORDER, _AUGMENT, _POSTERIOR = range(4)
 
 ProgressFn = Optional[Callable[[int, float], None]]
-Module = TypeVar("Module", bound=nn.Module)
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 # ------------------------------------------------------------------------------------------------ the texture VAE
 
 def demo_vae_config() -> TextureVAEConfig:
     """The demo's texture VAE: LDM KL-VAE at 32 px with three levels (4× downsampling to an 8×8 latent), 4 latent
-    channels, the family's minimum width of 32 (GroupNorm with 32 groups) and one resnet per encoder level. As in
-    SD-VAE f16d32, the lowest level also attends (resolution 8 here, 16 there); at 8×8 = 64 tokens that is cheap."""
+    channels, the family's minimum width of 32 (GroupNorm with 32 groups) and one resnet per encoder level (the
+    decoder has two); 0.78M parameters. As in SD-VAE f16d32, the lowest level also attends (resolution 8 here, 16
+    there); at 8×8 = 64 tokens that is cheap.
+
+    The full-resolution level dominates the cost and cannot be narrower than 32 channels, so the only saving left
+    is the middle level: ch_mult (1, 1, 2) trains about 30 % faster than (1, 2, 2) on a 2-core CPU and reconstructs
+    Fashion-MNIST as well for the same time (24.5 vs 24.3 dB PSNR after ~3 min)."""
     return TextureVAEConfig(embed_dim=4, z_channels=4, resolution=IMAGE_SIZE, ch=32, ch_mult=[1, 1, 2],
                             num_res_blocks=1, attn_resolutions=[IMAGE_SIZE // 4])
 
@@ -63,7 +70,7 @@ def train_texture_vae(images: torch.Tensor, config: TextureVAEConfig, *, steps: 
                       kl_weight: float = VAE_KL_WEIGHT) -> Tuple[TextureVAE, List[float]]:
     """Train a ``TextureVAE`` on ``images`` (float [N, 3, H, W] in [-1, 1]): loss = MSE(decode(z), x) +
     ``kl_weight``·mean KL, z a posterior sample drawn from a seeded generator (as LDM trains on samples, not means).
-    The LDM recipe's LPIPS and GAN terms are left out: at 32 px and a two-minute budget they cost more than they
+    The LDM recipe's LPIPS and GAN terms are left out: at 32 px and a budget of minutes they cost more than they
     give. Returns the model in eval mode and the loss of every step."""
     _check_images(images, config.in_channels, config.resolution)
     _check_schedule(steps, batch_size, lr)
@@ -86,7 +93,9 @@ def train_texture_vae(images: torch.Tensor, config: TextureVAEConfig, *, steps: 
 
 class PatchEncoder(nn.Module):
     """The demo's DINOv2 stand-in: images in [-1, 1] [B, 3, 32, 32] → patch tokens [B, 64, embed_dim], row-major on
-    the 8×8 grid (each token sees its 4×4-pixel patch and, through the 3×3 convolutions, its neighbours).
+    the 8×8 grid. Each token's convolutional receptive field is centred on its 4×4-pixel patch; the GroupNorm
+    statistics are per image, so every token also depends a little on the whole image (as DINOv2's attention makes
+    its tokens do), and the features are the same in train and eval mode.
 
     Like DINOv2's final norm, every token is LayerNormed over its features; the affine part is dropped so each
     token has exactly zero mean and unit variance (the next consumer, the SemVAE, has its own linear input layer).
@@ -283,7 +292,7 @@ def _generator(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, stream))
 
 
-def _build_seeded(factory: Callable[[], Module], seed: int) -> Module:
+def _build_seeded(factory: Callable[[], ModuleT], seed: int) -> ModuleT:
     """Construct a module with PyTorch's default initialisation drawn from ``seed``; the global RNG state is
     restored afterwards, so building does not disturb (or depend on) any other random stream."""
     with torch.random.fork_rng(devices=[]):
