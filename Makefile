@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test env bench clean-env data
+.PHONY: demo test env bench clean-env data sweep
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ data:
 
 demo: $(STAMP) data
 	OMP_NUM_THREADS=2 $(PY) scripts/demo.py
+
+# The Δt sweep and the SemVAE-vs-PCA comparison on the demo's pipeline (reuses its tokenizers and runs; ~40 min).
+sweep: $(STAMP) data
+	OMP_NUM_THREADS=2 $(PY) scripts/sweep.py --repeats 2
+	OMP_NUM_THREADS=2 $(PY) scripts/sweep.py --name semantics --delta-t 0 0.3 --semantics semvae pca --repeats 2
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q

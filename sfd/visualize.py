@@ -51,3 +51,31 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     Image.fromarray(np.asarray(array)).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def line_plot(path: Path, series: dict[str, tuple], xlabel: str, ylabel: str, title: str) -> Path:
+    """One line per series {label: (x, y)} or {label: (x, y, error)} (error bars), written as a PNG under a temporary
+    name, then renamed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, (x, y, *error) in series.items():
+        marker = "o" if len(x) < 20 else None
+        if error and any(value > 0 for value in error[0]):
+            axis.errorbar(x, y, yerr=error[0], marker=marker, capsize=3, label=label)
+        else:
+            axis.plot(x, y, marker=marker, label=label)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    os.replace(tmp, path)
+    return path

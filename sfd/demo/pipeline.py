@@ -9,10 +9,16 @@ from their checkpoints):
 3. ``fid_classifier``: a different CNN trained independently, whose penultimate features define the demo's FID.
 4. ``semvae``: the project's Semantic VAE trained on the stand-in features (4 latent channels).
 5. ``latents``: latent extraction into the project's shard format, with statistics.
-6. ``train_<model>``: SFD (Δt = 0.3) and the synchronous baseline (Δt = 0): same backbone, steps, batch and seed.
-7. ``eval_<model>_<step>``: class-balanced samples (three-phase sampler for SFD), decoded, scored by FID against
+6. ``pca_latents`` (only when a variant asks for it): ReDi-style semantic channels, a PCA of the same features
+   (``pca_components`` channels), extracted beside the SemVAE latents with the same texture latents.
+7. ``train_<variant>``: SFD (Δt = 0.3) and the synchronous baseline (Δt = 0): same backbone, steps, batch and seed
+   (names from :class:`sfd.sweep.Variant`, e.g. ``dt0.3_w2_semvae``). Asking for more steps resumes the run.
+8. ``eval_<variant>_<step>``: class-balanced samples (three-phase sampler for SFD), decoded, scored by FID against
    the held-out test images, at several training lengths.
-8. ``report``: report.md with the FID table, sample grids per class, loss curves and FID-vs-step plots.
+9. ``report``: report.md with the FID table, sample grids per class, loss curves and FID-vs-step plots.
+
+The same object is the Fashion-MNIST backend of ``scripts/sweep.py`` (:mod:`sfd.sweep`): any grid of Δt, semantic
+weight and semantic source, trained and scored exactly like the demo's two models.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch.nn.functional as F
 
 from sfd.config import SFDConfig, load_config
 from sfd.extract import LatentEncoders, compute_stats, write_missing_shards
+from sfd.sweep import Variant, channel_overrides, run_sweep
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -55,7 +62,9 @@ class DemoSettings:
     samples: int = 500  # class-balanced samples per evaluation
     sampling_method: str = "euler"
     sampling_steps: int = 25
-    models: dict = field(default_factory=lambda: {"sfd": 0.3, "baseline": 0.0})  # name -> Δt
+    # The models compared: SFD first, the synchronous baseline (Δt = 0) second (report.md compares these two).
+    variants: Sequence[Variant] = (Variant(delta_t=0.3), Variant(delta_t=0.0))
+    pca_components: int = 4  # ReDi-style semantic channels (ReDi: 8 of DINOv2's 768; here as many as the SemVAE's)
     overrides: Sequence[str] = ()  # extra config overrides for the diffusion models
 
     @classmethod
@@ -131,9 +140,11 @@ class Stages:
         path = self.folder / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def run(self, name: str, work: Callable[[], dict]) -> dict:
+    def run(self, name: str, work: Callable[[], dict], keep: Callable[[dict], bool] = lambda result: True) -> dict:
+        """Run ``work`` unless an earlier result exists that ``keep`` accepts (e.g. a training that was long
+        enough); the result is recorded atomically."""
         finished = self.done(name)
-        if finished is not None:
+        if finished is not None and keep(finished):
             self.log(f"[{name}] done earlier, skipped")
             return finished
         self.log(f"[{name}] running")
@@ -254,11 +265,13 @@ class DemoPipeline:
         result = self.stages.run("semvae", work)
         return load_semvae(result["final_checkpoint"]), result
 
-    # stage 5: latents in the release's shard format
-    def latents(self, vae, semvae, encoder) -> dict:
-        encoders = LatentEncoders(vae, semvae, encoder, preprocess=lambda images: images)
+    # stage 5 (and 6): latents in the release's shard format
+    def latents(self, vae, semantic_tokenizer, encoder, stage: str = "latents", folder: str = "latents") -> Path:
+        """Train and validation shards of (texture, semantic) latents in ``run_dir/folder``; returns the train one.
+        The texture latents do not depend on the semantic tokenizer (per-image seeded posterior noise)."""
+        encoders = LatentEncoders(vae, semantic_tokenizer, encoder, preprocess=lambda images: images)
 
-        def shards(images: torch.Tensor, labels: torch.Tensor, folder: Path, offset: int) -> None:
+        def shards(images: torch.Tensor, labels: torch.Tensor, target: Path, offset: int) -> None:
             def encode_shard(shard: range) -> dict:
                 parts: dict[str, list] = {}
                 for start in range(shard.start, shard.stop, 256):
@@ -268,67 +281,93 @@ class DemoPipeline:
                         parts.setdefault(key, []).append(value)
                 return {**{k: torch.cat(v) for k, v in parts.items()}, "labels": labels[shard.start: shard.stop]}
 
-            write_missing_shards(len(images), folder, "latents", encode_shard, shard_size=4096)
+            write_missing_shards(len(images), target, "latents", encode_shard, shard_size=4096)
 
         def work() -> dict:
-            shards(self.train_x, self.train_labels, self.run_dir / "latents" / "train", 0)
-            shards(self.test_x, self.test_labels, self.run_dir / "latents" / "valid", 10**7)
-            compute_stats(self.run_dir / "latents" / "train", seed=self.settings.seed)
+            shards(self.train_x, self.train_labels, self.run_dir / folder / "train", 0)
+            shards(self.test_x, self.test_labels, self.run_dir / folder / "valid", 10**7)
+            compute_stats(self.run_dir / folder / "train", seed=self.settings.seed)
             return {"train": len(self.train_x), "valid": len(self.test_x)}
 
-        return self.stages.run("latents", work)
+        self.stages.run(stage, work)
+        return self.run_dir / folder / "train"
 
-    # stage 6: SFD and the synchronous baseline
-    def diffusion_config(self, name: str, delta_t: float) -> SFDConfig:
+    def pca_latents(self, vae, encoder) -> Path:
+        """ReDi-style semantic channels: a PCA of the stand-in features of the training images (fitted once, saved
+        as ``models/pca<k>.safetensors``), projected per patch in place of the SemVAE posterior."""
+        from sfd.tokenizers.pca import PCAProjector, fit_pca
+
+        k = self.settings.pca_components
+        path = self.models_dir / f"pca{k}.safetensors"
+
+        def work() -> dict:
+            with torch.no_grad():
+                pca = fit_pca((encoder(self.train_x[i: i + 256]) for i in range(0, len(self.train_x), 256)), k)
+            pca.save(path)
+            return {"components": k, "explained_variance": pca.explained_variance.tolist()}
+
+        self.stages.run(f"pca{k}", work)
+        return self.latents(vae, PCAProjector.load(path), encoder, stage=f"pca{k}_latents", folder=f"latents_pca{k}")
+
+    # stage 7: the diffusion models
+    def latent_folder(self, variant: Variant) -> Path:
+        if variant.semantics == "pca":
+            return self.run_dir / f"latents_pca{self.settings.pca_components}" / "train"
+        return self.run_dir / "latents" / "train"
+
+    def diffusion_config(self, variant: Variant, steps: Optional[int] = None,
+                         checkpoint_every: Optional[int] = None) -> SFDConfig:
         settings = self.settings
+        train = self.latent_folder(variant)
         return load_config(DEMO_CONFIG, [
-            f"model.semfirst_delta_t={delta_t}", f"data.data_path={self.run_dir / 'latents' / 'train'}",
-            f"data.valid_path={self.run_dir / 'latents' / 'valid'}", f"train.output_dir={self.run_dir / 'runs'}",
-            f"train.exp_name={name}", f"train.max_steps={settings.diffusion_steps}",
-            f"train.global_batch_size={settings.diffusion_batch}", f"train.ckpt_every={settings.eval_every}",
-            f"train.valid_every={settings.eval_every}", f"train.global_seed={settings.seed}",
+            *channel_overrides(train), *variant.overrides(), f"data.valid_path={train.parent / 'valid'}",
+            f"train.output_dir={self.run_dir / 'runs'}", f"train.exp_name={variant.name}",
+            f"train.max_steps={steps or settings.diffusion_steps}", f"train.global_batch_size={settings.diffusion_batch}",
+            f"train.ckpt_every={checkpoint_every or settings.eval_every}",
+            f"train.valid_every={checkpoint_every or settings.eval_every}",
+            f"train.global_seed={settings.seed + variant.repeat}",
             f"sample.sampling_method={settings.sampling_method}", f"sample.num_sampling_steps={settings.sampling_steps}",
             *settings.overrides])
 
-    def train_model(self, name: str, delta_t: float) -> dict:
+    def train(self, variant: Variant, steps: int, checkpoint_every: int) -> dict:
+        """Train ``variant`` to ``steps`` (resuming its run when it stopped earlier or is extended)."""
         from sfd.train import Trainer
 
         def work() -> dict:
-            config = self.diffusion_config(name, delta_t)
-            trainer = Trainer(config)
+            trainer = Trainer(self.diffusion_config(variant, steps, checkpoint_every))
             trainer.run(progress=True)
             return {"steps": trainer.step, "run_dir": str(trainer.run_dir)}
 
-        return self.stages.run(f"train_{name}", work)
+        return self.stages.run(f"train_{variant.name}", work, keep=lambda result: result["steps"] >= steps)
 
-    # stage 7: samples and FID at several training lengths
-    def evaluate(self, name: str, delta_t: float, step: int, vae, classifier, reference) -> dict:
+    # stage 8: samples and FID at several training lengths
+    def evaluate(self, variant: Variant, step: int) -> dict:
         from sfd.build import build_model
+        from sfd.checkpoint import load_weights
         from sfd.evaluation.metrics import feature_statistics, frechet_distance
         from sfd.generate import ImageSampler, LabelPlan, LatentDecoder
 
         def work() -> dict:
-            config = self.diffusion_config(name, delta_t)
-            checkpoint = self.run_dir / "runs" / name / "checkpoints" / f"{step:07d}.pt"
+            config = self.diffusion_config(variant)
             model = build_model(config)
-            model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["ema"])
-            sampler = ImageSampler(model.eval(), config, LatentDecoder(vae, config, torch.device("cpu")),
-                                   seed=self.settings.seed + 1000)
+            load_weights(model, self.run_dir / "runs" / variant.name / "checkpoints" / f"{step:07d}.pt", prefer="ema")
+            sampler = ImageSampler(model.eval(), config, LatentDecoder(self.vae, config, torch.device("cpu")),
+                                   seed=self.settings.seed + variant.repeat + 1000)
             plan = LabelPlan(self.settings.samples, 10, balanced=True)
             images, labels = [], plan.labels(range(self.settings.samples))
             for start in range(0, self.settings.samples, 100):
                 indices = range(start, min(start + 100, self.settings.samples))
                 images.append(sampler.images(indices, labels[indices.start: indices.stop]))
             images = np.concatenate(images)
-            np.savez_compressed(self.run_dir / "samples" / f"{name}_{step:07d}.npz", images=images,
+            np.savez_compressed(self.run_dir / "samples" / f"{variant.name}_{step:07d}.npz", images=images,
                                 labels=labels.numpy())
-            features, predicted = self.classifier_outputs(classifier, images)
-            fid = frechet_distance(feature_statistics(features), reference)
-            return {"model": name, "delta_t": delta_t, "step": step, "fid": fid,
+            features, predicted = self.classifier_outputs(self.classifier, images)
+            return {"fid": frechet_distance(feature_statistics(features), self.reference),
                     "class_accuracy": float((predicted == labels.numpy()).mean())}
 
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        return self.stages.run(f"eval_{name}_{step:07d}", work)
+        result = self.stages.run(f"eval_{variant.name}_{step:07d}", work)
+        return {"fid": result["fid"], "class_accuracy": result["class_accuracy"]}
 
     @staticmethod
     @torch.no_grad()
@@ -349,18 +388,27 @@ class DemoPipeline:
         return feature_statistics(self.classifier_outputs(classifier, images)[0])
 
     # everything
-    def run(self) -> Path:
-        vae, _ = self.texture_vae()
+    def prepare(self, variants: Sequence[Variant]) -> None:
+        """Stages 1-6: the tokenizers, the FID network and the latents the ``variants`` need."""
+        self.vae, _ = self.texture_vae()
         encoder, _ = self.semantic_encoder()
-        classifier, _ = self.fid_classifier()
+        self.classifier, _ = self.fid_classifier()
         semvae, _ = self.semvae(encoder)
-        self.latents(vae, semvae, encoder)
-        reference = self.reference_statistics(classifier)
-        results = []
-        for name, delta_t in self.settings.models.items():
-            self.train_model(name, delta_t)
-            for step in range(self.settings.eval_every, self.settings.diffusion_steps + 1, self.settings.eval_every):
-                results.append(self.evaluate(name, delta_t, step, vae, classifier, reference))
+        self.latents(self.vae, semvae, encoder)
+        if any(variant.semantics == "pca" for variant in variants):
+            self.pca_latents(self.vae, encoder)
+        self.reference = self.reference_statistics(self.classifier)
+
+    def sweep(self, variants: Sequence[Variant], steps: Optional[int] = None,
+              eval_every: Optional[int] = None) -> list[dict]:
+        """Train and score ``variants`` at equal budgets (the demo's steps and evaluation lengths by default)."""
+        self.prepare(variants)
+        return run_sweep(self, variants, steps or self.settings.diffusion_steps, eval_every or self.settings.eval_every,
+                         log=self.log)
+
+    def run(self) -> Path:
         from sfd.demo.report import write_report
 
-        return self.stages.run("report", lambda: {"path": str(write_report(self, results))})["path"]
+        rows = self.sweep(self.settings.variants)
+        return self.stages.run("report", lambda: {"path": str(write_report(self, rows)), "rows": len(rows)},
+                               keep=lambda result: result.get("rows") == len(rows))["path"]

@@ -9,32 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sfd.visualize import image_grid, save_png
+from sfd.visualize import image_grid, line_plot, save_png
 
 if TYPE_CHECKING:
     from sfd.demo.pipeline import DemoPipeline
-
-
-def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
-    for label, (x, y) in series.items():
-        axis.plot(x, y, marker="o" if len(x) < 20 else None, label=label)
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, path)
-    return path
 
 
 def _training_log(run_dir: Path) -> list[dict]:
@@ -55,11 +33,12 @@ def class_grid(samples_file: Path, per_class: int = 10, scale: int = 2) -> np.nd
     return image_grid(picked, columns=per_class, padding=2)
 
 
-def verdict(results: list[dict], better: str = "sfd", worse: str = "baseline") -> str:
-    """One honest sentence comparing FIDs at equal training length."""
+def verdict(results: list[dict], better: str, worse: str) -> str:
+    """One honest sentence comparing the FIDs of the variants named ``better`` (SFD) and ``worse`` (the synchronous
+    baseline) at equal training length."""
     by_step = {}
     for row in results:
-        by_step.setdefault(row["step"], {})[row["model"]] = row["fid"]
+        by_step.setdefault(row["step"], {})[row["name"]] = row["fid"]
     steps = sorted(step for step, fids in by_step.items() if better in fids and worse in fids)
     if not steps:
         return "No training length has both models evaluated."
@@ -71,6 +50,34 @@ def verdict(results: list[dict], better: str = "sfd", worse: str = "baseline") -
             f"{by_step[final][better]:.2f} is {comparison} than the synchronous baseline's {by_step[final][worse]:.2f}.")
 
 
+def setup_lines(pipeline: "DemoPipeline") -> list[str]:
+    """What every model of the pipeline shares: data, tokenizers, features, FID network, backbone, sampler."""
+    settings, stage = pipeline.settings, pipeline.stages.done
+    lines = [
+        f"Data: Fashion-MNIST, {len(pipeline.train_x)} training and {len(pipeline.test_x)} test images, padded to "
+        "32×32 RGB.",
+        "Texture tokenizer: a tiny LDM KL-VAE (32×32 → 4×8×8), trained here "
+        f"(test reconstruction MSE {stage('texture_vae')['test_mse']:.4f}).",
+        "Semantic features: **a small CNN trained as a classifier stands in for DINOv2** (its 8×8×32 per-patch "
+        "features; pretrained DINOv2 cannot be downloaded offline). They feed the Semantic VAE and are the REPA target.",
+        "Semantic tokenizer: the project's Semantic VAE (4 channels) trained on those features.",
+    ]
+    pca = stage(f"pca{settings.pca_components}")
+    if pca is not None:
+        lines.append(f"ReDi-style semantics: the first {settings.pca_components} principal components of the same "
+                     "features per patch (variances " + ", ".join(f"{v:.3g}" for v in pca["explained_variance"]) +
+                     "), normalised per channel like the SemVAE latents.")
+    lines += [
+        f"FID network: a separate CNN classifier, test accuracy {stage('fid_classifier')['test_accuracy']:.3f}; FID of "
+        f"{settings.samples} class-balanced samples against the {len(pipeline.test_x)} held-out test images.",
+        f"Diffusion: LightningDiT (config `configs/demo/sfd_fashion.yaml`{', ' if settings.overrides else ''}"
+        f"{' '.join(settings.overrides)}), batch {settings.diffusion_batch}, training seed {settings.seed} (+ repeat).",
+        f"Sampling: {settings.sampling_method} with {settings.sampling_steps} grid points (three phases when Δt > 0), "
+        "no guidance, EMA weights.",
+    ]
+    return lines
+
+
 def write_report(pipeline: "DemoPipeline", results: list[dict]) -> Path:
     from sfd.demo.pipeline import CLASSES
 
@@ -78,55 +85,49 @@ def write_report(pipeline: "DemoPipeline", results: list[dict]) -> Path:
     figures = run_dir / "report"
     figures.mkdir(parents=True, exist_ok=True)
     settings = pipeline.settings
-    models = list(settings.models)
+    models = [variant.name for variant in settings.variants]
+    sfd = next((v for v in settings.variants if v.delta_t > 0), settings.variants[0])
+    baseline = next((v for v in settings.variants if v.delta_t == 0), settings.variants[-1])
     final_step = max(row["step"] for row in results)
 
     for name in models:
         save_png(class_grid(run_dir / "samples" / f"{name}_{final_step:07d}.npz"), figures / f"samples_{name}.png")
     logs = {name: _training_log(run_dir / "runs" / name) for name in models}
-    _plot(figures / "loss_curves.png",
+    line_plot(figures / "loss_curves.png",
           {name: ([r["step"] for r in log if "loss" in r], [r["loss"] for r in log if "loss" in r])
            for name, log in logs.items()}, "training step", "training loss (mse + cos + repa)", "Training loss")
-    _plot(figures / "validation_mse.png",
+    line_plot(figures / "validation_mse.png",
           {name: ([r["step"] for r in log if "valid_mse_t0.5" in r], [r["valid_mse_t0.5"] for r in log
                                                                         if "valid_mse_t0.5" in r])
            for name, log in logs.items()}, "training step", "validation velocity MSE at t = 0.5",
           "Held-out loss")
-    _plot(figures / "fid_vs_step.png",
-          {name: ([r["step"] for r in results if r["model"] == name], [r["fid"] for r in results
-                                                                       if r["model"] == name]) for name in models},
+    line_plot(figures / "fid_vs_step.png",
+          {name: ([r["step"] for r in results if r["name"] == name], [r["fid"] for r in results
+                                                                      if r["name"] == name]) for name in models},
           "training step", "FID (classifier features, vs test images)", "FID vs training length")
 
-    stage = pipeline.stages.done
+    sweeps = sorted((run_dir / "sweeps").glob("*/table.md"))
     lines = [
         "# SFD vs synchronous baseline on Fashion-MNIST (toy scale, CPU)", "",
         "Generated by `make demo` (sfd/demo/pipeline.py). Everything below was trained from scratch in this run, "
         f"seed {settings.seed}; rerunning the command with the same settings reproduces it.", "",
-        "## Result", "", verdict(results), "",
+        "## Result", "", verdict(results, sfd.name, baseline.name), "",
         "| model | Δt | step | FID ↓ | class accuracy of samples ↑ |", "|---|---:|---:|---:|---:|",
-        *[f"| {r['model']} | {r['delta_t']} | {r['step']} | {r['fid']:.2f} | {r['class_accuracy']:.3f} |"
-          for r in sorted(results, key=lambda r: (r["step"], r["model"]))], "",
+        *[f"| {r['name']} | {r['delta_t']} | {r['step']} | {r['fid']:.2f} | {r['class_accuracy']:.3f} |"
+          for r in sorted(results, key=lambda r: (r["step"], -r["delta_t"]))], "",
         "FID uses the penultimate features of a classifier trained in this pipeline (independently of the semantic "
         "encoder) and compares samples with the held-out test images; class accuracy is how often that classifier "
         "assigns a sample the class it was generated for. Both are toy-scale proxies, not ImageNet FID.", "",
         "![FID vs step](report/fid_vs_step.png)", "",
         "## Samples (final step; rows = classes " + ", ".join(f"{i} {c}" for i, c in enumerate(CLASSES)) + ")",
         "", *[f"**{name}**\n\n![{name}](report/samples_{name}.png)\n" for name in models],
+        *(["## Sweeps in this run folder (scripts/sweep.py)", "",
+            *[f"* [{path.parent.name}](sweeps/{path.parent.name}/table.md)" for path in sweeps], ""] if sweeps else []),
         "## Training", "", "![loss](report/loss_curves.png) ![validation](report/validation_mse.png)", "",
         "## Setup", "",
-        f"* Data: Fashion-MNIST, {len(pipeline.train_x)} training and {len(pipeline.test_x)} test images, padded to "
-        "32×32 RGB.",
-        "* Texture tokenizer: a tiny LDM KL-VAE (32×32 → 4×8×8), trained here "
-        f"(test reconstruction MSE {stage('texture_vae')['test_mse']:.4f}).",
-        "* Semantic features: **a small CNN trained as a classifier stands in for DINOv2** (its 8×8×32 per-patch "
-        "features; pretrained DINOv2 cannot be downloaded offline). They feed the Semantic VAE and are the REPA target.",
-        "* Semantic tokenizer: the project's Semantic VAE (4 channels) trained on those features.",
-        f"* FID network: a separate CNN classifier, test accuracy {stage('fid_classifier')['test_accuracy']:.3f}.",
-        f"* Diffusion: LightningDiT (config `configs/demo/sfd_fashion.yaml`), {settings.diffusion_steps} steps at "
-        f"batch {settings.diffusion_batch} for each model; SFD with Δt = {settings.models.get('sfd')}, the baseline "
-        "with Δt = 0 (synchronous; same backbone, steps, batch, seed and data).",
-        f"* Sampling: {settings.sampling_method} with {settings.sampling_steps} grid points (three-phase for SFD), "
-        f"{settings.samples} class-balanced samples per evaluation, no guidance, EMA weights.",
+        *[f"* {line}" for line in setup_lines(pipeline)],
+        f"* Diffusion: {settings.diffusion_steps} steps at batch {settings.diffusion_batch} for each model; SFD with "
+        f"Δt = {sfd.delta_t:g}, the baseline with Δt = 0 (synchronous; same backbone, steps, batch, seed and data).",
         "* Stage times (s): " + ", ".join(f"{p.stem} {json.loads(p.read_text()).get('seconds', '?')}"
                                           for p in sorted((run_dir / "stages").glob("*.json"))),
     ]
