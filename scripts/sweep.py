@@ -45,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     budget.add_argument("--eval-every", type=int, help="also score at every multiple of this (default: the demo's 400; "
                                                        "on latents only the last step)")
     budget.add_argument("--samples", type=int, help="samples per score (default: the demo's 500; 50000 on latents)")
-    budget.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    budget.add_argument("--seed", type=int, default=0,
+                        help="base seed; on Fashion-MNIST also the tokenizers' (so use a new --run-dir) (default: 0)")
     output = parser.add_argument_group("output")
     output.add_argument("--name", default="delta_t", help="sweep name: <run dir>/sweeps/<name>/ (default: %(default)s)")
     output.add_argument("--run-dir", help="run folder (default: outputs/demo, outputs/demo_quick with --quick, "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -48,3 +51,30 @@ def baseline_tiny():
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def write_idx(folder: Path, prefix: str, count: int, seed: int) -> None:
+    """Fashion-MNIST-format files: ten classes of blurry class-dependent shapes."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count, dtype=np.uint8) % 10
+    yy, xx = np.mgrid[0:28, 0:28]
+    images = np.zeros((count, 28, 28), np.float64)
+    for index, label in enumerate(labels):
+        cy, cx = 8 + (label % 5) * 3, 8 + (label // 5) * 10
+        images[index] = 255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (10 + 4 * label))
+    images = np.clip(images + rng.normal(0, 10, images.shape), 0, 255).astype(np.uint8)
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as handle:
+        handle.write(np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([count, 28, 28], ">i4").tobytes()
+                     + images.tobytes())
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as handle:
+        handle.write(np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([count], ">i4").tobytes()
+                     + labels.tobytes())
+
+
+@pytest.fixture(scope="session")
+def fake_fashion(tmp_path_factory):
+    """A small Fashion-MNIST-format dataset (300 training, 150 test images) for the demo pipeline and sweeps."""
+    folder = tmp_path_factory.mktemp("fashion")
+    write_idx(folder, "train", 300, 0)
+    write_idx(folder, "t10k", 150, 1)
+    return folder

@@ -9,7 +9,6 @@ import pytest
 from sfd.data.synthetic import write_synthetic_shards
 from sfd.sweep import (LatentsSweep, Variant, evaluation_steps, findings, grid, latent_channels, run_sweep,
                        summarise, write_sweep_report)
-from tests.test_demo import write_idx
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -49,14 +48,6 @@ def test_summary_findings_and_report(tmp_path):
     assert len(json.loads((tmp_path / "sweep" / "results.json").read_text())) == 4
 
 
-@pytest.fixture(scope="module")
-def fake_fashion(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fashion")
-    write_idx(folder, "train", 300, 0)
-    write_idx(folder, "t10k", 150, 1)
-    return folder
-
-
 def test_delta_t_and_semantics_sweeps_on_the_tiny_pipeline(fake_fashion, tmp_path, capsys):
     from scripts.sweep import main
 
@@ -74,6 +65,7 @@ def test_delta_t_and_semantics_sweeps_on_the_tiny_pipeline(fake_fashion, tmp_pat
     rows = json.loads((run_dir / "sweeps" / "delta_t" / "results.json").read_text())
     assert [(row["delta_t"], row["step"]) for row in rows] == [(0, 5), (0, 10), (0.3, 5), (0.3, 10), (0.6, 5),
                                                                (0.6, 10)]
+    assert json.loads((run_dir / "stages" / "eval_dt0.6_w2_semvae_0000010.json").read_text())["samples"] == 20
 
     # PCA vs SemVAE: the Δt = 0.3 SemVAE run is shared with the sweep above (its stages are skipped)
     stages = run_dir / "stages"

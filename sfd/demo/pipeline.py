@@ -15,7 +15,8 @@ from their checkpoints):
    (names from :class:`sfd.sweep.Variant`, e.g. ``dt0.3_w2_semvae``). Asking for more steps resumes the run.
 8. ``eval_<variant>_<step>``: class-balanced samples (three-phase sampler for SFD), decoded, scored by FID against
    the held-out test images, at several training lengths.
-9. ``report``: report.md with the FID table, sample grids per class, loss curves and FID-vs-step plots.
+9. report.md (rewritten on every run): the FID table, sample grids per class, loss curves, FID-vs-step plots and
+   the findings of the sweeps run in the same folder.
 
 The same object is the Fashion-MNIST backend of ``scripts/sweep.py`` (:mod:`sfd.sweep`): any grid of Δt, semantic
 weight and semantic source, trained and scored exactly like the demo's two models.
@@ -27,7 +28,7 @@ import gzip
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -363,10 +364,11 @@ class DemoPipeline:
                                 labels=labels.numpy())
             features, predicted = self.classifier_outputs(self.classifier, images)
             return {"fid": frechet_distance(feature_statistics(features), self.reference),
-                    "class_accuracy": float((predicted == labels.numpy()).mean())}
+                    "class_accuracy": float((predicted == labels.numpy()).mean()), "samples": self.settings.samples}
 
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        result = self.stages.run(f"eval_{variant.name}_{step:07d}", work)
+        result = self.stages.run(f"eval_{variant.name}_{step:07d}", work,
+                                 keep=lambda result: result.get("samples") == self.settings.samples)
         return {"fid": result["fid"], "class_accuracy": result["class_accuracy"]}
 
     @staticmethod
@@ -410,5 +412,4 @@ class DemoPipeline:
         from sfd.demo.report import write_report
 
         rows = self.sweep(self.settings.variants)
-        return self.stages.run("report", lambda: {"path": str(write_report(self, rows)), "rows": len(rows)},
-                               keep=lambda result: result.get("rows") == len(rows))["path"]
+        return write_report(self, rows)  # rewritten every time (a second): it also lists sweeps run since

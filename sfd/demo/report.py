@@ -50,6 +50,18 @@ def verdict(results: list[dict], better: str, worse: str) -> str:
             f"{by_step[final][better]:.2f} is {comparison} than the synchronous baseline's {by_step[final][worse]:.2f}.")
 
 
+def sweep_lines(tables: list[Path]) -> list[str]:
+    """A link to each sweep's table, with its findings."""
+    from sfd.sweep import findings, summarise
+
+    lines = []
+    for table in tables:
+        rows = json.loads((table.parent / "results.json").read_text())
+        lines.append(f"* [{table.parent.name}](sweeps/{table.parent.name}/table.md): "
+                     + " ".join(findings(summarise(rows))))
+    return lines
+
+
 def setup_lines(pipeline: "DemoPipeline") -> list[str]:
     """What every model of the pipeline shares: data, tokenizers, features, FID network, backbone, sampler."""
     settings, stage = pipeline.settings, pipeline.stages.done
@@ -121,8 +133,7 @@ def write_report(pipeline: "DemoPipeline", results: list[dict]) -> Path:
         "![FID vs step](report/fid_vs_step.png)", "",
         "## Samples (final step; rows = classes " + ", ".join(f"{i} {c}" for i, c in enumerate(CLASSES)) + ")",
         "", *[f"**{name}**\n\n![{name}](report/samples_{name}.png)\n" for name in models],
-        *(["## Sweeps in this run folder (scripts/sweep.py)", "",
-            *[f"* [{path.parent.name}](sweeps/{path.parent.name}/table.md)" for path in sweeps], ""] if sweeps else []),
+        *(["## Sweeps in this run folder (scripts/sweep.py)", "", *sweep_lines(sweeps), ""] if sweeps else []),
         "## Training", "", "![loss](report/loss_curves.png) ![validation](report/validation_mse.png)", "",
         "## Setup", "",
         *[f"* {line}" for line in setup_lines(pipeline)],
