@@ -40,3 +40,22 @@ def test_config_trains_and_samples_at_tiny_size(path, tmp_path):
     z = torch.randn(2, config.model.in_chans, 4, 4, generator=torch.Generator().manual_seed(0))
     result = sample_from_config(trainer.ema.eval(), z, torch.tensor([0, 3]), config)
     assert result.x.shape == z.shape and torch.isfinite(result.x).all() and result.nfe == 2
+
+
+TINY_COUNTERPARTS = {"train_baseline_cpu": "lightningdit_b", "train_repa_cpu": "lightningdit_repa_b",
+                     "train_sfd_cpu": "sfd_b"}
+
+
+@pytest.mark.parametrize("tiny, full", TINY_COUNTERPARTS.items())
+def test_tiny_counterparts_switch_like_their_rows(tiny, full, tmp_path):
+    """The tiny CPU configs differ from their Table-1 rows in size only: same semantic channels on/off, Δt, REPA."""
+    small, large = load_config(ROOT / "configs" / "tiny" / f"{tiny}.yaml"), load_config(
+        ROOT / "configs" / "baselines" / f"{full}.yaml")
+    for key in ("in_chans", "semantic_chans", "semfirst_delta_t", "use_repa", "repa_feat_depth", "semantic_weight"):
+        assert getattr(small.model, key) == getattr(large.model, key), key
+    data = write_synthetic_shards(tmp_path / "data", num_items=8, num_classes=4,
+                                  texture_chans=32, semantic_chans=16, grid=4, dino_dim=768, shard_size=8)
+    config = load_config(ROOT / "configs" / "tiny" / f"{tiny}.yaml", [
+        f"data.data_path={data}", f"train.output_dir={tmp_path / 'runs'}", "train.max_steps=2",
+        "train.global_batch_size=4", "train.log_every=1", "data.image_size=64"])
+    assert torch.isfinite(torch.tensor(Trainer(config).run(progress=False)["loss"]))
