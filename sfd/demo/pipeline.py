@@ -9,8 +9,8 @@ from their checkpoints):
 3. ``fid_classifier``: a different CNN trained independently, whose penultimate features define the demo's FID.
 4. ``semvae``: the project's Semantic VAE trained on the stand-in features (4 latent channels).
 5. ``latents``: latent extraction into the project's shard format, with statistics.
-6. ``pca_latents`` (only when a variant asks for it): ReDi-style semantic channels, a PCA of the same features
-   (``pca_components`` channels), extracted beside the SemVAE latents with the same texture latents.
+6. ``pca<k>`` and ``pca<k>_latents`` (only when a variant asks for them): ReDi-style semantic channels, a PCA of
+   the same features (k = ``pca_components``), extracted into ``latents_pca<k>/`` with the same texture latents.
 7. ``train_<variant>``: SFD (Δt = 0.3) and the synchronous baseline (Δt = 0): same backbone, steps, batch and seed
    (names from :class:`sfd.sweep.Variant`, e.g. ``dt0.3_w2_semvae``). Asking for more steps resumes the run.
 8. ``eval_<variant>_<step>``: class-balanced samples (three-phase sampler for SFD), decoded, scored by FID against
@@ -308,18 +308,20 @@ class DemoPipeline:
             return {"components": k, "explained_variance": pca.explained_variance.tolist()}
 
         self.stages.run(f"pca{k}", work)
-        return self.latents(vae, PCAProjector.load(path), encoder, stage=f"pca{k}_latents", folder=f"latents_pca{k}")
+        folder = self.latent_folder("pca").parent.name
+        return self.latents(vae, PCAProjector.load(path), encoder, stage=f"pca{k}_latents", folder=folder)
 
     # stage 7: the diffusion models
-    def latent_folder(self, variant: Variant) -> Path:
-        if variant.semantics == "pca":
+    def latent_folder(self, semantics: str) -> Path:
+        """The training latents of a semantic source (``semvae`` or ``pca``)."""
+        if semantics == "pca":
             return self.run_dir / f"latents_pca{self.settings.pca_components}" / "train"
         return self.run_dir / "latents" / "train"
 
     def diffusion_config(self, variant: Variant, steps: Optional[int] = None,
                          checkpoint_every: Optional[int] = None) -> SFDConfig:
         settings = self.settings
-        train = self.latent_folder(variant)
+        train = self.latent_folder(variant.semantics)
         return load_config(DEMO_CONFIG, [
             *channel_overrides(train), *variant.overrides(), f"data.valid_path={train.parent / 'valid'}",
             f"train.output_dir={self.run_dir / 'runs'}", f"train.exp_name={variant.name}",
