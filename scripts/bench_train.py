@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """Measure the whole training loop (data loading, loss, backward, AdamW, EMA) on synthetic shards shaped like the
-config's latents: step time, images/s and peak memory per global batch size, as a table.
+config's latents: step time, images/s and peak memory per global batch size and data path (per-item shard reads,
+or the in-memory fast path ``data.in_memory``), as a table with the speed-up of the fast path.
 
     python scripts/bench_train.py --config configs/tiny/sfd_tiny.yaml --batch 8 16 --steps 10
+    python scripts/bench_train.py --config configs/demo/sfd_fashion.yaml --batch 32 --steps 100   # the demo's model
     python scripts/bench_train.py --config configs/sfd/lightningdit_xl/train.yaml --batch 32 --precision bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import resource
 import sys
 import tempfile
@@ -30,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, nargs="+", default=[8], help="global batch sizes")
     parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up step")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--data", nargs="+", choices=["shards", "memory"], default=["shards", "memory"],
+                        help="data paths to time: per-item shard reads and/or data.in_memory (default: both)")
     return parser.parse_args(argv)
 
 
@@ -43,21 +48,26 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for batch in args.batch:
+        for batch, data_path in itertools.product(args.batch, args.data):
             try:
                 config = load_config(args.config, [*args.override, f"train.global_batch_size={batch}",
-                                                   f"train.precision={args.precision}"])
+                                                   f"train.precision={args.precision}", "data.valid_path=null",
+                                                   f"data.in_memory={str(data_path == 'memory').lower()}"])
             except ConfigError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
             model = config.model
             side = config.data.image_size // config.vae.downsample_ratio
             data = Path(scratch) / f"data{batch}"
-            write_synthetic_shards(data, num_items=batch * (args.steps + 1), num_classes=min(config.data.num_classes, 10),
-                                   texture_chans=model.in_chans - model.semantic_chans,
-                                   semantic_chans=max(model.semantic_chans, 1), grid=side,
-                                   dino_dim=REPA_TARGET_DIMS.get(model.repa_dino_version or "", 8), shard_size=batch)
-            config.data.data_path, config.train.output_dir = str(data), str(Path(scratch) / f"runs{batch}")
+            if not data.exists():
+                write_synthetic_shards(data, num_items=batch * (args.steps + 1), num_classes=min(config.data.num_classes, 10),
+                                       texture_chans=model.in_chans - model.semantic_chans,
+                                       semantic_chans=max(model.semantic_chans, 1), grid=side,
+                                       dino_dim=model.repa_target_dim or REPA_TARGET_DIMS.get(model.repa_dino_version
+                                                                                               or "", 8),
+                                       shard_size=batch)
+            config.data.data_path = str(data)
+            config.train.output_dir = str(Path(scratch) / f"runs{batch}_{data_path}")
             config.train.max_steps, config.train.ckpt_every = args.steps + 1, 10**9
             config.train.log_every, config.train.tensorboard = 10**9, False
             trainer = Trainer(config)
@@ -73,13 +83,16 @@ def main(argv=None) -> int:
             if trainer.device.type == "cuda":
                 torch.cuda.synchronize(trainer.device)
             seconds = (time.perf_counter() - start) / args.steps
-            rows.append((batch, seconds * 1000, batch / seconds, peak_memory_mib(trainer.device)))
+            rows.append((batch, data_path, seconds * 1000, batch / seconds, peak_memory_mib(trainer.device)))
             device = torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "CPU"
     print(f"# {device} | torch {torch.__version__} | {args.config} | {config.model.model_type} | "
           f"precision {args.precision} (CPU runs fp32) | {args.steps} timed steps incl. data loading and EMA\n")
-    print("| global batch | ms/step | img/s | peak mem (MiB) |\n|---:|---:|---:|---:|")
-    for batch, ms, rate, memory in rows:
-        print(f"| {batch} | {ms:.1f} | {rate:.1f} | {memory:.0f} |")
+    print("| global batch | data path | ms/step | steps/s | img/s | speed-up vs shards | peak mem (MiB) |\n"
+          "|---:|---|---:|---:|---:|---:|---:|")
+    shard_ms = {batch: ms for batch, path, ms, _, _ in rows if path == "shards"}
+    for batch, path, ms, rate, memory in rows:
+        ratio = f"{shard_ms[batch] / ms:.2f}×" if batch in shard_ms else "–"
+        print(f"| {batch} | {path} | {ms:.1f} | {1000 / ms:.1f} | {rate:.1f} | {ratio} | {memory:.0f} |")
     return 0
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""The whole SFD pipeline on Fashion-MNIST, offline on a CPU: tokenizers, semantic latents, SFD and the synchronous
-baseline trained alike, three-phase sampling, FID, and a report (outputs/demo/report.md).
+"""The whole SFD pipeline on Fashion-MNIST, offline on a CPU: tokenizers, a self-supervised DINOv2 stand-in,
+semantic latents, the paper's Table 1 at toy scale (LightningDiT, + REPA, + SFD) trained alike, three-phase
+sampling, FID conditional and unconditional, and a report (outputs/demo/report.md).
 
-    python scripts/demo.py                 # the full demo (what `make demo` runs), ~25 min on 2 cores
-    python scripts/demo.py --quick         # every stage at tiny size, about a minute
+    python scripts/demo.py                        # the full demo (what `make demo` runs), ~25 min on 2 cores
+    python scripts/demo.py --quick                # every stage at tiny size, about a minute
+    python scripts/demo.py --encoder supervised   # semantics from the supervised stand-in instead
 Rerunning skips the stages that finished; the trainers resume from their checkpoints.
 """
 
@@ -14,7 +16,7 @@ import sys
 
 import torch
 
-from sfd.demo.pipeline import DemoPipeline, DemoSettings
+from sfd.demo.pipeline import ENCODERS, DemoPipeline, DemoSettings
 
 
 def main(argv=None) -> int:
@@ -24,13 +26,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="diffusion training steps per model")
+    parser.add_argument("--encoder", choices=ENCODERS, default="ssl",
+                        help="DINOv2 stand-in behind the semantic channels and REPA: self-supervised (default) or "
+                             "a supervised classifier's features; both are trained and probed either way")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    settings = DemoSettings.quick(args.run_dir or "outputs/demo_quick") if args.quick else DemoSettings(
-        run_dir=args.run_dir or "outputs/demo")
-    settings.seed = args.seed
-    if args.steps:
-        settings.diffusion_steps = args.steps
+    changes = dict(seed=args.seed, encoder=args.encoder, **({"diffusion_steps": args.steps} if args.steps else {}))
+    settings = (DemoSettings.quick(args.run_dir or "outputs/demo_quick", **changes) if args.quick else
+                DemoSettings(run_dir=args.run_dir or "outputs/demo", **changes))
     try:
         report = DemoPipeline(settings).run()
     except FileNotFoundError as error:

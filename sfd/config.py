@@ -33,6 +33,7 @@ class DataConfig:
     image_size: int = 256  # pixels
     num_classes: int = 1000
     num_workers: int = 8
+    in_memory: bool = False  # hold every training latent in memory (on the device), batches without shard reads
     latent_norm: bool = False  # standardise texture channels with the dataset stats
     latent_sv_norm: bool = False  # standardise semantic channels with the dataset stats
     latent_multiplier: float = 0.18215  # global latent scale (SFD uses 1.0; 0.18215 is the official default)

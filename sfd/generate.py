@@ -14,7 +14,7 @@ At the end the main process packs the images and labels into ``{folder}.npz`` (a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -120,6 +120,12 @@ class ImageSampler:
     guide: Optional[nn.Module] = None
     device: torch.device = torch.device("cpu")
     seed: int = 0
+    nfe: list[int] = field(default_factory=list)  # drift evaluations of every batch sampled so far, in order
+
+    @property
+    def mean_nfe(self) -> float:
+        """Mean NFE per batch sampled so far (NaN before the first)."""
+        return sum(self.nfe) / len(self.nfe) if self.nfe else float("nan")
 
     @property
     def split(self) -> TimeSplit:
@@ -137,6 +143,7 @@ class ImageSampler:
                         diffusion_norm=settings.diffusion_norm,
                         generator=rng.SampleGenerators([rng.derive_seed(self.seed, i, 2) for i in indices],
                                                        self.device))
+        self.nfe.append(result.nfe)
         return result.x
 
     def images(self, indices: Sequence[int], labels: torch.Tensor) -> np.ndarray:

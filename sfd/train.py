@@ -22,7 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -33,7 +33,7 @@ from sfd import distributed, rng
 from sfd.build import build_model
 from sfd.checkpoint import atomic_save, explain_mismatch, extract_state_dict, read_file
 from sfd.config import SFDConfig, config_to_dict, save_config
-from sfd.data.latents import LatentShardDataset, collate_latents
+from sfd.data.latents import InMemoryLatents, LatentShardDataset, collate_latents
 from sfd.loss import FlowMatchingLoss
 
 CHECKPOINT_NAME = re.compile(r"^(\d+)\.pt$")
@@ -292,9 +292,13 @@ class Trainer:
         self.valid_dataset = self._dataset(valid_path, flip_prob=0.0) if valid_path else None
         sampler = StepBatchSampler(len(self.dataset), train.global_batch_size, self.topology.rank,
                                    self.topology.world_size, train.global_seed, self.step, train.max_steps)
-        loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate_latents,
-                            num_workers=self.config.data.num_workers if self.device.type == "cuda" else 0,
-                            pin_memory=self.device.type == "cuda")
+        if self.config.data.in_memory:  # the same batches without per-item reads (InMemoryLatents)
+            memory = InMemoryLatents(self.dataset, self.device)
+            loader: Iterable = (memory.batch(keys) for keys in sampler)
+        else:
+            loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate_latents,
+                                num_workers=self.config.data.num_workers if self.device.type == "cuda" else 0,
+                                pin_memory=self.device.type == "cuda")
         bar = None
         if progress and self.topology.is_main:
             from tqdm import tqdm

@@ -1,4 +1,4 @@
-"""Smoke test of scripts/bench_model.py on the tiny golden config (no timing thresholds)."""
+"""Smoke tests of scripts/bench_model.py and scripts/bench_train.py on the tiny golden config (no timing thresholds)."""
 
 import importlib.util
 import json
@@ -48,3 +48,13 @@ def test_config_error_is_one_line_and_exit_2(bench_model, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "model.depth" in err and "\n" not in err
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_train_benchmark_times_both_data_paths(capsys):
+    """scripts/bench_train.py prints one row per data path with the fast path's ratio (no timing thresholds)."""
+    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT.with_name("bench_train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--config", str(DATA / "sfd_tiny.yaml"), "--batch", "4", "--steps", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "| 4 | shards |" in table and "| 4 | memory |" in table and "speed-up vs shards" in table

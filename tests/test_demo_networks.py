@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -14,13 +15,19 @@ from sfd.demo.networks import (
     FeatureClassifier,
     PatchEncoder,
     accuracy,
+    augment_views,
     demo_vae_config,
     learning_rate,
+    nt_xent_loss,
+    random_brightness_contrast,
     random_hflip,
+    random_resized_crop,
     train_classifier,
     train_patch_encoder,
+    train_patch_encoder_ssl,
     train_texture_vae,
 )
+from sfd.demo.networks import _build_seeded
 from sfd.tokenizers.dinov2 import tokens_to_map
 from sfd.tokenizers.texture_vae import TextureVAE
 
@@ -57,7 +64,12 @@ def _classifier(images, labels, **kwargs):
     return train_classifier(images, labels, **kwargs)
 
 
-TRAINERS: dict[str, Callable] = {"texture_vae": _vae, "patch_encoder": _encoder, "classifier": _classifier}
+def _ssl_encoder(images, labels, **kwargs):
+    return train_patch_encoder_ssl(images, **kwargs)  # the labels are never passed
+
+
+TRAINERS: dict[str, Callable] = {"texture_vae": _vae, "patch_encoder": _encoder, "patch_encoder_ssl": _ssl_encoder,
+                                 "classifier": _classifier}
 
 
 # ------------------------------------------------------------------------------------------------------ shapes
@@ -174,6 +186,71 @@ def test_trainers_are_deterministic_given_the_seed(data, name):
     state, same, different = first.state_dict(), second.state_dict(), other.state_dict()
     assert all(torch.equal(state[key], same[key]) for key in state)
     assert any(not torch.equal(state[key], different[key]) for key in state if state[key].is_floating_point())
+
+
+def test_ssl_trainer_takes_no_labels():
+    parameters = inspect.signature(train_patch_encoder_ssl).parameters
+    assert list(parameters) == ["images", "steps", "batch_size", "lr", "seed", "temperature", "progress"]
+    assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in list(parameters)[1:])
+
+
+def test_ssl_trainer_lowers_its_contrastive_loss(data):
+    images, _ = data
+    encoder, losses = train_patch_encoder_ssl(images, steps=30, batch_size=32, lr=2e-3, seed=0)
+    assert len(losses) == 30 and not encoder.training
+    assert math.isclose(losses[0], math.log(2 * 32 - 1), rel_tol=0.05)  # fresh embeddings: about uniform
+    assert _mean(losses[-5:]) < _mean(losses[:5]) - 0.3, losses
+
+
+def test_ssl_encoder_saves_the_supervised_encoders_keys_and_leaves_the_head_untrained(data):
+    images, _ = data
+    ssl, _ = train_patch_encoder_ssl(images, steps=2, batch_size=8, lr=1e-3, seed=3)
+    fresh = PatchEncoder()
+    assert type(ssl) is PatchEncoder and list(ssl.state_dict()) == list(fresh.state_dict())
+    fresh.load_state_dict(ssl.state_dict())  # strict, as load_module loads a saved encoder
+    # It starts from the supervised trainer's initial weights for the seed; only the features move.
+    initial, trained = _build_seeded(PatchEncoder, 3).state_dict(), ssl.state_dict()
+    assert all(torch.equal(initial[key], trained[key]) for key in initial if key.startswith("head."))
+    assert not any(torch.equal(initial[key], trained[key]) for key in initial if key.startswith("features."))
+
+
+def test_nt_xent_matches_its_definition():
+    embeddings = F.normalize(torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+    temperature, count = 0.3, 3
+    total = 0.0
+    for row in range(2 * count):
+        partner = (row + count) % (2 * count)
+        logits = [float(embeddings[row] @ embeddings[other]) / temperature for other in range(2 * count)
+                  if other != row]
+        partner_logit = float(embeddings[row] @ embeddings[partner]) / temperature
+        total += math.log(sum(math.exp(value) for value in logits)) - partner_logit
+    assert math.isclose(nt_xent_loss(embeddings, temperature).item(), total / (2 * count), rel_tol=1e-5)
+
+
+def test_views_are_seeded_independent_crops_inside_the_image(data):
+    images, _ = data
+    first, second = augment_views(images, torch.Generator().manual_seed(0))
+    again = augment_views(images, torch.Generator().manual_seed(0))
+    assert first.shape == second.shape == images.shape
+    assert torch.equal(first, again[0]) and torch.equal(second, again[1])
+    assert not torch.equal(first, second) and first.min() >= -1 and first.max() <= 1
+    # A crop samples only inside the image: a constant image stays constant, a ramp stays within its range.
+    constant = torch.full((16, 3, 32, 32), 0.25)
+    torch.testing.assert_close(random_resized_crop(constant, torch.Generator().manual_seed(1)), constant)
+    ramp = torch.linspace(-1, 1, 32).expand(16, 3, 32, 32)
+    crops = random_resized_crop(ramp, torch.Generator().manual_seed(1))
+    spans = crops[:, 0, 0, -1] - crops[:, 0, 0, 0]  # the ramp's rise across the crop: its width, times 2
+    assert (spans > 2 * math.sqrt(0.35 * 3 / 4) * 31 / 32 - 1e-4).all() and (spans < 2 + 1e-4).all()
+    assert spans.std() > 0.05  # the crops differ in size
+
+
+def test_brightness_contrast_is_one_affine_map_per_image(data):
+    images, _ = data
+    jittered = random_brightness_contrast(images * 0.5, torch.Generator().manual_seed(2))
+    for original, changed in zip(images * 0.5, jittered):
+        gain, shift = torch.linalg.lstsq(torch.stack([original.flatten(), torch.ones(original.numel())], 1),
+                                         changed.flatten()[:, None]).solution.flatten().tolist()
+        assert 0.6 <= gain <= 1.4 and -0.3 <= shift <= 0.3  # images * 0.5 with |shift| ≤ 0.3: nothing clamps
 
 
 def test_trainers_leave_the_global_rng_alone(data):

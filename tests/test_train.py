@@ -160,3 +160,29 @@ def test_bench_train_runs():
     import bench_train
 
     assert bench_train.main(["--config", str(ROOT / "configs/tiny/sfd_tiny.yaml"), "--batch", "4", "--steps", "1"]) == 0
+
+
+def test_in_memory_data_path_trains_identically(data, tmp_path):
+    """data.in_memory gives the same batches (flips included, over an epoch boundary) and so the same weights."""
+    from sfd.data.latents import InMemoryLatents
+
+    runs = {}
+    for in_memory in (False, True):
+        run_dir = tmp_path / str(in_memory)
+        Trainer(tiny_config(data, run_dir, f"data.in_memory={str(in_memory).lower()}", "train.max_steps=9",
+                            "train.ckpt_every=9")).run(progress=False)
+        runs[in_memory] = final_state(run_dir)
+    for part in ("model", "ema"):
+        for key, value in runs[False][part].items():
+            assert torch.equal(value, runs[True][part][key]), (part, key)
+
+    trainer = Trainer(tiny_config(data, tmp_path / "batches"))
+    memory = InMemoryLatents(trainer.dataset)
+    keys = [(index, epoch) for epoch in (0, 3) for index in (0, 5, 17, 31)]
+    from sfd.data.latents import collate_latents
+
+    expected = collate_latents([trainer.dataset[key] for key in keys])
+    for got, want in zip(memory.batch(keys), expected):
+        assert torch.equal(got, want)
+    with pytest.raises(IndexError, match="out of range for 32 latents"):
+        memory.batch([(32, 0)])

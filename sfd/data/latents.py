@@ -144,6 +144,53 @@ class LatentShardDataset(Dataset):
         return {**self.__dict__, "_handles": {}}
 
 
+class InMemoryLatents:
+    """The fast path for latents that fit in memory (``data.in_memory``): every shard of a
+    :class:`LatentShardDataset` read once, normalised once for both flip states, and held as tensors (on the
+    training device when given), so a batch is two gathers and one ``torch.where`` instead of per-item shard reads.
+
+    A batch equals ``collate_latents`` of the dataset's items bit for bit: the flip of each item comes from the
+    dataset's own (seed, epoch, index) draw and the normalisation is the same element-wise arithmetic."""
+
+    def __init__(self, dataset: LatentShardDataset, device: torch.device | str = "cpu") -> None:
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self.latents = [self._normalised(dataset, suffix) for suffix in ("", "_flip")]
+        self.labels = self._gather(dataset, "labels").long().to(self.device)
+        self.dino = ([self._gather(dataset, "feats_dino" + suffix).float().to(self.device)
+                      for suffix in ("", "_flip")] if dataset.with_dino else None)
+
+    def _normalised(self, dataset: LatentShardDataset, suffix: str) -> torch.Tensor:
+        texture = self._gather(dataset, "latents" + suffix).float()
+        if dataset.texture_stats is not None:
+            texture = (texture - dataset.texture_stats[0]) / dataset.texture_stats[1]
+        parts = [texture]
+        if dataset.semantic:
+            semantic = self._gather(dataset, "latents_sv" + suffix).float()
+            if dataset.semantic_stats is not None:
+                semantic = (semantic - dataset.semantic_stats[0]) / dataset.semantic_stats[1]
+            parts.append(semantic)
+        return (torch.cat(parts, dim=1) * dataset.latent_multiplier).to(self.device)
+
+    @staticmethod
+    def _gather(dataset: LatentShardDataset, key: str) -> torch.Tensor:
+        return torch.cat([dataset._handle(path).get_tensor(key) for path in dataset.files])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(latents, labels, dino) of the (index, epoch) keys a :class:`sfd.train.StepBatchSampler` yields."""
+        index = torch.tensor([key[0] for key in keys], dtype=torch.int64)
+        if len(index) and not (0 <= int(index.min()) and int(index.max()) < len(self)):
+            raise IndexError(f"indices {int(index.min())}..{int(index.max())} out of range for {len(self)} latents")
+        flip = torch.tensor([self.dataset.flipped(i, epoch) for i, epoch in keys], dtype=torch.bool)
+        index, flip = index.to(self.device), flip.to(self.device)[:, None, None, None]
+        latents = torch.where(flip, self.latents[1][index], self.latents[0][index])
+        dino = torch.where(flip, self.dino[1][index], self.dino[0][index]) if self.dino is not None else None
+        return latents, self.labels[index], dino
+
+
 def collate_latents(items: list[LatentItem]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Batch of (latents [B, C, H, W], labels [B], dino [B, D, H, W] or None)."""
     latents = torch.stack([item.latent for item in items])

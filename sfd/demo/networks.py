@@ -5,14 +5,15 @@ images themselves, each in a couple of minutes on two CPU cores:
 
 * the texture VAE: a tiny member of the project's LDM KL-VAE family (``TextureVAE``), 32×32×3 → 4×8×8;
 * ``PatchEncoder``: a CNN whose LayerNormed per-patch tokens [B, 64, 32] on the same 8×8 grid stand in for DINOv2's
-  patch features (trained supervised; see ``train_patch_encoder``);
+  patch features, trained either supervised (``train_patch_encoder``) or, like DINOv2, without labels
+  (``train_patch_encoder_ssl``): same architecture and initial weights, only the objective differs;
 * ``FeatureClassifier``: a differently built CNN, trained independently, whose penultimate features define the
   demo's FID (the Inception network of real FID is not available either).
 
 Images are float [N, 3, 32, 32] in [-1, 1] (Fashion-MNIST padded to 32 and replicated to RGB); labels int [N].
-Every random draw — initial weights, batch order, flips, posterior noise — comes from the trainer's ``seed``, so a
-trainer returns identical weights and losses for the same inputs on the same machine (and thread count). All
-three trainers share one loop: AdamW, linear warm-up then cosine decay, gradient clipping, and, when given,
+Every random draw — initial weights, batch order, augmentations, posterior noise — comes from the trainer's
+``seed``, so a trainer returns identical weights and losses for the same inputs on the same machine (and thread
+count). All the trainers share one loop: AdamW, linear warm-up then cosine decay, gradient clipping, and, when given,
 ``progress(step, loss)`` after every optimizer step (step = 1 … steps).
 """
 
@@ -30,6 +31,8 @@ from sfd.tokenizers.texture_vae import TextureVAE, TextureVAEConfig
 
 IMAGE_SIZE = 32  # demo images are 32×32 (Fashion-MNIST's 28×28 padded)
 NUM_CLASSES = 10
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+           "Ankle boot")  # Fashion-MNIST's labels 0-9
 PATCH_GRID = 8  # tokens per side: the texture latent's grid, so semantic and texture latents align cell by cell
 
 # Reconstruction is the mean squared error per pixel; the KL term is the mean KL per latent element. At this weight
@@ -38,7 +41,7 @@ PATCH_GRID = 8  # tokens per side: the texture latent's grid, so semantic and te
 # channel afterwards, as SFD does with its latent statistics.
 VAE_KL_WEIGHT = 1e-4
 
-WEIGHT_DECAY = 0.01  # AdamW's default, for all three trainers
+WEIGHT_DECAY = 0.01  # AdamW's default, for all the trainers
 WARMUP_FRACTION = 0.05  # linear warm-up over the first 5 % of the steps: high learning rates on fresh weights
 MIN_LR_FACTOR = 0.05  # then cosine decay to 5 % of the peak, which settles a short run into a minimum
 GRAD_CLIP = 1.0  # global gradient-norm clip; keeps the VAE's first steps at a high learning rate stable
@@ -99,7 +102,8 @@ class PatchEncoder(nn.Module):
 
     Like DINOv2's final norm, every token is LayerNormed over its features; the affine part is dropped so each
     token has exactly zero mean and unit variance (the next consumer, the SemVAE, has its own linear input layer).
-    ``head`` is a linear classifier on the mean token, used only to train the features."""
+    ``head`` is a linear classifier on the mean token, used only by the supervised trainer to train the features
+    (the self-supervised one leaves it at its initial weights, so both trainers save the same state-dict keys)."""
 
     def __init__(self, embed_dim: int = 32, width: int = 64) -> None:
         super().__init__()
@@ -133,6 +137,12 @@ class PatchEncoder(nn.Module):
         return self.head(self(images).mean(dim=1))
 
 
+def untrained_patch_encoder(seed: int) -> PatchEncoder:
+    """A ``PatchEncoder`` with its seeded initial weights, in eval mode: the floor the probes of trained encoders are
+    read against (random convolutional features already separate Fashion-MNIST classes fairly well)."""
+    return _build_seeded(PatchEncoder, seed).eval()
+
+
 def _conv_gn_gelu(channels_in: int, channels_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1),
                          nn.GroupNorm(8, channels_out), nn.GELU())
@@ -159,6 +169,112 @@ def train_patch_encoder(images: torch.Tensor, labels: torch.Tensor, *, steps: in
 
     losses = _fit(encoder, loss_at, steps=steps, lr=lr, progress=progress)
     return encoder.eval(), losses
+
+
+# Views for the self-supervised trainer. SimCLR crops down to 8 % of a 224-px ImageNet photo; crops of a 32-px image
+# of one centred garment are kept to at least 35 % of its area, so that both views of an image still show a
+# recognisable part of the same garment. The images are grey, so brightness and contrast are the only colour
+# changes that apply.
+CROP_SCALE = (0.35, 1.0)  # crop area, as a fraction of the image
+CROP_RATIO = (3 / 4, 4 / 3)  # crop width / height, drawn log-uniformly
+CONTRAST_RANGE = (0.6, 1.4)  # pixels are multiplied by U(0.6, 1.4) …
+BRIGHTNESS_SHIFT = 0.3  # … then shifted by U(−0.3, 0.3), and clamped back to [−1, 1]
+SSL_TEMPERATURE = 0.2  # NT-Xent temperature, in SimCLR's useful range (0.1–0.5)
+PROJECTION_WIDTH, PROJECTION_DIM = 128, 64  # the projection head 32 → 128 → 64
+
+
+class _ContrastiveModel(nn.Module):
+    """A ``PatchEncoder`` and SimCLR's projection head (Linear → GELU → Linear) on its mean token; ``forward`` gives
+    the L2-normalised embeddings [B, PROJECTION_DIM]. The encoder is built first, so from the same seed it starts
+    from the supervised trainer's initial weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = PatchEncoder()
+        self.projector = nn.Sequential(nn.Linear(self.encoder.embed_dim, PROJECTION_WIDTH), nn.GELU(),
+                                       nn.Linear(PROJECTION_WIDTH, PROJECTION_DIM))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector(self.encoder(images).mean(dim=1)), dim=1)
+
+
+def train_patch_encoder_ssl(images: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
+                            temperature: float = SSL_TEMPERATURE,
+                            progress: ProgressFn = None) -> Tuple[PatchEncoder, List[float]]:
+    """Train a ``PatchEncoder`` without labels: SimCLR's contrastive NT-Xent (InfoNCE) loss between two augmented
+    views of each image (``augment_views``), embedded by a projection head on the mean patch token.
+
+    Why this objective: like DINOv2's, it learns from the images alone, so the features are not told the class and
+    keep the pose, shape and layout variation an image has beyond it — invariance is learned only to what the
+    augmentations change. Of the self-supervised objectives it is the one that converges reliably within the demo's
+    budget of a few minutes on two CPU cores: the other views in the batch are the negatives that keep the
+    embeddings from collapsing, whereas DINO avoids collapse with teacher centering and sharpening, a temperature
+    schedule and an EMA teacher, machinery that needs long schedules to settle.
+
+    The projection head is discarded afterwards, as in SimCLR (the layer before it keeps more of the image), and
+    ``head`` is never trained. Returns the encoder in eval mode and the loss of every step."""
+    _check_images(images, 3, IMAGE_SIZE)
+    _check_schedule(steps, batch_size, lr)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    model = _build_seeded(_ContrastiveModel, seed)
+    batches = _batch_indices(len(images), steps, batch_size, _generator(seed, _ORDER))
+    views = _generator(seed, _AUGMENT)
+
+    def loss_at(step: int) -> torch.Tensor:
+        first, second = augment_views(images[batches[step]], views)
+        return nt_xent_loss(model(torch.cat([first, second])), temperature)
+
+    losses = _fit(model, loss_at, steps=steps, lr=lr, progress=progress)
+    return model.encoder.eval(), losses
+
+
+def nt_xent_loss(embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss of L2-normalised embeddings [2B, E], rows i and i + B being the two views of one image:
+    for each row, cross-entropy of its cosine similarities / ``temperature`` to the other 2B − 1 rows (its own
+    similarity masked), the target being its other view."""
+    count = len(embeddings) // 2
+    similarity = embeddings @ embeddings.T / temperature
+    similarity = similarity.masked_fill(torch.eye(2 * count, dtype=torch.bool), float("-inf"))
+    partner = torch.cat([torch.arange(count, 2 * count), torch.arange(count)])
+    return F.cross_entropy(similarity, partner)
+
+
+def augment_views(images: torch.Tensor, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Two independent random views of each image: resized crop, horizontal flip, brightness/contrast jitter."""
+    return _augment(images, generator), _augment(images, generator)
+
+
+def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return random_brightness_contrast(random_hflip(random_resized_crop(images, generator), generator), generator)
+
+
+def random_resized_crop(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random crop of each image (area CROP_SCALE, aspect ratio CROP_RATIO, anywhere inside the image) resized
+    back to the image's size bilinearly, all images in one ``grid_sample``. A crop side that would exceed the image
+    (large areas at extreme ratios) is cut to the image, where torchvision would re-draw: one batched draw instead."""
+    count = len(images)
+    draws = torch.rand(count, 4, generator=generator)
+    area = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * draws[:, 0]
+    log_ratio = math.log(CROP_RATIO[0]) + (math.log(CROP_RATIO[1]) - math.log(CROP_RATIO[0])) * draws[:, 1]
+    width = (area * log_ratio.exp()).sqrt().clamp(max=1.0)  # fractions of the image's side
+    height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    # In grid_sample's coordinates the image spans [−1, 1]: a crop of side fraction s has half-side s, and its
+    # centre can move by up to 1 − s either way.
+    centre_x = (2 * draws[:, 2] - 1) * (1 - width)
+    centre_y = (2 * draws[:, 3] - 1) * (1 - height)
+    zero = torch.zeros(count)
+    theta = torch.stack([torch.stack([width, zero, centre_x], 1), torch.stack([zero, height, centre_y], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_brightness_contrast(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """x · U(CONTRAST_RANGE) + U(±BRIGHTNESS_SHIFT) per image, clamped to [−1, 1]."""
+    draws = torch.rand(len(images), 2, 1, 1, 1, generator=generator).to(images.dtype)
+    gain = CONTRAST_RANGE[0] + (CONTRAST_RANGE[1] - CONTRAST_RANGE[0]) * draws[:, 0]
+    shift = BRIGHTNESS_SHIFT * (2 * draws[:, 1] - 1)
+    return (images * gain + shift).clamp(-1.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------ the FID network

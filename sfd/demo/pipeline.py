@@ -4,22 +4,28 @@ Stages (each leaves ``stages/<name>.json`` when complete; a rerun skips complete
 from their checkpoints):
 
 1. ``texture_vae``: a tiny LDM KL-VAE (32×32 → 4×8×8) trained on the images — stands in for SD-VAE f16d32.
-2. ``semantic_encoder``: a small CNN trained as a classifier whose per-patch features (8×8×32) stand in for DINOv2
-   (pretrained DINOv2 weights cannot be downloaded here).
+2. ``semantic_encoder_ssl`` and ``semantic_encoder_supervised``: two stand-ins for DINOv2 (pretrained weights
+   cannot be downloaded here), the same small CNN with per-patch tokens on the latent's 8×8 grid, trained without
+   labels (contrastive, the default, as DINOv2 is self-supervised) or as a classifier; ``encoder_probes`` scores
+   both (k-NN and linear-probe accuracy of their pooled tokens on held-out images, next to an untrained one).
 3. ``fid_classifier``: a different CNN trained independently, whose penultimate features define the demo's FID.
-4. ``semvae``: the project's Semantic VAE trained on the stand-in features (4 latent channels).
-5. ``latents``: latent extraction into the project's shard format, with statistics.
-6. ``pca<k>`` and ``pca<k>_latents`` (only when a variant asks for them): ReDi-style semantic channels, a PCA of
-   the same features (k = ``pca_components``), extracted into ``latents_pca<k>/`` with the same texture latents.
-7. ``train_<variant>``: SFD (Δt = 0.3) and the synchronous baseline (Δt = 0): same backbone, steps, batch and seed
-   (names from :class:`sfd.sweep.Variant`, e.g. ``dt0.3_w2_semvae``). Asking for more steps resumes the run.
-8. ``eval_<variant>_<step>``: class-balanced samples (three-phase sampler for SFD), decoded, scored by FID against
-   the held-out test images, at several training lengths.
-9. report.md (rewritten on every run): the FID table, sample grids per class, loss curves, FID-vs-step plots and
-   the findings of the sweeps run in the same folder.
+4. ``semvae_<encoder>``: the project's Semantic VAE trained on the chosen encoder's features (4 latent channels).
+5. ``latents_<encoder>``: latent extraction into the project's shard format, with statistics.
+6. ``pca<k>_<encoder>`` and ``pca<k>_latents_<encoder>`` (only when a variant asks for them): ReDi-style semantic
+   channels, a PCA of the same features, extracted with the same texture latents.
+7. ``train_<encoder>_<variant>``: the models compared (names from :class:`sfd.sweep.Variant`): by default the
+   paper's Table 1 at toy scale — LightningDiT (texture latents only), LightningDiT + REPA (aligned to the
+   encoder's features) and SFD (texture + SemVAE semantics, Δt = 0.3, REPA) — with the same backbone, steps, batch
+   and seed. Asking for more steps resumes a run.
+8. ``eval_<encoder>_<variant>_<step>_<scoring>``: samples decoded and scored by FID against the held-out test
+   images, at several training lengths and with each :class:`sfd.sweep.Scoring` (solver; class-balanced labels
+   or the null label for every sample).
+9. report.md (rewritten on every run): the Table-1-style comparison, sample grids per class, encoder probes, loss
+   curves, FID-vs-step plots and the findings of the sweeps and studies run in the same folder.
 
-The same object is the Fashion-MNIST backend of ``scripts/sweep.py`` (:mod:`sfd.sweep`): any grid of Δt, semantic
-weight and semantic source, trained and scored exactly like the demo's two models.
+The same object is the Fashion-MNIST backend of ``scripts/sweep.py`` and ``scripts/study.py`` (:mod:`sfd.sweep`,
+:mod:`sfd.demo.study`): any grid of semantic source, Δt, semantic weight and seed, trained and scored exactly like
+the demo's models.
 """
 
 from __future__ import annotations
@@ -38,10 +44,10 @@ import torch.nn.functional as F
 
 from sfd.config import SFDConfig, load_config
 from sfd.extract import LatentEncoders, compute_stats, write_missing_shards
-from sfd.sweep import Variant, channel_overrides, run_sweep
+from sfd.sweep import Scoring, Variant, channel_overrides, run_sweep
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+ENCODERS = ("ssl", "supervised")  # the DINOv2 stand-ins: self-supervised (default) or a classifier's features
 DEMO_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "demo" / "sfd_fashion.yaml"
 
 
@@ -51,31 +57,42 @@ class DemoSettings:
     data_root: Optional[str] = None  # folder with the four *-ubyte.gz files (default: Debian's, then torchvision)
     seed: int = 0
     train_images: int = 10_000  # training images used (a subset keeps the demo inside its 30-minute budget)
-    test_images: int = 2_000  # held-out images: FID reference and validation latents
+    test_images: int = 2_000  # held-out images: FID reference, validation latents and encoder probes
     vae_steps: int = 300
     vae_batch: int = 16
-    encoder_steps: int = 300
+    encoder: str = "ssl"  # the DINOv2 stand-in whose features become the semantic channels and REPA targets
+    encoder_steps: int = 300  # the supervised stand-in (batch 128)
+    ssl_steps: int = 300  # the self-supervised stand-in (batch ssl_batch, two views per image)
+    ssl_batch: int = 256
     classifier_steps: int = 400
     semvae_steps: int = 600
     diffusion_steps: int = 1200  # per model
     diffusion_batch: int = 32
-    eval_every: int = 400  # FID at these training lengths
-    samples: int = 500  # class-balanced samples per evaluation
-    sampling_method: str = "euler"
-    sampling_steps: int = 25
-    # The models compared: SFD first, the synchronous baseline (Δt = 0) second (report.md compares these two).
-    variants: Sequence[Variant] = (Variant(delta_t=0.3), Variant(delta_t=0.0))
+    eval_every: int = 600  # FID at these training lengths
+    samples: int = 500  # samples per evaluation (class-balanced when conditional)
+    # Every model is scored with the paper's adaptive solver at the release's tolerances at every length; at the
+    # last length also unconditionally and at an equal, small number of model evaluations (Euler, 24 NFE).
+    scoring: Scoring = Scoring()
+    final_scorings: Sequence[Scoring] = (Scoring(conditional=False), Scoring("euler", 25))
+    # The models compared: the paper's Table 1 at toy scale (report.md compares these).
+    variants: Sequence[Variant] = (Variant(semantics="none", repa=False), Variant(semantics="none", repa=True),
+                                   Variant(delta_t=0.3))
     pca_components: int = 4  # ReDi-style semantic channels (ReDi: 8 of DINOv2's 768; here as many as the SemVAE's)
     overrides: Sequence[str] = ()  # extra config overrides for the diffusion models
 
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder: {self.encoder!r} is not one of {', '.join(ENCODERS)}")
+
     @classmethod
-    def quick(cls, run_dir: str, data_root: Optional[str] = None) -> "DemoSettings":
+    def quick(cls, run_dir: str, data_root: Optional[str] = None, **changes) -> "DemoSettings":
         """The CI-sized pipeline: every stage, tiny sizes, a few hundred images, seconds per stage."""
-        return cls(run_dir=run_dir, data_root=data_root, train_images=256, test_images=128, vae_steps=10, encoder_steps=10,
-                   classifier_steps=10, semvae_steps=10, diffusion_steps=20, diffusion_batch=16, eval_every=10,
-                   samples=40, sampling_steps=6,
-                   overrides=("model.hidden_size=32", "model.depth=2", "model.num_heads=2",
-                              "model.repa_projector_dim=32"))
+        return cls(**{**dict(run_dir=run_dir, data_root=data_root, train_images=256, test_images=128, vae_steps=10,
+                             encoder_steps=10, ssl_steps=4, ssl_batch=32, classifier_steps=10, semvae_steps=10,
+                             diffusion_steps=20, diffusion_batch=16, eval_every=10, samples=40,
+                             scoring=Scoring("euler", 6), final_scorings=(Scoring("euler", 6, conditional=False),),
+                             overrides=("model.hidden_size=32", "model.depth=2", "model.num_heads=2",
+                                        "model.repa_projector_dim=32")), **changes})
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -205,19 +222,39 @@ class DemoPipeline:
         result = self.stages.run("texture_vae", work)
         return load_module(TextureVAE(demo_vae_config()), path), result
 
-    def semantic_encoder(self):
-        from sfd.demo.networks import PatchEncoder, train_patch_encoder
+    def semantic_encoder(self, kind: str):
+        """A DINOv2 stand-in (:data:`ENCODERS`): the self-supervised one never sees a label."""
+        from sfd.demo.networks import PatchEncoder, train_patch_encoder, train_patch_encoder_ssl
 
-        path = self.models_dir / "semantic_encoder.pt"
+        path = self.models_dir / f"semantic_encoder_{kind}.pt"
+        settings = self.settings
 
         def work() -> dict:
-            encoder, losses = train_patch_encoder(self.train_x, self.train_labels, steps=self.settings.encoder_steps,
-                                                  batch_size=128, lr=2e-3, seed=self.settings.seed + 10)
+            if kind == "ssl":
+                encoder, losses = train_patch_encoder_ssl(self.train_x, steps=settings.ssl_steps,
+                                                          batch_size=settings.ssl_batch, lr=2e-3,
+                                                          seed=settings.seed + 30)
+            else:
+                encoder, losses = train_patch_encoder(self.train_x, self.train_labels, steps=settings.encoder_steps,
+                                                      batch_size=128, lr=2e-3, seed=settings.seed + 10)
             save_module(encoder, path)
-            return {"final_loss": losses[-1]}
+            return {"final_loss": losses[-1], "losses": losses[:: max(1, len(losses) // 100)]}
 
-        result = self.stages.run("semantic_encoder", work)
+        result = self.stages.run(f"semantic_encoder_{kind}", work)
         return load_module(PatchEncoder(), path), result
+
+    def encoder_probes(self, encoders: dict) -> dict:
+        """k-NN and linear-probe test accuracy of each encoder's mean-pooled patch tokens (fitted on the training
+        images, scored on the held-out ones), with an untrained encoder of the same architecture as the floor."""
+        from sfd.demo.networks import untrained_patch_encoder
+        from sfd.evaluation.probe import probe_report
+
+        def work() -> dict:
+            chosen = {**encoders, "untrained": untrained_patch_encoder(self.settings.seed + 30)}
+            return {name: probe_report(encoder, self.train_x, self.train_labels, self.test_x, self.test_labels)
+                    for name, encoder in chosen.items()}
+
+        return self.stages.run("encoder_probes", work)
 
     def fid_classifier(self):
         from sfd.demo.networks import FeatureClassifier, accuracy, train_classifier
@@ -239,8 +276,8 @@ class DemoPipeline:
         from sfd.tokenizers.semvae import load_semvae
         from sfd.tokenizers.semvae_train import load_train_config, train
 
-        features = self.run_dir / "features"
-        out = self.run_dir / "semvae"
+        features = self.run_dir / f"features_{self.settings.encoder}"
+        out = self.run_dir / f"semvae_{self.settings.encoder}"
 
         def tokens(images: torch.Tensor) -> Callable[[range], dict]:
             def encode_shard(shard: range) -> dict:
@@ -263,11 +300,11 @@ class DemoPipeline:
             return {"final_checkpoint": str(result.final), "loss_averages": result.averages,
                     "eval": asdict(result.evaluation) if result.evaluation is not None else None}
 
-        result = self.stages.run("semvae", work)
+        result = self.stages.run(f"semvae_{self.settings.encoder}", work)
         return load_semvae(result["final_checkpoint"]), result
 
     # stage 5 (and 6): latents in the release's shard format
-    def latents(self, vae, semantic_tokenizer, encoder, stage: str = "latents", folder: str = "latents") -> Path:
+    def latents(self, vae, semantic_tokenizer, encoder, stage: str, folder: str) -> Path:
         """Train and validation shards of (texture, semantic) latents in ``run_dir/folder``; returns the train one.
         The texture latents do not depend on the semantic tokenizer (per-image seeded posterior noise)."""
         encoders = LatentEncoders(vae, semantic_tokenizer, encoder, preprocess=lambda images: images)
@@ -299,7 +336,8 @@ class DemoPipeline:
         from sfd.tokenizers.pca import PCAProjector, fit_pca
 
         k = self.settings.pca_components
-        path = self.models_dir / f"pca{k}.safetensors"
+        tag = f"pca{k}_{self.settings.encoder}"
+        path = self.models_dir / f"{tag}.safetensors"
 
         def work() -> dict:
             with torch.no_grad():
@@ -307,30 +345,36 @@ class DemoPipeline:
             pca.save(path)
             return {"components": k, "explained_variance": pca.explained_variance.tolist()}
 
-        self.stages.run(f"pca{k}", work)
+        self.stages.run(tag, work)
         folder = self.latent_folder("pca").parent.name
-        return self.latents(vae, PCAProjector.load(path), encoder, stage=f"pca{k}_latents", folder=folder)
+        return self.latents(vae, PCAProjector.load(path), encoder, stage=f"pca{k}_latents_{self.settings.encoder}",
+                            folder=folder)
 
     # stage 7: the diffusion models
     def latent_folder(self, semantics: str) -> Path:
-        """The training latents of a semantic source (``semvae`` or ``pca``)."""
+        """The training latents of a semantic source; ``none`` reads the texture channels of the SemVAE folder."""
+        encoder = self.settings.encoder
         if semantics == "pca":
-            return self.run_dir / f"latents_pca{self.settings.pca_components}" / "train"
-        return self.run_dir / "latents" / "train"
+            return self.run_dir / f"latents_{encoder}_pca{self.settings.pca_components}" / "train"
+        return self.run_dir / f"latents_{encoder}" / "train"
 
-    def diffusion_config(self, variant: Variant, steps: Optional[int] = None,
-                         checkpoint_every: Optional[int] = None) -> SFDConfig:
+    def run_name(self, variant: Variant) -> str:
+        """Runs, stages and samples carry the encoder, so both stand-ins can share a run folder."""
+        return f"{self.settings.encoder}_{variant.name}"
+
+    def diffusion_config(self, variant: Variant, steps: Optional[int] = None, checkpoint_every: Optional[int] = None,
+                         scoring: Optional[Scoring] = None) -> SFDConfig:
         settings = self.settings
         train = self.latent_folder(variant.semantics)
         return load_config(DEMO_CONFIG, [
-            *channel_overrides(train), *variant.overrides(), f"data.valid_path={train.parent / 'valid'}",
-            f"train.output_dir={self.run_dir / 'runs'}", f"train.exp_name={variant.name}",
+            *channel_overrides(train, variant.semantics != "none"), *variant.overrides(),
+            f"data.valid_path={train.parent / 'valid'}", "data.in_memory=true",
+            f"train.output_dir={self.run_dir / 'runs'}", f"train.exp_name={self.run_name(variant)}",
             f"train.max_steps={steps or settings.diffusion_steps}", f"train.global_batch_size={settings.diffusion_batch}",
             f"train.ckpt_every={checkpoint_every or settings.eval_every}",
             f"train.valid_every={checkpoint_every or settings.eval_every}",
             f"train.global_seed={settings.seed + variant.repeat}",
-            f"sample.sampling_method={settings.sampling_method}", f"sample.num_sampling_steps={settings.sampling_steps}",
-            *settings.overrides])
+            *(scoring or settings.scoring).overrides(), *settings.overrides])
 
     def train(self, variant: Variant, steps: int, checkpoint_every: int) -> dict:
         """Train ``variant`` to ``steps`` (resuming its run when it stopped earlier or is extended)."""
@@ -341,37 +385,49 @@ class DemoPipeline:
             trainer.run(progress=True)
             return {"steps": trainer.step, "run_dir": str(trainer.run_dir)}
 
-        return self.stages.run(f"train_{variant.name}", work, keep=lambda result: result["steps"] >= steps)
+        return self.stages.run(f"train_{self.run_name(variant)}", work, keep=lambda result: result["steps"] >= steps)
 
     # stage 8: samples and FID at several training lengths
-    def evaluate(self, variant: Variant, step: int) -> dict:
+    def samples_file(self, variant: Variant, step: int, scoring: Scoring) -> Path:
+        return self.run_dir / "samples" / f"{self.run_name(variant)}_{step:07d}_{scoring.name}.npz"
+
+    def evaluate(self, variant: Variant, step: int, scoring: Optional[Scoring] = None) -> dict:
+        """FID of ``samples`` images of the EMA weights at ``step`` against the test images, the mean NFE per batch
+        and, when conditional, the class accuracy of the samples. Sample i has the same noise in every model of a
+        repeat (seed + repeat), so models are compared on common noise."""
         from sfd.build import build_model
         from sfd.checkpoint import load_weights
         from sfd.evaluation.metrics import feature_statistics, frechet_distance
         from sfd.generate import ImageSampler, LabelPlan, LatentDecoder
 
+        scoring = scoring or self.settings.scoring
+        count = self.settings.samples
+
         def work() -> dict:
-            config = self.diffusion_config(variant)
+            config = self.diffusion_config(variant, scoring=scoring)
             model = build_model(config)
-            load_weights(model, self.run_dir / "runs" / variant.name / "checkpoints" / f"{step:07d}.pt", prefer="ema")
+            load_weights(model, self.run_dir / "runs" / self.run_name(variant) / "checkpoints" / f"{step:07d}.pt",
+                         prefer="ema")
             sampler = ImageSampler(model.eval(), config, LatentDecoder(self.vae, config, torch.device("cpu")),
                                    seed=self.settings.seed + variant.repeat + 1000)
-            plan = LabelPlan(self.settings.samples, 10, balanced=True)
-            images, labels = [], plan.labels(range(self.settings.samples))
-            for start in range(0, self.settings.samples, 100):
-                indices = range(start, min(start + 100, self.settings.samples))
+            plan = LabelPlan(count, 10, balanced=True, fixed=None if scoring.conditional else 10)
+            images, labels = [], plan.labels(range(count))
+            for start in range(0, count, 100):
+                indices = range(start, min(start + 100, count))
                 images.append(sampler.images(indices, labels[indices.start: indices.stop]))
             images = np.concatenate(images)
-            np.savez_compressed(self.run_dir / "samples" / f"{variant.name}_{step:07d}.npz", images=images,
-                                labels=labels.numpy())
+            np.savez_compressed(self.samples_file(variant, step, scoring), images=images, labels=labels.numpy())
             features, predicted = self.classifier_outputs(self.classifier, images)
-            return {"fid": frechet_distance(feature_statistics(features), self.reference),
-                    "class_accuracy": float((predicted == labels.numpy()).mean()), "samples": self.settings.samples}
+            result = {"fid": frechet_distance(feature_statistics(features), self.reference), "nfe": sampler.mean_nfe,
+                      "samples": count}
+            if scoring.conditional:  # the null label asks for no class
+                result["class_accuracy"] = float((predicted == labels.numpy()).mean())
+            return result
 
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        result = self.stages.run(f"eval_{variant.name}_{step:07d}", work,
-                                 keep=lambda result: result.get("samples") == self.settings.samples)
-        return {"fid": result["fid"], "class_accuracy": result["class_accuracy"]}
+        result = self.stages.run(f"eval_{self.run_name(variant)}_{step:07d}_{scoring.name}", work,
+                                 keep=lambda result: result.get("samples") == count)
+        return {key: result[key] for key in ("fid", "class_accuracy", "nfe") if key in result}
 
     @staticmethod
     @torch.no_grad()
@@ -393,22 +449,31 @@ class DemoPipeline:
 
     # everything
     def prepare(self, variants: Sequence[Variant]) -> None:
-        """Stages 1-6: the tokenizers, the FID network and the latents the ``variants`` need."""
+        """Stages 1-6: the tokenizers, both encoders and their probes, the FID network and the latents the
+        ``variants`` need."""
         self.vae, _ = self.texture_vae()
-        encoder, _ = self.semantic_encoder()
+        encoders = {kind: self.semantic_encoder(kind)[0] for kind in ENCODERS}
+        self.probes = self.encoder_probes(encoders)
         self.classifier, _ = self.fid_classifier()
+        encoder = encoders[self.settings.encoder]
         semvae, _ = self.semvae(encoder)
-        self.latents(self.vae, semvae, encoder)
+        self.latents(self.vae, semvae, encoder, stage=f"latents_{self.settings.encoder}",
+                     folder=self.latent_folder("semvae").parent.name)
         if any(variant.semantics == "pca" for variant in variants):
             self.pca_latents(self.vae, encoder)
         self.reference = self.reference_statistics(self.classifier)
 
-    def sweep(self, variants: Sequence[Variant], steps: Optional[int] = None,
-              eval_every: Optional[int] = None) -> list[dict]:
-        """Train and score ``variants`` at equal budgets (the demo's steps and evaluation lengths by default)."""
+    def sweep(self, variants: Sequence[Variant], steps: Optional[int] = None, eval_every: Optional[int] = None,
+              final_scorings: Optional[Sequence[Scoring]] = None,
+              check_scorings: Sequence[Scoring] = ()) -> list[dict]:
+        """Train and score ``variants`` at equal budgets (the demo's steps, evaluation lengths and scorings by
+        default)."""
         self.prepare(variants)
-        return run_sweep(self, variants, steps or self.settings.diffusion_steps, eval_every or self.settings.eval_every,
-                         log=self.log)
+        settings = self.settings
+        return run_sweep(self, variants, steps or settings.diffusion_steps, eval_every or settings.eval_every,
+                         scorings=(settings.scoring,),
+                         final_scorings=settings.final_scorings if final_scorings is None else final_scorings,
+                         check_scorings=check_scorings, log=self.log)
 
     def run(self) -> Path:
         from sfd.demo.report import write_report
