@@ -5,6 +5,7 @@
 On the Fashion-MNIST pipeline of `make demo` (default; shares its tokenizers and runs in outputs/demo):
     python scripts/sweep.py --delta-t 0 0.1 0.3 0.5 0.7                      # the Δt ablation
     python scripts/sweep.py --name semantics --delta-t 0 0.3 --semantics semvae pca
+    python scripts/sweep.py --name table1 --delta-t 0.3 --semantics none none+repa semvae --repeats 3
     python scripts/sweep.py --name beta --delta-t 0.3 --semantic-weight 1 2 4 --repeats 2
     python scripts/sweep.py --quick --delta-t 0 0.3 0.6                      # every stage at tiny size
 On precomputed latents (e.g. ImageNet from scripts/extract_latents.py; several GPUs through torchrun):
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from sfd.sweep import SEMANTIC_SOURCES, LatentsSweep, grid, run_sweep, write_sweep_report
+from sfd.sweep import SOURCE_CHOICES, LatentsSweep, Scoring, grid, run_sweep, write_sweep_report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,13 +37,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="semantic leads; 0 is the synchronous baseline (default: %(default)s)")
     axes.add_argument("--semantic-weight", type=float, nargs="+", default=[2.0],
                       help="weights β of the semantic velocity loss (default: %(default)s, the paper's)")
-    axes.add_argument("--semantics", nargs="+", choices=SEMANTIC_SOURCES, default=["semvae"],
-                      help="semantic channel sources: the Semantic VAE, or ReDi-style PCA (default: semvae)")
+    axes.add_argument("--semantics", nargs="+", choices=list(SOURCE_CHOICES), default=["semvae"],
+                      help="semantic sources: none (texture-only LightningDiT, Table 1's baseline), none+repa "
+                           "(LightningDiT + REPA), semvae (SFD's Semantic VAE) or pca (ReDi-style); the models "
+                           "without semantic channels take no Δt (default: semvae)")
     axes.add_argument("--repeats", type=int, default=1, help="training runs per point, seeds seed..seed+N-1, for the "
                                                              "run-to-run spread (default: 1)")
     budget = parser.add_argument_group("the budget (equal for every point)")
     budget.add_argument("--steps", type=int, help="training steps (default: the demo's 1200, or the config's)")
-    budget.add_argument("--eval-every", type=int, help="also score at every multiple of this (default: the demo's 400; "
+    budget.add_argument("--eval-every", type=int, help="also score at every multiple of this (default: the demo's 600; "
                                                        "on latents only the last step)")
     budget.add_argument("--samples", type=int, help="samples per score (default: the demo's 500; 50000 on latents)")
     budget.add_argument("--seed", type=int, default=0,
@@ -92,7 +95,9 @@ def fashion_sweep(args, variants) -> Path:
 
 def latents_sweep(args, variants) -> Path | None:
     folders = {source: Path(path) for source, path in (("semvae", args.latents), ("pca", args.pca_latents)) if path}
-    missing = sorted({variant.semantics for variant in variants} - set(folders))
+    if not folders:
+        raise ValueError("--config needs --latents (or --pca-latents): the latent folder the models train on")
+    missing = sorted({variant.semantics for variant in variants} - set(folders) - {"none"})
     if missing:
         raise ValueError(f"--semantics {' '.join(missing)} needs " + " and ".join(
             "--latents" if source == "semvae" else "--pca-latents" for source in missing))
@@ -104,7 +109,9 @@ def latents_sweep(args, variants) -> Path | None:
     if sweep.topology.is_main:
         sweep.feature_network()  # missing or wrong Inception weights fail now, not after training
     steps = args.steps or sweep.config(variants[0]).train.max_steps
-    rows = run_sweep(sweep, variants, steps, args.eval_every, log=print if sweep.topology.is_main else lambda _: None)
+    scoring = Scoring.from_config(sweep.config(variants[0]).sample)
+    rows = run_sweep(sweep, variants, steps, args.eval_every, scorings=(scoring,),
+                     log=print if sweep.topology.is_main else lambda _: None)
     if not sweep.topology.is_main:
         return None
     return write_sweep_report(rows, output / "sweeps" / args.name, f"Sweep '{args.name}' on {args.config}", [

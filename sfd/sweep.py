@@ -23,13 +23,14 @@ import itertools
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
 import torch
 
 SEMANTIC_SOURCES = ("none", "semvae", "pca")
+FIXED_GRID_METHODS = ("euler", "heun")  # sfd.samplers' explicit loops
 VARIANT_FIELDS = ("semantics", "repa", "delta_t", "semantic_weight", "repeat")
 SCORING_FIELDS = ("sampler", "conditioning")
 # Metrics a backend may report, in table order, with the direction that is better.
@@ -101,8 +102,8 @@ class Variant:
 class Scoring:
     """How a model is sampled for one score: the ODE solver and whether the class label is given.
 
-    ``method``: ``dopri5`` (adaptive, the paper's; ``rtol``/``atol`` its tolerances) or a fixed-grid ``euler`` /
-    ``heun`` with ``steps`` grid points over τ ∈ [0, 1 + Δt]; ``conditional``: class-balanced labels, or the null
+    ``method``: ``dopri5`` (adaptive, the paper's; ``rtol``/``atol`` its tolerances; any torchdiffeq method works)
+    or a fixed-grid ``euler`` / ``heun`` with ``steps`` grid points over τ ∈ [0, 1 + Δt]; ``conditional``: class-balanced labels, or the null
     label for every sample (unconditional generation by the same network, which trains its null-label branch
     through label dropout)."""
 
@@ -113,16 +114,26 @@ class Scoring:
     conditional: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in ("dopri5", "euler", "heun"):
-            raise ValueError(f"method: {self.method!r} is not one of dopri5, euler, heun")
+        if not self.method:
+            raise ValueError("method: empty (euler, heun or a torchdiffeq method such as dopri5)")
         if self.steps < 2:
             raise ValueError(f"steps: {self.steps} must be at least 2 grid points")
         if not (self.rtol > 0 and self.atol > 0):
             raise ValueError(f"rtol/atol: {self.rtol}/{self.atol} must be positive")
 
+    @classmethod
+    def from_config(cls, sample) -> "Scoring":
+        """The scoring a config's ``sample`` section describes (class-conditional)."""
+        return cls(sample.sampling_method, sample.num_sampling_steps, sample.rtol, sample.atol)
+
+    @property
+    def fixed_grid(self) -> bool:
+        """Euler and Heun step along the grid; every other method is torchdiffeq's, adaptive with tolerances."""
+        return self.method in FIXED_GRID_METHODS
+
     @property
     def sampler(self) -> str:
-        if self.method == "dopri5":
+        if not self.fixed_grid:
             return f"dopri5 rtol {self.rtol:g}"
         return f"{self.method}-{self.steps}"
 
@@ -138,6 +149,13 @@ class Scoring:
     def overrides(self) -> list[str]:
         return [f"sample.sampling_method={self.method}", f"sample.num_sampling_steps={self.steps}",
                 f"sample.rtol={self.rtol}", f"sample.atol={self.atol}"]
+
+    def tighter(self) -> "Scoring":
+        """The same scoring with a ten times tighter tolerance (adaptive) or twice the intervals (fixed grid): the
+        convergence check of a score."""
+        if not self.fixed_grid:
+            return replace(self, rtol=self.rtol / 10)
+        return replace(self, steps=2 * (self.steps - 1) + 1)
 
     def fields(self) -> dict[str, str]:
         return {"sampler": self.sampler, "conditioning": self.conditioning}

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sfd.demo.pipeline import DemoPipeline, DemoSettings, load_fashion_mnist, to_model_images
 
@@ -19,21 +20,45 @@ def test_reader_and_image_conversion(fake_fashion):
 def test_quick_pipeline_runs_every_stage_and_resumes(fake_fashion, tmp_path):
     settings = DemoSettings.quick(str(tmp_path / "demo"), data_root=str(fake_fashion))
     report = Path(DemoPipeline(settings, log=lambda message: None).run())
-    stages = {p.stem for p in (tmp_path / "demo" / "stages").glob("*.json")}
-    assert {"texture_vae", "semantic_encoder", "fid_classifier", "semvae", "latents", "train_dt0.3_w2_semvae",
-            "train_dt0_w2_semvae", "eval_dt0.3_w2_semvae_0000010", "eval_dt0_w2_semvae_0000020"} <= stages
+    run_dir = tmp_path / "demo"
+    stages = {p.stem for p in (run_dir / "stages").glob("*.json")}
+    assert {"texture_vae", "semantic_encoder_ssl", "semantic_encoder_supervised", "encoder_probes", "fid_classifier",
+            "semvae_ssl", "latents_ssl", "train_ssl_lightningdit", "train_ssl_lightningdit_repa",
+            "train_ssl_dt0.3_w2_semvae", "eval_ssl_dt0.3_w2_semvae_0000010_euler-6",
+            "eval_ssl_lightningdit_0000020_euler-6_uncond"} <= stages
     text = report.read_text()
-    assert "| dt0.3_w2_semvae | 0.3 | 20 |" in text and "| dt0_w2_semvae | 0.0 | 20 |" in text
-    assert "SFD had the lower FID" in text
-    for figure in ("samples_dt0.3_w2_semvae.png", "samples_dt0_w2_semvae.png", "loss_curves.png",
-                   "fid_vs_step.png"):
-        assert (tmp_path / "demo" / "report" / figure).stat().st_size > 0
-    shards = sorted((tmp_path / "demo" / "latents" / "train").glob("latents_shard*.safetensors"))
-    assert shards and (tmp_path / "demo" / "latents" / "train" / "latents_stats.pt").exists()
-    evaluation = json.loads((tmp_path / "demo" / "stages" / "eval_dt0.3_w2_semvae_0000020.json").read_text())
-    assert evaluation["fid"] > 0 and 0 <= evaluation["class_accuracy"] <= 1
+    assert text.startswith("# Table 1 at toy scale: LightningDiT, + REPA, + SFD")
+    assert "**self-supervised** DINOv2 stand-in" in text
+    for row in ("| LightningDiT | 20 | euler-6 | 5 | conditional |", "| LightningDiT + REPA | 20 | euler-6 | 5 | "
+                "unconditional |", "| SemVAE semantics, Δt 0.3 | 20 | euler-6 | 5 | conditional |"):
+        assert row in text
+    assert "After 20 steps (euler-6, conditional), SFD's FID" in text
+    assert "| self-supervised (contrastive, no labels) |" in text and "| untrained (same architecture" in text
+    probes = json.loads((run_dir / "stages" / "encoder_probes.json").read_text())
+    assert set(probes) >= {"ssl", "supervised", "untrained"} and 0 <= probes["ssl"]["knn"] <= 1
+    for figure in ("samples_lightningdit.png", "samples_lightningdit_repa.png", "samples_dt0.3_w2_semvae.png",
+                   "loss_curves.png", "fid_vs_step.png"):
+        assert (run_dir / "report" / figure).stat().st_size > 0
+    shards = sorted((run_dir / "latents_ssl" / "train").glob("latents_shard*.safetensors"))
+    assert shards and (run_dir / "latents_ssl" / "train" / "latents_stats.pt").exists()
+    evaluation = json.loads((run_dir / "stages" / "eval_ssl_dt0.3_w2_semvae_0000020_euler-6.json").read_text())
+    assert evaluation["fid"] > 0 and 0 <= evaluation["class_accuracy"] <= 1 and evaluation["nfe"] == 5
 
     messages = []
     DemoPipeline(settings, log=messages.append).run()  # a rerun only skips
     stage_messages = [message for message in messages if message.startswith("[")]
     assert all("skipped" in message for message in stage_messages) and len(stage_messages) == len(stages)
+
+    # the supervised stand-in stays selectable: it shares the networks above and gets its own semantics and runs
+    vae_written = (run_dir / "stages" / "texture_vae.json").stat().st_mtime_ns
+    supervised = DemoSettings.quick(str(run_dir), data_root=str(fake_fashion), encoder="supervised")
+    text = Path(DemoPipeline(supervised, log=lambda message: None).run()).read_text()
+    assert "**supervised** DINOv2 stand-in" in text
+    assert {"semvae_supervised", "latents_supervised", "train_supervised_dt0.3_w2_semvae"} <= {
+        p.stem for p in (run_dir / "stages").glob("*.json")}
+    assert (run_dir / "stages" / "texture_vae.json").stat().st_mtime_ns == vae_written  # not retrained
+
+
+def test_settings_reject_an_unknown_encoder(tmp_path):
+    with pytest.raises(ValueError, match="encoder: 'clip' is not one of ssl, supervised"):
+        DemoSettings(run_dir=str(tmp_path), encoder="clip")

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from sfd.config import load_config
 from sfd.data.synthetic import write_synthetic_shards
-from sfd.sweep import (LatentsSweep, Variant, evaluation_steps, findings, grid, latent_channels, run_sweep,
-                       summarise, write_sweep_report)
+from sfd.sweep import (LatentsSweep, Scoring, Variant, evaluation_steps, findings, grid, latent_channels,
+                       run_sweep, summarise, write_sweep_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -16,18 +17,39 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def test_variants_names_and_grid():
     assert Variant(0.3).name == "dt0.3_w2_semvae" and Variant(0.0, 1.5, "pca", 2).name == "dt0_w1.5_pca_r2"
-    assert Variant(0.3).overrides() == ["model.semfirst_delta_t=0.3", "model.semantic_weight=2.0"]
+    assert Variant(semantics="none", repa=False).name == "lightningdit"
+    assert Variant(semantics="none", repeat=1).name == "lightningdit_repa_r1"
+    assert Variant(0.3, repa=False).name == "dt0.3_w2_semvae_norepa"
+    assert Variant(semantics="none").label == "LightningDiT + REPA" and Variant(0.3).label == "SemVAE semantics, Δt 0.3"
+    assert Variant(0.3).overrides() == ["model.semfirst_delta_t=0.3", "model.semantic_weight=2.0",
+                                        "model.use_repa=true"]
     variants = grid([0, 0.3, 0.3], [2.0], ["semvae", "pca"], repeats=2)
     assert [v.name for v in variants] == ["dt0_w2_semvae", "dt0_w2_semvae_r1", "dt0.3_w2_semvae",
                                           "dt0.3_w2_semvae_r1", "dt0_w2_pca", "dt0_w2_pca_r1", "dt0.3_w2_pca",
                                           "dt0.3_w2_pca_r1"]
+    # the sources without semantic channels take one model per repeat, whatever the Δt list
+    assert [v.name for v in grid([0, 0.3], [2.0], ["none", "none+repa"], repeats=2)] == [
+        "lightningdit", "lightningdit_r1", "lightningdit_repa", "lightningdit_repa_r1"]
     for bad, message in ((dict(delta_t=1.5), "delta_t: 1.5 is outside"), (dict(delta_t=0.3, semantics="clip"),
                                                                            "semantics: 'clip' is not one of"),
-                         (dict(delta_t=0.3, semantic_weight=-1), "semantic_weight")):
+                         (dict(delta_t=0.3, semantic_weight=-1), "semantic_weight"),
+                         (dict(delta_t=0.3, semantics="none"), "needs semantic channels")):
         with pytest.raises(ValueError, match=message):
             Variant(**bad)
+    with pytest.raises(ValueError, match="semantics: 'dino' is not one of none, none\\+repa"):
+        grid([0.3], semantics=["dino"])
     assert evaluation_steps(1200, 400) == [400, 800, 1200] and evaluation_steps(1000, 400) == [400, 800, 1000]
     assert evaluation_steps(50, None) == [50]
+
+
+def test_scorings_name_their_sampler_and_tighten():
+    assert Scoring().name == "dopri5rtol0.001" and Scoring().sampler == "dopri5 rtol 0.001"
+    assert Scoring("euler", 25, conditional=False).name == "euler-25_uncond"
+    assert Scoring().tighter() == Scoring(rtol=1e-4) and Scoring("euler", 25).tighter() == Scoring("euler", 49)
+    assert Scoring("heun", 7).overrides() == ["sample.sampling_method=heun", "sample.num_sampling_steps=7",
+                                              "sample.rtol=0.001", "sample.atol=1e-06"]
+    with pytest.raises(ValueError, match="steps: 1 must be at least 2"):
+        Scoring("euler", 1)
 
 
 def test_summary_findings_and_report(tmp_path):
@@ -43,7 +65,8 @@ def test_summary_findings_and_report(tmp_path):
                     "twice the spread between repeated runs (std 1.41).")
     table = write_sweep_report(rows, tmp_path / "sweep", "Test sweep", ["setup line"])
     content = table.read_text()
-    assert "| semvae | 2 | 0.3 | 2 | 7.25 ± 0.35 | 0.500 ± 0.000 |" in content and "* setup line" in content
+    assert "| SemVAE semantics, Δt 0.3 | 2 | 0.3 |  | conditional | 2 | 7.25 ± 0.35 | 0.500 ± 0.000 |" in content
+    assert "* setup line" in content
     assert (tmp_path / "sweep" / "fid_vs_delta_t.png").stat().st_size > 0
     assert len(json.loads((tmp_path / "sweep" / "results.json").read_text())) == 4
 
@@ -59,27 +82,40 @@ def test_delta_t_and_semantics_sweeps_on_the_tiny_pipeline(fake_fashion, tmp_pat
     assert f"table: {table}" in capsys.readouterr().out
     content = table.read_text()
     for delta_t in ("0", "0.3", "0.6"):
-        assert f"| semvae | 2 | {delta_t} | 1 |" in content
+        lead = "synchronous, Δt 0" if delta_t == "0" else f"Δt {delta_t}"
+        assert f"| SemVAE semantics, {lead} | 2 | {delta_t} | euler-6 (5) | conditional | 1 |" in content
     assert "## Every scored training length" in content and "best FID at 10 steps" in content
     assert (run_dir / "sweeps" / "delta_t" / "fid_vs_delta_t.png").stat().st_size > 0
     rows = json.loads((run_dir / "sweeps" / "delta_t" / "results.json").read_text())
-    assert [(row["delta_t"], row["step"]) for row in rows] == [(0, 5), (0, 10), (0.3, 5), (0.3, 10), (0.6, 5),
-                                                               (0.6, 10)]
-    assert json.loads((run_dir / "stages" / "eval_dt0.6_w2_semvae_0000010.json").read_text())["samples"] == 20
-
-    # PCA vs SemVAE: the Δt = 0.3 SemVAE run is shared with the sweep above (its stages are skipped)
+    assert [(row["delta_t"], row["step"], row["conditioning"]) for row in rows] == [
+        (dt, step, conditioning) for dt in (0, 0.3, 0.6)
+        for step, conditioning in ((5, "conditional"), (10, "conditional"), (10, "unconditional"))]
     stages = run_dir / "stages"
-    trained_before = (stages / "train_dt0.3_w2_semvae.json").stat().st_mtime_ns
-    assert main([*common, "--name", "semantics", "--delta-t", "0.3", "--semantics", "semvae", "pca"]) == 0
-    assert (stages / "train_dt0.3_w2_semvae.json").stat().st_mtime_ns == trained_before
-    assert latent_channels(run_dir / "latents_pca4" / "train") == (4, 4)
-    content = (run_dir / "sweeps" / "semantics" / "table.md").read_text()
-    assert "| pca | 2 | 0.3 | 1 |" in content and "ReDi-style semantics: the first 4 principal components" in content
+    assert json.loads((stages / "eval_ssl_dt0.6_w2_semvae_0000010_euler-6.json").read_text())["samples"] == 20
+
+    # Table 1's baselines and ReDi-style PCA: the Δt = 0.3 SemVAE run is shared with the sweep above (skipped)
+    trained_before = (stages / "train_ssl_dt0.3_w2_semvae.json").stat().st_mtime_ns
+    assert main([*common, "--name", "sources", "--delta-t", "0.3", "--semantics", "none", "none+repa", "semvae",
+                 "pca"]) == 0
+    assert (stages / "train_ssl_dt0.3_w2_semvae.json").stat().st_mtime_ns == trained_before
+    assert latent_channels(run_dir / "latents_ssl_pca4" / "train") == (4, 4)
+    content = (run_dir / "sweeps" / "sources" / "table.md").read_text()
+    for row in ("| PCA semantics, Δt 0.3 | 2 | 0.3 | euler-6 (5) | conditional | 1 |",
+                "| LightningDiT | – | – | euler-6 (5) | conditional | 1 |",
+                "| LightningDiT + REPA | – | – | euler-6 (5) | unconditional | 1 |"):
+        assert row in content
+    assert "ReDi-style semantics: the first 4 principal components" in content
+    for name, use_repa, in_chans in (("lightningdit", False, 4), ("lightningdit_repa", True, 4),
+                                     ("dt0.3_w2_pca", True, 8)):
+        config = load_config(run_dir / "runs" / f"ssl_{name}" / "config.yaml")
+        assert (config.model.use_repa, config.model.in_chans) == (use_repa, in_chans)
+        assert json.loads((stages / f"eval_ssl_{name}_0000010_euler-6_uncond.json").read_text())["fid"] > 0
 
     # more steps extend the runs instead of starting over
     assert main([*common, "--name", "longer", "--delta-t", "0.3", "--steps", "15"]) == 0
-    assert json.loads((stages / "train_dt0.3_w2_semvae.json").read_text())["steps"] == 15
-    assert "| semvae | 2 | 0.3 | 15 |" in (run_dir / "sweeps" / "longer" / "table.md").read_text()
+    assert json.loads((stages / "train_ssl_dt0.3_w2_semvae.json").read_text())["steps"] == 15
+    assert "| SemVAE semantics, Δt 0.3 | 2 | 0.3 | euler-6 (5) | conditional | 15 |" in (
+        run_dir / "sweeps" / "longer" / "table.md").read_text()
 
 
 def test_latents_backend_end_to_end(tmp_path):
@@ -102,15 +138,22 @@ def test_latents_backend_end_to_end(tmp_path):
                                     "sample.per_proc_batch_size=2", "sample.balanced_sampling=true",
                                     "train.global_batch_size=4", "train.log_every=1"])
     assert sweep.config(Variant(0.3, semantics="pca")).model.in_chans == 40
-    rows = run_sweep(sweep, [Variant(0.0), Variant(0.3, semantics="pca")], steps=2, log=lambda message: None)
-    assert [(row["name"], row["step"]) for row in rows] == [("dt0_w2_semvae", 2), ("dt0.3_w2_pca", 2)]
+    assert sweep.config(Variant(semantics="none")).model.in_chans == 32
+    scorings = (Scoring.from_config(sweep.config(Variant(0.0)).sample),)
+    assert scorings[0].name == "euler-3"
+    variants = [Variant(0.0), Variant(0.3, semantics="pca"), Variant(semantics="none", repa=False)]
+    rows = run_sweep(sweep, variants, steps=2, scorings=scorings, log=lambda message: None)
+    assert [(row["name"], row["step"]) for row in rows] == [("dt0_w2_semvae", 2), ("dt0.3_w2_pca", 2),
+                                                             ("lightningdit", 2)]
     assert all(set(row) >= {"fid", "sfid", "inception_score", "precision", "recall"} for row in rows)
-    assert (tmp_path / "out" / "samples" / "dt0.3_w2_pca_0000002.npz").exists()
+    assert (tmp_path / "out" / "samples" / "dt0.3_w2_pca_0000002_euler-3.npz").exists()
     batches = network.batches
-    assert run_sweep(sweep, [Variant(0.0)], steps=2, log=lambda message: None) == rows[:1]  # from the saved scores
+    again = run_sweep(sweep, [Variant(0.0)], steps=2, scorings=scorings, log=lambda message: None)
+    assert [{k: v for k, v in row.items() if k != "nfe"} for row in again] == [  # from the saved scores
+        {k: v for k, v in rows[0].items() if k != "nfe"}]
     assert network.batches == batches
     table = write_sweep_report(rows, tmp_path / "out" / "sweeps" / "t", "latents").read_text()
-    assert "| pca | 2 | 0.3 | 1 |" in table and "sFID ↓" in table
+    assert "| PCA semantics, Δt 0.3 | 2 | 0.3 | euler-3 (2) | conditional | 1 |" in table and "sFID ↓" in table
 
 
 def test_bad_arguments_are_reported(tmp_path, capsys):

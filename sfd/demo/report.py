@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from sfd.demo.pipeline import DemoPipeline
 
 
-
 def _training_log(run_dir: Path) -> list[dict]:
     path = run_dir / "log.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -68,6 +67,20 @@ def comparison_table(rows: Sequence[dict], names: Sequence[str]) -> list[str]:
         lines.append(f"| {row['label']} | {row['step']} | {row['sampler']} | {nfe} | {row['conditioning']} | "
                      f"{row['fid']:.2f} | {accuracy} |")
     return lines
+
+
+def scoring_note(main, final_scorings) -> str:
+    """Which row is which: the converged-solver rows and the equal-NFE rows, worded from the scorings used."""
+    if not main.fixed_grid:
+        text = (f"Rows with {main.sampler} use the paper's adaptive solver at the release's tolerances, where FID has "
+                "converged in the solver (the study checks it against a tighter tolerance).")
+    else:
+        text = f"Rows with {main.sampler} use a fixed grid of {main.steps} points (a smoke-sized setting)."
+    fixed = [s for s in final_scorings if s.fixed_grid]
+    if fixed:
+        text += (f" The {', '.join(dict.fromkeys(s.sampler for s in fixed))} rows give every model the same number "
+                 "of network evaluations (SFD spends some of them while texture waits for semantics).")
+    return text
 
 
 def probe_lines(probes: dict) -> list[str]:
@@ -166,9 +179,7 @@ def write_report(pipeline: "DemoPipeline", results: list[dict]) -> Path:
         verdict(results, sfd.name, baselines, main.sampler), "",
         *[f"* {verdict(results, sfd.name, baselines, s.sampler, s.conditioning)}" for s in settings.final_scorings],
         "", *comparison_table(results, names), "",
-        f"Rows with {main.sampler} are scored with the paper's adaptive solver at the release's tolerances (its "
-        "FID has converged in the solver: see the study's check); the Euler rows give every model the same number of "
-        "network evaluations (SFD spends some of them while texture waits for semantics). FID uses the penultimate "
+        scoring_note(main, settings.final_scorings) + " FID uses the penultimate "
         "features of a classifier trained in this pipeline (independently of the semantic encoder) and compares "
         "samples with the held-out test images; class accuracy is how often that classifier assigns a conditional "
         "sample its class. Both are toy-scale proxies, not ImageNet FID.", "",
