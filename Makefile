@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test env bench clean-env data sweep
+.PHONY: demo test env bench clean-env data sweep study
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,14 @@ data:
 demo: $(STAMP) data
 	OMP_NUM_THREADS=2 $(PY) scripts/demo.py
 
-# The Δt sweep and the SemVAE-vs-PCA comparison on the demo's pipeline (reuses its tokenizers and runs; ~40 min).
+# The paper's three claims (Table 1, the Δt ablation, convergence) with 3 seeds on the demo's pipeline: reuses its
+# tokenizers and seed-0 runs, resumable (~2 h on 2 cores): outputs/demo/studies/table1/report.md
+study: $(STAMP) data
+	OMP_NUM_THREADS=2 $(PY) scripts/study.py
+
+# ReDi-style PCA semantics against the Semantic VAE, 3 seeds (reuses the study's SemVAE runs; ~25 min).
 sweep: $(STAMP) data
-	OMP_NUM_THREADS=2 $(PY) scripts/sweep.py --repeats 2
-	OMP_NUM_THREADS=2 $(PY) scripts/sweep.py --name semantics --delta-t 0 0.3 --semantics semvae pca --repeats 2
+	OMP_NUM_THREADS=2 $(PY) scripts/sweep.py --name semantics --delta-t 0 0.3 --semantics semvae pca --repeats 3
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q

@@ -135,7 +135,7 @@ def test_quick_study_runs_end_to_end_and_writes_its_report(fake_fashion, tmp_pat
                   "(b) Δt [euler-6, conditional", "(c) Convergence [euler-6, conditional]"):
         assert claim in report
     assert "| model (seed 0, 10 steps) | FID, euler-6 | FID, euler-11 |" in report  # the solver check
-    assert "**euler-6** is the converged solver" in report
+    assert "**euler-6** is the converged solver" in report and "models have converged at euler-6" in report
     table = (folder / "table.md").read_text()
     assert "| LightningDiT + REPA | – | – | euler-6 (5) | unconditional | 10 | 2 |" in table
     assert len(json.loads((folder / "verdicts.json").read_text())) == 5

@@ -239,11 +239,14 @@ def write_study_report(rows: Sequence[dict], folder: Path, title: str, main: Sco
     equal_nfe = (f"**{others}** gives every model the same number of network evaluations (SFD spends some while its "
                  "texture waits); " if others else "")
     check_table = convergence_lines(rows, summarise(rows), main, check)
+    converged = sum(line.endswith("| converged |") for line in check_table)
     lines = [f"# {title}", "",
-             f"{len({row['name'] for row in rows})} models × {len(seeds)} training seeds ({', '.join(map(str, seeds))}); "
+             f"{len({row['label'] for row in rows})} models × {len(seeds)} training seeds ({', '.join(map(str, seeds))}); "
              "values are means ± sample standard deviations over seeds. A difference counts when it exceeds twice "
              "the larger of the two standard deviations.", "",
-             "## Verdicts", "", *[f"* {text}" for text in found.values()], "",
+             "## Verdicts", "", *[f"* {text}" for text in found.values()],
+             f"* Solver: {converged} of {len(check_table[2:])} models have converged at {main.sampler} (tightening "
+             "it moves FID by less than the seed spread; table below).", "",
              "Which row is which: "
              f"**{main.sampler}** is the converged solver (checked below), scored at every training length; "
              f"{equal_nfe}**unconditional** gives every sample the null label (the same class-dropout-trained "
@@ -251,8 +254,8 @@ def write_study_report(rows: Sequence[dict], folder: Path, title: str, main: Sco
              "![FID vs step](fid_vs_step.png) ![FID vs Δt](fid_vs_delta_t.png)", "",
              "## Is the solver converged?", ""]
     lines += (check_table or ["(not checked: no row has both solvers)"]) + [
-        "", f"The check reruns the first seed of every model with {check.sampler} (a tenfold tighter tolerance, or "
-            "twice the grid intervals); a change "
+        "", f"The check reruns the first seed of every model with {check.sampler} ("
+            + ("twice the grid intervals" if check.fixed_grid else "a tenfold tighter tolerance") + "); a change "
             "below the seed spread means the main solver's FID measures the model, not the solver.", "",
         f"## After {max(e['step'] for e in summary)} steps and at every length", "", *table, ""]
     if setup:
