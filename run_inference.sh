@@ -15,12 +15,5 @@ config=$1
 shift
 cd "$(dirname "$0")"
 source scripts/launch_common.sh
-gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())')
-nproc=${GPUS_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}
-nnodes=${NNODES:-${WORLD_SIZE:-1}}
-node_rank=${NODE_RANK:-${RANK:-0}}
-unset WORLD_SIZE RANK
-[[ $gpus -eq 0 ]] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec "$python" -m torch.distributed.run --nnodes "$nnodes" --node_rank "$node_rank" --nproc_per_node "$nproc" \
-    --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-1235}" \
-    scripts/sample.py --config "$config" --precision "${PRECISION:-tf32}" "${sampling_flags[@]}" "$@"
+set_torchrun
+exec "${torchrun[@]}" scripts/sample.py --config "$config" --precision "${PRECISION:-tf32}" "${sampling_flags[@]}" "$@"

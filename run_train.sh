@@ -17,15 +17,5 @@ for argument in "$@"; do
         exec "$python" scripts/train.py --config "$config" "train.precision=${PRECISION:-bf16}" "$@"
     fi
 done
-gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())')
-nproc=${GPUS_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}
-nnodes=${NNODES:-${WORLD_SIZE:-1}}
-node_rank=${NODE_RANK:-${RANK:-0}}
-# torchrun sets WORLD_SIZE/RANK for the workers itself; the node-level values must not leak into them.
-unset WORLD_SIZE RANK
-if [[ $gpus -eq 0 ]]; then
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-fi
-exec "$python" -m torch.distributed.run --nnodes "$nnodes" --node_rank "$node_rank" --nproc_per_node "$nproc" \
-    --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-1235}" \
-    scripts/train.py --config "$config" "train.precision=${PRECISION:-bf16}" "$@"
+set_torchrun
+exec "${torchrun[@]}" scripts/train.py --config "$config" "train.precision=${PRECISION:-bf16}" "$@"

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Time LightningDiT's eval forward and a full training step per batch size, and report the peak memory.
 
-The forward row is one sampler-style call (no grad, eval mode, no REPA projector). The train row is what one
-optimisation step of training costs: the SFD flow-matching loss (semantic-first times, cosine and REPA terms as the
-config says), backward, optional gradient clipping and an AdamW step. bf16/fp16 use autocast with fp32 master
-weights (fp16 also a gradient scaler). Inputs are random tensors of the config's latent shape, so no data or
-checkpoint is needed.
+The forward row is one sampler-style call (no grad, eval mode, no REPA projector). The train row is one step of the
+project's trainer (``sfd.train.Trainer.train_step``): the SFD flow-matching loss (semantic-first times, cosine and
+REPA terms as the config says), backward, optional gradient clipping, the AdamW step and the EMA update. bf16/fp16
+use autocast with fp32 master weights (fp16 also a gradient scaler); the trainer trains in fp32 on CPUs. Inputs are
+random tensors of the config's latent shape, so no data or checkpoint is needed.
 
 Examples:
     python scripts/bench_model.py                                     # SFD-XL/1 training config, fp32
@@ -19,13 +19,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
-import os
 import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +32,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 import sfd
+from sfd import distributed
+from sfd.files import write_json_atomic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = {"forward": ("forward",), "train": ("train",), "both": ("forward", "train")}
@@ -227,11 +226,10 @@ def make_batch(args: sfd.LightningDiTArgs, batch: int, device: torch.device, gen
 
 @dataclass
 class Bench:
-    """Everything a row needs: the (possibly compiled) model, the loss and the run settings."""
+    """Everything a row needs: the (possibly compiled) model for the forward rows and the run settings."""
 
     model: torch.nn.Module
     model_args: sfd.LightningDiTArgs
-    loss: sfd.FlowMatchingLoss
     config: sfd.SFDConfig
     device: torch.device
     dtype: torch.dtype
@@ -253,28 +251,21 @@ def forward_step(bench: Bench, inputs: Batch) -> tuple[Callable[[], None], Calla
 
 
 def train_step(bench: Bench, inputs: Batch) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(step, cleanup) for one training step: loss, backward, clipping when configured, AdamW. The optimizer is new
-    for each row so its state counts in that row's memory only; cleanup frees it and the gradients."""
-    bench.model.train()
-    params = [p for p in bench.model.parameters() if p.requires_grad]
-    settings = bench.config.optimizer
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, settings.beta2), weight_decay=0)
-    scaler = torch.amp.GradScaler(bench.device.type, enabled=bench.dtype == torch.float16)
+    """(step, cleanup) for one step of the project's trainer (``Trainer.train_step``: loss with per-row generators,
+    backward, clipping when configured, AdamW, EMA). The trainer is new for each row so its optimizer state counts
+    in that row's memory only; precision and compilation follow the trainer's rules (``train.precision``,
+    ``train.compile``; CPUs train in fp32)."""
+    from sfd.train import Trainer
+
+    trainer = Trainer(bench.config, distributed.Topology(), with_data=False, device=bench.device)  # writes nothing
+    rows = range(len(inputs.x))
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with bench.autocast():
-            loss = bench.loss(bench.model, inputs.x, inputs.y, inputs.repa_target, generator=bench.generator).total
-        scaler.scale(loss).backward()
-        if settings.max_grad_norm is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
+        trainer.train_step(inputs.x, inputs.y, inputs.repa_target, rows)
 
     def cleanup() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        optimizer.state.clear()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.optimizer.state.clear()
 
     return step, cleanup
 
@@ -330,24 +321,14 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, payload, indent=2)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Benchmark the config's model; returns the exit status (2 for a config error)."""
     args = parse_args(argv)
-    overrides = list(args.override) + (["model.use_checkpoint=true"] if args.grad_checkpointing else [])
+    overrides = list(args.override) + (["model.use_checkpoint=true"] if args.grad_checkpointing else []) + [
+        f"train.precision={args.dtype}", f"train.compile={str(args.compile).lower()}"]  # the train rows' trainer
     try:
         config = sfd.load_config(args.config, overrides)
     except sfd.ConfigError as error:
@@ -366,7 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.compile:
         model = torch.compile(model)
     generator = torch.Generator(device=device).manual_seed(config.train.global_seed)
-    bench = Bench(model, model_args, sfd.FlowMatchingLoss.from_config(config), config, device, dtype, generator)
+    bench = Bench(model, model_args, config, device, dtype, generator)
     meter = MemoryMeter(device)
 
     tokens = (model_args.input_size // model_args.patch_size) ** 2

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    split = TimeSplit(config.model.semfirst_delta_t, config.model.semantic_chans)
+    split = TimeSplit.from_config(config)
     side = model.args.input_size
     z = torch.randn(args.batch, model.args.in_chans, side, side, generator=torch.Generator().manual_seed(0)).to(device)
     y = torch.arange(args.batch, device=device) % config.data.num_classes

@@ -17,6 +17,7 @@ import sys
 import torch
 
 from sfd.demo.pipeline import ENCODERS, DemoPipeline, DemoSettings
+from sfd.demo.report import run_demo
 
 
 def main(argv=None) -> int:
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     settings = (DemoSettings.quick(args.run_dir or "outputs/demo_quick", **changes) if args.quick else
                 DemoSettings(run_dir=args.run_dir or "outputs/demo", **changes))
     try:
-        report = DemoPipeline(settings).run()
+        report = run_demo(DemoPipeline(settings))
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from sfd import distributed
 from sfd.data.images import list_image_folder, read_file_list
-from sfd.extract import LatentEncoders, compute_stats, extract_dino_features, extract_latents, shards_of_rank
+from sfd.data.shards import compute_stats
+from sfd.extract import LatentEncoders, extract_dino_features, extract_latents, shards_of_rank
 from sfd.tokenizers.dinov2 import TIMM_NAMES, build_dinov2, tiny_dinov2
 
 

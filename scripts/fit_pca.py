@@ -14,7 +14,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from sfd.extract import shard_files
+from sfd.data.shards import shard_files
 from sfd.tokenizers.pca import fit_pca
 
 

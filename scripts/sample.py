@@ -22,11 +22,11 @@ import torch
 from tqdm import tqdm
 
 from sfd import distributed
-from sfd.build import build_model
-from sfd.checkpoint import CheckpointError, load_weights
-from sfd.config import ConfigError, load_config, resolve_path
+from sfd.build import load_guide, load_model
+from sfd.checkpoint import CheckpointError
+from sfd.config import ConfigError, resolve_path
 from sfd.generate import (DEMO_LABELS, ImageSampler, LabelPlan, LatentDecoder, batches_of_rank, demo_grid,
-                          folder_name, generate_folder, guide_checkpoint_for_iteration)
+                          folder_name, write_fid_set)
 from sfd.visualize import save_png
 
 
@@ -70,13 +70,6 @@ def release_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def load_network(config_path: Path, overrides, ckpt: str | None, device: torch.device):
-    config = load_config(config_path, overrides)
-    model = build_model(config)
-    load_weights(model, ckpt or resolve_path(config.ckpt_path, config_path))
-    return model.to(device).eval(), config
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     topology = distributed.init()
@@ -85,17 +78,9 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
         torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     try:
-        model, config = load_network(Path(args.config), [*release_overrides(args), *args.overrides], args.ckpt,
-                                     device)
-        guide, ag_iter = None, None
-        if config.sample.autoguidance:
-            guide_path = resolve_path(config.sample.autoguidance_config, args.config)
-            guide_config = load_config(guide_path)
-            guide_ckpt = str(resolve_path(guide_config.ckpt_path, guide_path))
-            if args.autoguidance_ckpt_iter:
-                ag_iter = args.autoguidance_ckpt_iter[0]
-                guide_ckpt = guide_checkpoint_for_iteration(guide_ckpt, ag_iter)
-            guide, _ = load_network(guide_path, [], guide_ckpt, device)
+        model, config = load_model(args.config, [*release_overrides(args), *args.overrides], args.ckpt, device)
+        ag_iter = args.autoguidance_ckpt_iter[0] if args.autoguidance_ckpt_iter else None
+        guide = load_guide(config, args.config, device, iteration_k=ag_iter)
         from sfd.tokenizers.texture_vae import load_texture_vae
 
         vae = load_texture_vae(resolve_path(config.vae.config_path, args.config), device=device)
@@ -124,18 +109,11 @@ def main(argv=None) -> int:
                                                    topology.rank, topology.world_size))
         bar = tqdm(total=mine, desc=f"sampling {name}", unit="img",
                    disable=args.no_progress or not topology.is_main)
-        generate_folder(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size, rank=topology.rank,
-                        world_size=topology.world_size, progress=bar.update)
+        npz = write_fid_set(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size, topology=topology,
+                            progress=bar.update)
         bar.close()
-        distributed.barrier()
         if topology.is_main:
-            from sfd.evaluation.npz import load_images, save_sample_npz
-
-            images = load_images(folder)[: plan.num_samples]
-            labels = plan.labels(range(plan.num_samples)).numpy()
-            npz = save_sample_npz(folder.parent / f"{folder.name}.npz", images, labels)
             print(f"{plan.num_samples} samples in {folder}, packed as {npz}")
-        distributed.barrier()
     finally:
         distributed.shutdown()
     return 0

@@ -63,15 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     latents.add_argument("--config", help="base training YAML; selects this backend")
     latents.add_argument("--latents", help="latent folder with SemVAE semantic channels (and its *_stats.pt)")
     latents.add_argument("--pca-latents", help="latent folder with PCA semantic channels (extract_latents.py --pca)")
-    latents.add_argument("--reference", help="ADM reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz)")
+    latents.add_argument("--reference", help="ADM reference batch .npz (default: the config's data.fid_reference_file, "
+                                             "e.g. outputs/ADM_npz/VIRTUAL_imagenet256_labeled.npz in the release's)")
     latents.add_argument("--inception-weights", help="weights-inception-2015-12-05-6726825d.pth "
                                                      "(default: $INCEPTION_WEIGHTS)")
     latents.add_argument("overrides", nargs="*", metavar="section.key=value", help="base config overrides")
     args = parser.parse_args(argv)
     if args.config is None and (args.latents or args.pca_latents or args.reference or args.overrides):
         parser.error("--latents, --pca-latents, --reference and config overrides need --config")
-    if args.config is not None and not args.reference:
-        parser.error("--config needs --reference (the ADM reference batch the samples are scored against)")
     return args
 
 
@@ -101,6 +100,13 @@ def latents_sweep(args, variants) -> Path | None:
     if missing:
         raise ValueError(f"--semantics {' '.join(missing)} needs " + " and ".join(
             "--latents" if source == "semvae" else "--pca-latents" for source in missing))
+    if not args.reference:
+        from sfd.config import load_config
+
+        args.reference = load_config(args.config, args.overrides).data.fid_reference_file
+        if not args.reference:
+            raise ValueError("--config needs --reference or a data.fid_reference_file in the config (the ADM "
+                             "reference batch the samples are scored against)")
     if not Path(args.reference).is_file():
         raise FileNotFoundError(f"{args.reference}: reference batch not found")
     output = Path(args.run_dir or "outputs/sweep")

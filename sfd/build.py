@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -33,17 +34,45 @@ def load_model(
     return model.to(device).eval(), config
 
 
+def guide_checkpoint_for_iteration(path: str | Path, iteration_k: int) -> Path:
+    """The release's --autoguidance_ckpt_iter: …/0070000.pt → …/{k·1000:07d}.pt."""
+    rewritten, count = re.subn(r"/(\d+)\.pt$", f"/{iteration_k * 1000:07d}.pt", str(path))
+    if count != 1:
+        raise ValueError(f"guide ckpt_path {str(path)!r} does not end in /<step>.pt, so its iteration cannot be set")
+    return Path(rewritten)
+
+
+def check_guide(config: SFDConfig, guide_config: SFDConfig, guide_path: str | Path) -> None:
+    """A guide predicts on the main model's latents at the main model's times: the same channels, semantic
+    channels, semantic lead Δt, latent size and label set. Raises ValueError naming the first difference."""
+    main, guide = model_args(config), model_args(guide_config)
+    for key, ours, theirs in (
+        ("model.in_chans", config.model.in_chans, guide_config.model.in_chans),
+        ("model.semantic_chans", config.model.semantic_chans, guide_config.model.semantic_chans),
+        ("model.semfirst_delta_t", config.model.semfirst_delta_t, guide_config.model.semfirst_delta_t),
+        ("latent size (data.image_size / vae.downsample_ratio)", main.input_size, guide.input_size),
+        ("data.num_classes", config.data.num_classes, guide_config.data.num_classes),
+    ):
+        if ours != theirs:
+            raise ValueError(f"{guide_path}: {key} is {theirs}, the main model's is {ours}; an AutoGuidance guide "
+                             "must use the same latents and time split")
+
+
 def load_guide(
-    config: SFDConfig, config_path: str | Path, device: str | torch.device = "cpu"
+    config: SFDConfig, config_path: str | Path, device: str | torch.device = "cpu",
+    iteration_k: Optional[int] = None,
 ) -> Optional[LightningDiT]:
     """The AutoGuidance model named by ``sample.autoguidance_config`` (None when AutoGuidance is off). The guide is
-    built from its own YAML and loads the EMA weights of that YAML's ``ckpt_path``."""
+    built from its own YAML and loads the weights of that YAML's ``ckpt_path``, or of the checkpoint of the same
+    run at ``iteration_k`` thousand steps (the release's ``--autoguidance_ckpt_iter``). It must match the main
+    model (:func:`check_guide`)."""
     if not config.sample.autoguidance:
         return None
     guide_path = resolve_path(config.sample.autoguidance_config, config_path)
-    guide, guide_config = load_model(guide_path, device=device)
-    if (guide_config.model.in_chans, guide_config.model.semantic_chans) != (config.model.in_chans,
-                                                                              config.model.semantic_chans):
-        raise ValueError(f"{guide_path}: model.in_chans/semantic_chans differ from the main model's; a guide must "
-                         "use the same latents")
+    guide_config = load_config(guide_path)
+    check_guide(config, guide_config, guide_path)
+    ckpt = resolve_path(guide_config.ckpt_path, guide_path)
+    if iteration_k is not None:
+        ckpt = guide_checkpoint_for_iteration(ckpt, iteration_k)
+    guide, _ = load_model(guide_path, ckpt_path=ckpt, device=device)
     return guide

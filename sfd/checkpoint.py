@@ -8,13 +8,13 @@ dict. A mismatch is reported by key, with shapes.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
+
+from sfd.files import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -101,20 +101,13 @@ def load_weights(model: nn.Module, path: str | Path, prefer: str = "ema", strict
 def atomic_save(payload: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in payload.items()}, tmp)
+            save_file({k: v.contiguous() for k, v in payload.items()}, str(tmp))
         else:
             torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

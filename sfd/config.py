@@ -10,6 +10,7 @@ meant there; keys the release requires have the SFD release value. Rules that in
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
@@ -18,6 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sfd.files import write_text_atomic
 from sfd.lightningdit import REPA_TARGET_DIMS, SIZES, LightningDiTArgs, parse_model_type
 
 
@@ -25,10 +27,46 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line naming the file and key."""
 
 
+class InertSettingWarning(UserWarning):
+    """A release key was set to a value this project does not act on."""
+
+
+# Keys of the release's layout that are accepted, so that its YAML files load unchanged, but that this project does
+# not act on: key → (the value the release's configs use, why it has no effect). Any other value warns once per
+# process, naming the key (README, "Release keys without an effect").
+INERT_RELEASE_KEYS: dict[str, tuple[Any, str]] = {
+    "train.ckpt": (None, "no code of the release reads it; initialise from weights with train.weight_init"),
+    "train.load_ckpt": (None, "no code of the release reads it; initialise from weights with train.weight_init"),
+    "train.use_checkpoint": (True, "the release only logs it; gradient checkpointing is model.use_checkpoint"),
+    "transport.loss_weight": (None, "loss weightings are not implemented; SFD trains with the unweighted "
+                                    "velocity loss"),
+    "transport.sample_eps": (None, "time clipping is not implemented; sampling times span all of [0, 1]"),
+    "transport.train_eps": (None, "time clipping is not implemented; training times span all of [0, 1]"),
+    "sample.likelihood": (False, "likelihood evaluation is not implemented"),
+}
+_warned_keys: set[str] = set()
+
+
+def warn_inert_keys(config: "SFDConfig", source: str = "config") -> list[str]:
+    """Warn (once per key and process) about every key of INERT_RELEASE_KEYS set to another value than the
+    release's; returns the keys that differ."""
+    differing = []
+    for key, (release_value, why) in INERT_RELEASE_KEYS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value == release_value:
+            continue
+        differing.append(key)
+        if key not in _warned_keys:
+            _warned_keys.add(key)
+            warnings.warn(f"{source}: {key}={value!r} has no effect: {why}", InertSettingWarning, stacklevel=3)
+    return differing
+
+
 @dataclass
 class DataConfig:
     data_path: str = ""  # latent shard directory, also holds latents_stats.pt / latents_sv_stats.pt
-    fid_reference_file: str = ""  # ADM reference batch (.npz)
+    fid_reference_file: str = ""  # ADM reference batch (.npz): scripts/sweep.py's default --reference
     valid_path: Optional[str] = None  # held-out latent shards for the validation loss
     image_size: int = 256  # pixels
     num_classes: int = 1000
@@ -87,11 +125,13 @@ class TrainConfig:
     global_seed: int = 0
     output_dir: str = "outputs/train"
     exp_name: Optional[str] = None  # run folder {output_dir}/{exp_name}
-    ckpt: Optional[str] = None  # unused by the release, kept for compatibility
+    ckpt: Optional[str] = None  # read by no code of the release; warns when set (INERT_RELEASE_KEYS)
     log_every: int = 100
     ckpt_every: int = 80_000
-    resume: bool = False  # accepted for the release's configs; a run always resumes from its latest checkpoint
-    load_ckpt: Any = None  # accepted for the release's configs (unused)
+    # None: resume from the run folder's latest checkpoint when there is one (rerun = resume); false: refuse to
+    # start when the run folder holds checkpoints (choose another exp_name or delete them); true: resume.
+    resume: Optional[bool] = None
+    load_ckpt: Any = None  # read by no code of the release; warns when set (INERT_RELEASE_KEYS)
     weight_init: Optional[str] = None  # initialise from another checkpoint (every key and shape must match)
     use_checkpoint: bool = True  # only logged by the release (gradient checkpointing is model.use_checkpoint)
     precision: str = "bf16"  # fp32 | bf16 | fp16 autocast on GPUs (CPU runs in fp32); run_train.sh sets PRECISION
@@ -118,9 +158,9 @@ class OptimizerConfig:
 class TransportConfig:
     path_type: str = "Linear"  # the linear path x_t = t·x1 + (1-t)·x0 (only this one is implemented)
     prediction: str = "velocity"  # only velocity prediction is implemented
-    loss_weight: Optional[str] = None
-    sample_eps: Optional[float] = None
-    train_eps: Optional[float] = None
+    loss_weight: Optional[str] = None  # not implemented (SFD trains unweighted); warns when set
+    sample_eps: Optional[float] = None  # not implemented (times span all of [0, 1]); warns when set
+    train_eps: Optional[float] = None  # not implemented (times span all of [0, 1]); warns when set
     use_cosine_loss: bool = False  # add 1 - cos(v, u) over channels
     use_lognorm: bool = False  # logit-normal t (else uniform)
 
@@ -132,7 +172,7 @@ class SampleConfig:
     atol: float = 1e-6
     rtol: float = 1e-3
     reverse: bool = False  # must be false (the release's reverse path is broken)
-    likelihood: bool = False  # unused
+    likelihood: bool = False  # likelihood evaluation is not implemented; warns when true
     num_sampling_steps: int = 250  # grid points (dopri5: output points only)
     cfg_scale: float = 1.0  # guidance scale; guidance is used only when > 1
     cfg_scale_sem: Optional[float] = None  # AutoGuidance scale of the semantic channels (default cfg_scale)
@@ -213,6 +253,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     overrides and validate. Raises ConfigError with one line naming the file and key on any problem."""
     config = load_structured(SFDConfig, path, overrides)
     validate(config, source=str(path) if path is not None else "config")
+    warn_inert_keys(config, source=str(path) if path is not None else "config")
     return config
 
 
@@ -223,11 +264,7 @@ def config_to_dict(config: SFDConfig) -> dict:
 
 def save_config(config: SFDConfig, path: str | Path) -> None:
     """Write the resolved config as YAML atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def resolve_path(path: str, config_path: str | Path | None) -> Path:

@@ -1,46 +1,26 @@
-"""ImageNet-style images → latent shards in the release's format (goldens/semvae/SPEC.md §c), and their statistics.
-
-Each shard is a safetensors file with, for N images:
-
-| key | dtype | shape |
-|---|---|---|
-| latents, latents_flip | float32 | [N, 32, 16, 16] texture-VAE posterior samples of the image and its mirror |
-| latents_sv, latents_sv_flip | float32 | [N, 16, 16, 16] SemVAE posterior samples (channels-first token grid) |
-| feats_dino, feats_dino_flip | float16 | [N, 768, 16, 16] DINOv2 patch tokens, channels-first (REPA targets) |
-| labels | int64 | [N] |
+"""ImageNet-style images → latent shards in the release's format (described in :mod:`sfd.data.shards`).
 
 Differences from the release, none of which changes the format: shard k holds the images [k·S, (k+1)·S) of the
 sorted image list and is written by process k mod W, so no image is duplicated (the release's DistributedSampler
 repeats image 0) and the same shards come out for any number of processes; the posterior noise of image i comes
 from a generator seeded by (seed, i), so latents do not depend on batch size or world size; completed shards are
 skipped on rerun and every file is written to a temporary name first. The statistics files are computed once, by
-one process, from a seeded random subset.
+one process, from a seeded random subset (:func:`sfd.data.shards.compute_stats`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from sfd.data.images import ImageItem, load_image
+from sfd.data.shards import LATENT_KEYS, save_shard, shard_name
 from sfd.tokenizers.dinov2 import PatchFeatureEncoder, extraction_preprocess, semvae_training_transform, tokens_to_map
-
-LATENT_KEYS = ("latents", "latents_flip", "latents_sv", "latents_sv_flip", "feats_dino", "feats_dino_flip", "labels")
-FEATURE_KEYS = ("patch_tokens", "labels")
-STATS_FILES = {"latents": "latents_stats.pt", "latents_sv": "latents_sv_stats.pt"}
-
-
-def shard_name(index: int, prefix: str = "latents") -> str:
-    return f"{prefix}_shard{index:06d}.safetensors"
-
 
 def shards_of_rank(num_items: int, shard_size: int, rank: int, world_size: int) -> list[range]:
     """Image index ranges of the shards process ``rank`` writes (shard k goes to process k mod W)."""
@@ -51,12 +31,6 @@ def shards_of_rank(num_items: int, shard_size: int, rank: int, world_size: int) 
 def image_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
     """The generator of image ``index``: its posterior noise is the same for any batch size or process count."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + index)
-
-
-def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: Optional[dict] = None) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({key: value.contiguous().cpu() for key, value in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -116,7 +90,7 @@ def write_missing_shards(
         if path.exists():
             progress(len(shard))
             continue
-        atomic_save_file(encode_shard(shard), path,
+        save_shard(encode_shard(shard), path,
                          metadata={"total_size": str(len(shard)), "first_index": str(shard.start)})
         written.append(path)
     return written
@@ -187,50 +161,3 @@ def extract_dino_features(
                                 world_size=world_size, progress=progress)
 
 
-def shard_files(data_dir: str | Path, prefix: str = "latents") -> list[Path]:
-    files = sorted(Path(data_dir).glob(f"{prefix}*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{data_dir}: no {prefix}*.safetensors shards")
-    return files
-
-
-def compute_stats(data_dir: str | Path, num_samples: int = 10_000, seed: int = 0) -> dict[str, Path]:
-    """Per-channel mean and unbiased std over (N, H, W) of ``min(num_samples, N)`` seeded random images, for the
-    unflipped texture and semantic latents; written as ``latents_stats.pt`` / ``latents_sv_stats.pt`` with
-    [1, C, 1, 1] tensors. Existing files are kept (use the released ones with released models)."""
-    data_dir = Path(data_dir)
-    files = shard_files(data_dir)
-    counts = []
-    for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            counts.append(handle.get_slice("latents").get_shape()[0])
-    total = sum(counts)
-    written = {}
-    for offset, (key, name) in enumerate(STATS_FILES.items()):
-        target = data_dir / name
-        if target.exists():
-            written[key] = target
-            continue
-        generator = torch.Generator().manual_seed(seed + offset)
-        chosen = torch.randperm(total, generator=generator)[: min(num_samples, total)].sort().values
-        samples = _gather(files, counts, key, chosen)
-        mean = samples.mean(dim=(0, 2, 3), keepdim=True)
-        std = samples.std(dim=(0, 2, 3), keepdim=True)  # unbiased, as the release
-        tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-        torch.save({"mean": mean.float(), "std": std.float()}, tmp)
-        os.replace(tmp, target)
-        written[key] = target
-    return written
-
-
-def _gather(files: list[Path], counts: list[int], key: str, indices: torch.Tensor) -> torch.Tensor:
-    """Rows ``indices`` (sorted global positions) of ``key`` across the shards, reading only what is needed."""
-    rows, start = [], 0
-    for path, count in zip(files, counts):
-        local = indices[(indices >= start) & (indices < start + count)] - start
-        if len(local):
-            with safe_open(str(path), framework="pt") as handle:
-                data = handle.get_tensor(key)
-            rows.append(data[local])
-        start += count
-    return torch.cat(rows).double()

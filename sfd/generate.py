@@ -13,7 +13,6 @@ At the end the main process packs the images and labels into ``{folder}.npz`` (a
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -22,12 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from sfd import rng
+from sfd import distributed, rng
 from sfd.config import SFDConfig
 from sfd.data.latents import load_stats
-from sfd.guidance import Guidance
-from sfd.samplers import sample
-from sfd.schedule import TimeSplit
+from sfd.guidance import guidance_on, guidance_scales
+from sfd.samplers import SamplingPlan
 from sfd.visualize import save_png
 
 DEMO_LABELS = (106, 22, 279, 975, 388, 15, 36, 979)  # the release's demo grid classes
@@ -65,7 +63,7 @@ def folder_name(config: SFDConfig, ckpt_path: str, ag_size: Optional[str] = None
     sample_cfg = config.sample
     name = (f"{config.model.model_type.replace('/', '-')}-ckpt-{Path(ckpt_path).stem}-"
             f"{sample_cfg.sampling_method}-{sample_cfg.num_sampling_steps}").lower()
-    if sample_cfg.cfg_scale > 1:
+    if guidance_on(sample_cfg):
         name += (f"-interval{sample_cfg.cfg_interval_start:.2f}-cfg{sample_cfg.cfg_scale:.2f}"
                  f"-shift{sample_cfg.timestep_shift:.2f}")
     if config.model.semfirst_infer_interval_mode is not None:
@@ -75,18 +73,9 @@ def folder_name(config: SFDConfig, ckpt_path: str, ag_size: Optional[str] = None
     if sample_cfg.autoguidance and ag_size is not None and ag_iter is not None:
         name += f"-ag{ag_size}{ag_iter}k"
     if sample_cfg.autoguidance and separate_scales:
-        scale_sem = sample_cfg.cfg_scale if sample_cfg.cfg_scale_sem is None else sample_cfg.cfg_scale_sem
-        scale_tex = sample_cfg.cfg_scale if sample_cfg.cfg_scale_tex is None else sample_cfg.cfg_scale_tex
+        scale_tex, scale_sem = guidance_scales(sample_cfg, autoguidance=True)
         name += f"-cfgsem{scale_sem:.2f}-cfgtex{scale_tex:.2f}"
     return name
-
-
-def guide_checkpoint_for_iteration(path: str, iteration_k: int) -> str:
-    """The release's --autoguidance_ckpt_iter: …/0070000.pt → …/{k·1000:07d}.pt."""
-    rewritten, count = re.subn(r"/(\d+)\.pt$", f"/{iteration_k * 1000:07d}.pt", path)
-    if count != 1:
-        raise ValueError(f"guide ckpt_path {path!r} does not end in /<step>.pt, so its iteration cannot be set")
-    return rewritten
 
 
 class LatentDecoder:
@@ -121,28 +110,23 @@ class ImageSampler:
     device: torch.device = torch.device("cpu")
     seed: int = 0
     nfe: list[int] = field(default_factory=list)  # drift evaluations of every batch sampled so far, in order
+    plan: SamplingPlan = field(init=False)  # the config's sampling settings, decided once for every batch
 
     @property
     def mean_nfe(self) -> float:
         """Mean NFE per batch sampled so far (NaN before the first)."""
         return sum(self.nfe) / len(self.nfe) if self.nfe else float("nan")
 
-    @property
-    def split(self) -> TimeSplit:
-        return TimeSplit(self.config.model.semfirst_delta_t, self.config.model.semantic_chans)
+    def __post_init__(self) -> None:
+        self.plan = SamplingPlan.from_config(self.config, self.guide)
 
     def latents(self, indices: Sequence[int], labels: torch.Tensor) -> torch.Tensor:
         args = self.model.args
         side = args.input_size
         z = initial_noise(self.seed, indices, (args.in_chans, side, side), self.device)
-        settings = self.config.sample
-        result = sample(self.model, z, labels.to(self.device), self.split, method=settings.sampling_method,
-                        num_steps=settings.num_sampling_steps, atol=settings.atol, rtol=settings.rtol,
-                        shift=settings.timestep_shift, guidance=Guidance.from_config(self.config, self.guide),
-                        sde=settings.mode == "SDE", diffusion_form=settings.diffusion_form,
-                        diffusion_norm=settings.diffusion_norm,
-                        generator=rng.SampleGenerators([rng.derive_seed(self.seed, i, 2) for i in indices],
-                                                       self.device))
+        result = self.plan(self.model, z, labels.to(self.device),
+                           generator=rng.SampleGenerators([rng.derive_seed(self.seed, i, 2) for i in indices],
+                                                          self.device))
         self.nfe.append(result.nfe)
         return result.x
 
@@ -181,6 +165,31 @@ def generate_folder(
         done += 1
         progress(len(indices))
     return done
+
+
+def write_fid_set(
+    sampler: ImageSampler,
+    plan: LabelPlan,
+    folder: Path,
+    *,
+    batch_size: int,
+    topology: distributed.Topology = distributed.Topology(),
+    progress: Callable[[int], None] = lambda n: None,
+) -> Path:
+    """The FID-set recipe: every process writes its missing PNGs into ``folder``, then the main process packs the
+    first ``plan.num_samples`` images and their labels into ``{folder}.npz`` (arr_0 uint8 NHWC, arr_1 labels),
+    written atomically. Returns the .npz path (on every process, once it exists)."""
+    from sfd.evaluation.npz import load_images, save_sample_npz
+
+    generate_folder(sampler, plan, folder, batch_size=batch_size, rank=topology.rank,
+                    world_size=topology.world_size, progress=progress)
+    distributed.barrier()
+    npz = folder.parent / f"{folder.name}.npz"  # not with_suffix: folder names hold dots (dt0.3, cfg1.50)
+    if topology.is_main:
+        images = load_images(folder)[: plan.num_samples]
+        save_sample_npz(npz, images, plan.labels(range(plan.num_samples)).numpy())
+    distributed.barrier()
+    return npz
 
 
 def demo_grid(sampler: ImageSampler, labels: Sequence[int], columns: int = 4) -> np.ndarray:

@@ -17,7 +17,21 @@ from typing import Optional
 import torch
 from torch import nn
 
-from sfd.config import SFDConfig
+from sfd.config import SampleConfig, SFDConfig
+
+
+def guidance_on(sample: SampleConfig) -> bool:
+    """The release samples with guidance only when ``sample.cfg_scale`` > 1 (CFG and AutoGuidance alike)."""
+    return sample.cfg_scale > 1.0
+
+
+def guidance_scales(sample: SampleConfig, autoguidance: bool) -> tuple[float, float]:
+    """(texture, semantic) scales. ``cfg_scale_tex`` / ``cfg_scale_sem`` default to ``cfg_scale`` and, as in the
+    release, apply only with AutoGuidance; CFG uses ``cfg_scale`` for both groups."""
+    if not autoguidance:
+        return sample.cfg_scale, sample.cfg_scale
+    return (sample.cfg_scale if sample.cfg_scale_tex is None else sample.cfg_scale_tex,
+            sample.cfg_scale if sample.cfg_scale_sem is None else sample.cfg_scale_sem)
 
 
 @dataclass
@@ -33,17 +47,19 @@ class Guidance:
 
     @classmethod
     def from_config(cls, config: SFDConfig, guide: Optional[nn.Module] = None) -> Optional["Guidance"]:
-        """The release's rule: guidance only when sample.cfg_scale > 1; separate sem/tex scales only with
-        AutoGuidance. Returns None when the plain conditional model is to be used."""
-        sample = config.sample
-        if sample.cfg_scale <= 1.0:
+        """The release's rules (:func:`guidance_on`, :func:`guidance_scales`); None when the plain conditional
+        model is to be used."""
+        if not guidance_on(config.sample):
             return None
-        scale_tex = scale_sem = sample.cfg_scale
-        if guide is not None:
-            scale_tex = sample.cfg_scale if sample.cfg_scale_tex is None else sample.cfg_scale_tex
-            scale_sem = sample.cfg_scale if sample.cfg_scale_sem is None else sample.cfg_scale_sem
-        return cls(scale_tex=scale_tex, scale_sem=scale_sem, guide=guide, interval_start=sample.cfg_interval_start,
+        scale_tex, scale_sem = guidance_scales(config.sample, autoguidance=guide is not None)
+        return cls(scale_tex=scale_tex, scale_sem=scale_sem, guide=guide,
+                   interval_start=config.sample.cfg_interval_start,
                    interval_mode=config.model.semfirst_infer_interval_mode or "both")
+
+    @property
+    def is_identity(self) -> bool:
+        """Both scales 1: the guided velocity is the conditional one, so no reference prediction is needed."""
+        return self.scale_tex == 1.0 and self.scale_sem == 1.0
 
     def __post_init__(self) -> None:
         if self.interval_mode not in ("both", "tex", "sem"):
@@ -74,7 +90,7 @@ def guided_velocity(
     semantic_chans: int,
 ) -> torch.Tensor:
     """Velocity of ``model`` at (x, t_tex, t_sem, y), guided when ``guidance`` is given."""
-    if guidance is None or (guidance.scale_tex == 1.0 and guidance.scale_sem == 1.0):
+    if guidance is None or guidance.is_identity:
         return model(x, t_tex, t_sem, y, repa=False).velocity
     if guidance.guide is None:
         null = torch.full_like(y, model.null_label)

@@ -55,7 +55,7 @@ class FlowMatchingLoss:
     def from_config(cls, config: SFDConfig, **overrides) -> "FlowMatchingLoss":
         model = config.model
         fields = dict(
-            split=TimeSplit(model.semfirst_delta_t, model.semantic_chans),
+            split=TimeSplit.from_config(config),
             semantic_weight=model.semantic_weight,
             use_cosine_loss=config.transport.use_cosine_loss,
             use_lognorm=config.transport.use_lognorm,

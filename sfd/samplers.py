@@ -172,6 +172,41 @@ def sample(
     return SampleResult(x=states[-1], nfe=calls, trajectory=trajectory)
 
 
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Every sampling setting of a run, decided once from a config (the release's rules, guidance included) and
+    then applied to any number of batches. The fields are the arguments of :func:`sample`; their defaults are the
+    config's (``SampleConfig``), so the plan has none of its own."""
+
+    split: TimeSplit
+    method: str
+    num_steps: int
+    atol: float
+    rtol: float
+    shift: float
+    guidance: Optional[Guidance]
+    sde: bool
+    diffusion_form: str
+    diffusion_norm: float
+
+    @classmethod
+    def from_config(cls, config: SFDConfig, guide: Optional[nn.Module] = None) -> "SamplingPlan":
+        """The plan of ``config.sample`` and ``config.model``, guided by ``guide`` (AutoGuidance) when given."""
+        settings = config.sample
+        return cls(TimeSplit.from_config(config), method=settings.sampling_method,
+                   num_steps=settings.num_sampling_steps, atol=settings.atol, rtol=settings.rtol,
+                   shift=settings.timestep_shift, guidance=Guidance.from_config(config, guide),
+                   sde=settings.mode == "SDE", diffusion_form=settings.diffusion_form,
+                   diffusion_norm=settings.diffusion_norm)
+
+    def __call__(self, model: nn.Module, z: torch.Tensor, y: torch.Tensor,
+                 generator: Optional[torch.Generator] = None, keep_trajectory: bool = False) -> SampleResult:
+        return sample(model, z, y, self.split, method=self.method, num_steps=self.num_steps, atol=self.atol,
+                      rtol=self.rtol, shift=self.shift, guidance=self.guidance, sde=self.sde,
+                      diffusion_form=self.diffusion_form, diffusion_norm=self.diffusion_norm, generator=generator,
+                      keep_trajectory=keep_trajectory)
+
+
 def sample_from_config(
     model: nn.Module,
     z: torch.Tensor,
@@ -180,13 +215,6 @@ def sample_from_config(
     guide: Optional[nn.Module] = None,
     generator: Optional[torch.Generator] = None,
 ) -> SampleResult:
-    """``sample`` with every setting taken from ``config.sample`` and ``config.model`` (the release's rules for
-    when guidance is on)."""
-    settings = config.sample
-    return sample(
-        model, z, y, TimeSplit(config.model.semfirst_delta_t, config.model.semantic_chans),
-        method=settings.sampling_method, num_steps=settings.num_sampling_steps, atol=settings.atol,
-        rtol=settings.rtol, shift=settings.timestep_shift, guidance=Guidance.from_config(config, guide),
-        sde=settings.mode == "SDE", diffusion_form=settings.diffusion_form, diffusion_norm=settings.diffusion_norm,
-        generator=generator,
-    )
+    """``sample`` with every setting taken from ``config.sample`` and ``config.model`` (see :class:`SamplingPlan`;
+    build the plan once when sampling many batches)."""
+    return SamplingPlan.from_config(config, guide)(model, z, y, generator)

@@ -20,6 +20,12 @@ class TimeSplit:
     delta_t: float = 0.0  # Δt: how far the semantic time leads the texture time
     semantic_chans: int = 0  # the trailing channels of the latent that are semantic
 
+    @classmethod
+    def from_config(cls, config) -> "TimeSplit":
+        """The split of a config's model (``model.semfirst_delta_t``, ``model.semantic_chans``); the loss, the
+        samplers and every script build it here."""
+        return cls(config.model.semfirst_delta_t, config.model.semantic_chans)
+
     @property
     def semantic_first(self) -> bool:
         return self.delta_t > 0 and self.semantic_chans > 0

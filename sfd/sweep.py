@@ -22,12 +22,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
 import torch
+
+from sfd.files import write_text_atomic
 
 SEMANTIC_SOURCES = ("none", "semvae", "pca")
 FIXED_GRID_METHODS = ("euler", "heun")  # sfd.samplers' explicit loops
@@ -370,7 +371,7 @@ def write_sweep_report(rows: Sequence[dict], folder: str | Path, title: str, set
     scored length) and ``<metric>_vs_delta_t.png`` (:func:`delta_t_plot`). Returns the table's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_text(folder / "results.json", json.dumps(list(rows), indent=1) + "\n")
+    write_text_atomic(folder / "results.json", json.dumps(list(rows), indent=1) + "\n")
     summary = summarise(rows)
     metrics = metrics_of(rows)
     final = max(entry["step"] for entry in summary)
@@ -387,14 +388,7 @@ def write_sweep_report(rows: Sequence[dict], folder: str | Path, title: str, set
         lines += ["## Setup", "", *[f"* {line}" for line in setup], ""]
     lines += ["Values are means over repeated training runs ± their sample standard deviation when a point was "
               "trained more than once. Raw rows: results.json.", ""]
-    return _write_text(folder / "table.md", "\n".join(lines))
-
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(folder / "table.md", "\n".join(lines))
 
 
 # -- the precomputed-latents backend ---------------------------------------------------------------------------
@@ -473,12 +467,10 @@ class LatentsSweep:
         """``samples`` images of the EMA weights at ``step`` (class-balanced, or all with the null label when
         ``scoring`` is unconditional), as a folder of PNGs and its .npz; returns the .npz and the mean NFE per
         batch (NaN when the folder was complete already)."""
-        from sfd import distributed
         from sfd.build import build_model
         from sfd.checkpoint import load_weights
         from sfd.config import resolve_path
-        from sfd.evaluation.npz import load_images, save_sample_npz
-        from sfd.generate import ImageSampler, LabelPlan, LatentDecoder, generate_folder
+        from sfd.generate import ImageSampler, LabelPlan, LatentDecoder, write_fid_set
         from sfd.tokenizers.texture_vae import load_texture_vae
 
         config = self.config(variant, scoring=scoring)
@@ -494,12 +486,7 @@ class LatentsSweep:
                                device=self.device, seed=seed)
         plan = LabelPlan(self.samples, config.data.num_classes, balanced=config.sample.balanced_sampling, seed=seed,
                          fixed=None if scoring.conditional else config.data.num_classes)
-        generate_folder(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size,
-                        rank=self.topology.rank, world_size=self.topology.world_size)
-        distributed.barrier()
-        if self.topology.is_main:
-            save_sample_npz(npz, load_images(folder)[: self.samples], plan.labels(range(self.samples)).numpy())
-        distributed.barrier()
+        write_fid_set(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size, topology=self.topology)
         return npz, sampler.mean_nfe
 
     def feature_network(self):

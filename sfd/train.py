@@ -102,10 +102,14 @@ def autocast_for(precision: str, device: torch.device):
 
 class Trainer:
     def __init__(self, config: SFDConfig, topology: Optional[distributed.Topology] = None,
-                 run_dir: Optional[Path] = None) -> None:
+                 run_dir: Optional[Path] = None, with_data: bool = True,
+                 device: Optional[torch.device] = None) -> None:
+        """A run of ``config``: model, EMA, optimizer and loss, resumed from the run folder's latest checkpoint.
+        ``with_data=False`` builds the step alone (no dataset, no resume; :meth:`train_step` on given batches, as
+        scripts/bench_model.py times it). ``device`` defaults to the topology's (this process's GPU, else CPU)."""
         self.config = config
         self.topology = topology or distributed.Topology()
-        self.device = self.topology.device
+        self.device = device or self.topology.device
         train = config.train
         if train.global_batch_size % self.topology.world_size:
             raise TrainingError(f"train.global_batch_size={train.global_batch_size} is not divisible by the "
@@ -124,9 +128,9 @@ class Trainer:
             betas=(optimizer.beta1, optimizer.beta2), eps=optimizer.eps, weight_decay=optimizer.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and train.precision == "fp16")
         self.loss = FlowMatchingLoss.from_config(config)
-        self.dataset = self._dataset(config.data.data_path, flip_prob=0.5)
+        self.dataset = self._dataset(config.data.data_path, flip_prob=0.5) if with_data else None
         self.step, self.images_seen = 0, 0
-        resumed = self._resume()
+        resumed = self._resume() if with_data else None
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None) if self.topology.world_size > 1 else self.model)
         self.forward_model = torch.compile(self.ddp) if train.compile else self.ddp
@@ -159,6 +163,10 @@ class Trainer:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return None
+        if self.config.train.resume is False:
+            raise TrainingError(f"train.resume is false but {self.checkpoint_dir} holds checkpoints (latest "
+                                f"{path.name}): choose another train.exp_name, delete them, or drop train.resume to "
+                                "continue the run")
         payload = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
@@ -282,6 +290,8 @@ class Trainer:
 
     def run(self, progress: bool = True, final_checkpoint: bool = True) -> dict:
         """Train to ``train.max_steps`` from the current step; returns the last step's loss terms."""
+        if self.dataset is None:
+            raise TrainingError("this trainer was built with_data=False; it can only take train_step calls")
         train = self.config.train
         if self.topology.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

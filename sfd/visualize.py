@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from sfd.files import atomic_path
 
 
 def pca_rgb(maps: torch.Tensor, size: int | None = None) -> torch.Tensor:
@@ -46,10 +47,8 @@ def image_grid(images: torch.Tensor | np.ndarray, columns: int, padding: int = 2
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write an RGB uint8 array as PNG under a temporary name, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(np.asarray(array)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(array)).save(tmp, format="PNG")
     return path
 
 
@@ -74,8 +73,7 @@ def line_plot(path: Path, series: dict[str, tuple], xlabel: str, ylabel: str, ti
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
     plt.close(figure)
-    os.replace(tmp, path)
     return path

@@ -1,12 +1,14 @@
 """Config schema: official YAMLs unchanged, overrides, and one-line errors naming the key."""
 
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 import sfd
-from sfd.config import ConfigError, load_config, save_config
+from sfd import config as config_module
+from sfd.config import INERT_RELEASE_KEYS, ConfigError, InertSettingWarning, load_config, save_config
 from tests.conftest import DATA
 
 ROOT = Path(__file__).parent.parent
@@ -34,7 +36,9 @@ RELEASE_PARAMS = {"LightningDiT-XL/1": 682_765_424, "LightningDiT-1p0B/1": 1_037
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_every_shipped_config_validates_and_builds(path):
-    config = load_config(ROOT / path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InertSettingWarning)  # shipped configs set no key without an effect
+        config = load_config(ROOT / path)
     with torch.device("meta"):
         model = sfd.build_model(config)
     params = sum(p.numel() for p in model.parameters())
@@ -124,3 +128,25 @@ def test_resolved_config_round_trips(tmp_path):
     save_config(config, tmp_path / "run" / "config.yaml")
     assert load_config(tmp_path / "run" / "config.yaml") == config
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+INERT_VALUES = {"train.ckpt": "some.pt", "train.load_ckpt": "some.pt", "train.use_checkpoint": "false",
+                "transport.loss_weight": "velocity", "transport.sample_eps": "0.001", "transport.train_eps": "0.001",
+                "sample.likelihood": "true"}
+
+
+def test_every_inert_release_key_has_a_test_value():
+    assert set(INERT_VALUES) == set(INERT_RELEASE_KEYS)
+
+
+@pytest.mark.parametrize("key", sorted(INERT_RELEASE_KEYS))
+def test_inert_release_keys_warn_once_naming_the_key(key, monkeypatch):
+    monkeypatch.setattr(config_module, "_warned_keys", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InertSettingWarning)
+        release_value = INERT_RELEASE_KEYS[key][0]
+        load_config(None, [f"{key}={'null' if release_value is None else str(release_value).lower()}"])  # silent
+    with pytest.warns(InertSettingWarning, match=f"{key}=.* has no effect") as caught:
+        load_config(None, [f"{key}={INERT_VALUES[key]}"])
+        load_config(None, [f"{key}={INERT_VALUES[key]}"])  # once per process
+    assert len(caught) == 1 and len(str(caught[0].message).splitlines()) == 1

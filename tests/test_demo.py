@@ -1,12 +1,20 @@
 """The CI-sized demo: every stage of the Fashion-MNIST pipeline on generated IDX files, then a resumed rerun."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from sfd.demo.pipeline import DemoPipeline, DemoSettings, load_fashion_mnist, to_model_images
+from sfd.demo.fashion_mnist import load_fashion_mnist, to_model_images
+from sfd.demo.pipeline import DemoPipeline, DemoSettings
+from sfd.demo.report import run_demo
+
+ROOT = Path(__file__).parent.parent
 
 
 def test_reader_and_image_conversion(fake_fashion):
@@ -19,7 +27,7 @@ def test_reader_and_image_conversion(fake_fashion):
 
 def test_quick_pipeline_runs_every_stage_and_resumes(fake_fashion, tmp_path):
     settings = DemoSettings.quick(str(tmp_path / "demo"), data_root=str(fake_fashion))
-    report = Path(DemoPipeline(settings, log=lambda message: None).run())
+    report = Path(run_demo(DemoPipeline(settings, log=lambda message: None)))
     run_dir = tmp_path / "demo"
     stages = {p.stem for p in (run_dir / "stages").glob("*.json")}
     assert {"texture_vae", "semantic_encoder_ssl", "semantic_encoder_supervised", "encoder_probes", "fid_classifier",
@@ -45,18 +53,29 @@ def test_quick_pipeline_runs_every_stage_and_resumes(fake_fashion, tmp_path):
     assert evaluation["fid"] > 0 and 0 <= evaluation["class_accuracy"] <= 1 and evaluation["nfe"] == 5
 
     messages = []
-    DemoPipeline(settings, log=messages.append).run()  # a rerun only skips
+    run_demo(DemoPipeline(settings, log=messages.append))  # a rerun only skips
     stage_messages = [message for message in messages if message.startswith("[")]
     assert all("skipped" in message for message in stage_messages) and len(stage_messages) == len(stages)
 
     # the supervised stand-in stays selectable: it shares the networks above and gets its own semantics and runs
     vae_written = (run_dir / "stages" / "texture_vae.json").stat().st_mtime_ns
     supervised = DemoSettings.quick(str(run_dir), data_root=str(fake_fashion), encoder="supervised")
-    text = Path(DemoPipeline(supervised, log=lambda message: None).run()).read_text()
+    text = Path(run_demo(DemoPipeline(supervised, log=lambda message: None))).read_text()
     assert "**supervised** DINOv2 stand-in" in text
     assert {"semvae_supervised", "latents_supervised", "train_supervised_dt0.3_w2_semvae"} <= {
         p.stem for p in (run_dir / "stages").glob("*.json")}
     assert (run_dir / "stages" / "texture_vae.json").stat().st_mtime_ns == vae_written  # not retrained
+
+
+    # a demo model works with the release's launchers: its resolved config names the exported texture VAE
+    run = run_dir / "runs" / "ssl_dt0.3_w2_semvae"
+    grid = tmp_path / "grid.png"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", "run_fast_inference.sh", str(run / "config.yaml"), "--ckpt",
+                             str(run / "checkpoints" / "0000020.pt"), "--labels", "0", "1", "2", "--out", str(grid)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Image.open(grid).size == (3 * 32, 32)
 
 
 def test_settings_reject_an_unknown_encoder(tmp_path):

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from sfd.data.images import center_crop_arr, list_image_folder, read_file_list
 from sfd.data.latents import LatentShardDataset, collate_latents
-from sfd.extract import LATENT_KEYS, compute_stats, shards_of_rank
+from sfd.data.shards import LATENT_KEYS, compute_stats
+from sfd.extract import shards_of_rank
 from sfd.tokenizers.semvae import SemanticVAE, SemVAEArgs
 from tests.conftest import DATA
 

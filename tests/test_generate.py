@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import sfd
-from sfd.generate import LabelPlan, folder_name, guide_checkpoint_for_iteration, initial_noise
+from sfd.build import guide_checkpoint_for_iteration
+from sfd.generate import LabelPlan, folder_name, initial_noise
 
 ROOT = Path(__file__).parent.parent
 DATA = ROOT / "tests" / "data"
@@ -41,7 +42,7 @@ def test_release_folder_names():
     separate = sfd.load_config(ROOT / "configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml",
                                ["sample.cfg_scale=1.5", "sample.cfg_scale_sem=2.0"])
     assert folder_name(separate, ckpt, separate_scales=True).endswith("-balanced-cfgsem2.00-cfgtex1.50")
-    assert guide_checkpoint_for_iteration("outputs/train/sfd_autoguidance_b/checkpoints/0070000.pt", 120) == (
+    assert guide_checkpoint_for_iteration("outputs/train/sfd_autoguidance_b/checkpoints/0070000.pt", 120) == Path(
         "outputs/train/sfd_autoguidance_b/checkpoints/0120000.pt")
     with pytest.raises(ValueError, match="does not end"):
         guide_checkpoint_for_iteration("guide.safetensors", 60)
@@ -125,6 +126,36 @@ def test_bad_inputs_are_reported(stats_dir, tmp_path):
                              "--ckpt", str(DATA / "baseline_tiny.pt"), *overrides(stats_dir, tmp_path)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "t_embedder" in result.stderr
+
+
+@pytest.mark.parametrize("change, key", [("semfirst_delta_t: 0.3", "model.semfirst_delta_t"),
+                                         ("semantic_chans: 16", "model.semantic_chans")])
+def test_a_guide_on_other_latents_or_times_is_refused(stats_dir, tmp_path, change, key):
+    replacement = {"model.semfirst_delta_t": "semfirst_delta_t: 0.1", "model.semantic_chans": "semantic_chans: 8"}[key]
+    text = (DATA / "sfd_tiny_guide.yaml").read_text().replace(change, replacement)
+    text = text.replace("ckpt_path: 'sfd_tiny_guide.pt'", f"ckpt_path: '{DATA / 'sfd_tiny_guide.pt'}'")
+    guide = tmp_path / "guide.yaml"
+    guide.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "scripts/sample.py", "--config", str(DATA / "sfd_tiny.yaml"),
+                             "--cfg_scale", "1.5", *overrides(stats_dir, tmp_path), f"sample.autoguidance_config={guide}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and key in last and "guide" in last, result.stderr
+    assert not (tmp_path / "run").exists()  # nothing sampled
+
+
+def test_load_guide_rewrites_the_iteration_and_checks_the_guide(tmp_path):
+    config = sfd.load_config(DATA / "sfd_tiny.yaml", ["sample.autoguidance=true",
+                                                      f"sample.autoguidance_config={DATA / 'sfd_tiny_guide.yaml'}"])
+    assert sfd.load_guide(config, DATA / "sfd_tiny.yaml") is not None
+    with pytest.raises(ValueError, match="does not end in /<step>.pt"):
+        sfd.load_guide(config, DATA / "sfd_tiny.yaml", iteration_k=70)  # sfd_tiny_guide.pt has no step in its name
+    other = sfd.load_config(DATA / "sfd_tiny.yaml", ["model.semfirst_delta_t=0.2", "sample.autoguidance=true",
+                                                     f"sample.autoguidance_config={DATA / 'sfd_tiny_guide.yaml'}"])
+    with pytest.raises(ValueError, match="model.semfirst_delta_t is 0.3, the main model's is 0.2"):
+        sfd.load_guide(other, DATA / "sfd_tiny.yaml")
 
 
 def test_bench_sample_runs(capsys):

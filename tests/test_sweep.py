@@ -159,9 +159,11 @@ def test_latents_backend_end_to_end(tmp_path):
 def test_bad_arguments_are_reported(tmp_path, capsys):
     from scripts.sweep import main
 
-    with pytest.raises(SystemExit):
-        main(["--config", "configs/tiny/train_sfd_cpu.yaml"])
-    assert "--config needs --reference" in capsys.readouterr().err
+    assert main(["--config", "configs/tiny/train_sfd_cpu.yaml", "--latents", str(tmp_path)]) == 2
+    assert "--config needs --reference or a data.fid_reference_file" in capsys.readouterr().err
+    assert main(["--config", "configs/tiny/train_sfd_cpu.yaml", "--latents", str(tmp_path),
+                 f"data.fid_reference_file={tmp_path / 'missing.npz'}"]) == 2  # the config's reference is used
+    assert "missing.npz: reference batch not found" in capsys.readouterr().err
     (tmp_path / "ref.npz").write_bytes(b"")
     assert main(["--config", "configs/tiny/train_sfd_cpu.yaml", "--reference", str(tmp_path / "ref.npz"),
                  "--latents", str(tmp_path), "--semantics", "pca"]) == 2

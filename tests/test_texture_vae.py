@@ -12,6 +12,7 @@ import yaml
 from conftest import DATA, golden, rel_error
 from sfd.config import ConfigError
 from sfd.tokenizers.texture_vae import (
+    VAE_PREFIXES,
     TextureVAE,
     TextureVAEConfig,
     diffusers_to_ldm_key,
@@ -129,6 +130,15 @@ def test_bare_state_dict_loads(tmp_path, tiny_state, vae_tiny):
     torch.save(tiny_state, path)
     vae = load_texture_vae(DATA / "vae_tiny.yaml", ckpt_path=path)
     assert torch.equal(vae.decoder.conv_out.weight, vae_tiny.decoder.conv_out.weight)
+
+
+def test_ldm_state_dict_is_the_checkpoint_layout(tiny_state, vae_tiny):
+    exported = vae_tiny.ldm_state_dict()
+    assert set(exported) == {key for key in tiny_state if key.startswith(VAE_PREFIXES)}
+    for key, value in exported.items():
+        assert torch.equal(value, tiny_state[key]), key
+    again = TextureVAE(vae_tiny.config)
+    again.load_ldm_state_dict(exported)  # strict round trip
 
 
 def test_missing_decoder_key_is_named(tmp_path, tiny_state):

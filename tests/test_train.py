@@ -65,6 +65,14 @@ def test_resume_after_a_kill_is_exact(data, tmp_path, monkeypatch):
             assert torch.equal(value, b["opt"]["state"][index][name]), (index, name)
 
 
+def test_resume_false_refuses_a_run_folder_with_checkpoints(data, tmp_path):
+    Trainer(tiny_config(data, tmp_path, "train.max_steps=3")).run(progress=False)
+    with pytest.raises(TrainingError, match="train.resume is false but .* holds checkpoints"):
+        Trainer(tiny_config(data, tmp_path, "train.resume=false"))
+    assert Trainer(tiny_config(data, tmp_path, "train.resume=true")).step == 3
+    assert Trainer(tiny_config(data, tmp_path / "fresh", "train.resume=false")).step == 0  # nothing to refuse
+
+
 @pytest.mark.parametrize("config", ["configs/tiny/sfd_tiny.yaml", "configs/tiny/baseline_tiny.yaml"])
 def test_loss_decreases(data, tmp_path, config):
     trainer = Trainer(tiny_config(data, tmp_path, "train.max_steps=40", "train.ckpt_every=40", config=config))

@@ -10,15 +10,13 @@ features (posterior mean; the diffusion-latent preprocessing). Prints a table an
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from sfd.data.images import list_image_folder, load_image
+from sfd.files import write_json_atomic
 from sfd.tokenizers.dinov2 import TIMM_NAMES, build_dinov2, extraction_preprocess, tiny_dinov2
 from sfd.tokenizers.evaluation import feature_errors, psnr, ssim
 
@@ -84,10 +82,7 @@ def main(argv=None) -> int:
     for name, value in results.items():
         print(f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | {value} |")
     if args.json:
-        path = Path(args.json)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(args.json, results)
     return 0
 
 

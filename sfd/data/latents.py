@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
-from sfd.extract import STATS_FILES, shard_files
+from sfd.data.shards import STATS_FILES, shard_files
 from sfd.rng import derive_seed
 
 

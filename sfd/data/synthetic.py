@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from sfd.extract import atomic_save_file, compute_stats, shard_name
+from sfd.data.shards import compute_stats, save_shard, shard_name
 
 
 def write_synthetic_shards(
@@ -46,6 +46,6 @@ def write_synthetic_shards(
             tensors["latents" + suffix] = texture
             tensors["latents_sv" + suffix] = semantic
             tensors["feats_dino" + suffix] = torch.einsum("dc,nchw->ndhw", projection, semantic).half()
-        atomic_save_file(tensors, folder / shard_name(shard))
+        save_shard(tensors, folder / shard_name(shard))
     compute_stats(folder, seed=seed)
     return folder

@@ -20,6 +20,7 @@ count). All the trainers share one loop: AdamW, linear warm-up then cosine decay
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable, List, Optional, Tuple, TypeVar
 
 import torch
@@ -30,6 +31,7 @@ from sfd.rng import derive_seed
 from sfd.tokenizers.texture_vae import TextureVAE, TextureVAEConfig
 
 IMAGE_SIZE = 32  # demo images are 32×32 (Fashion-MNIST's 28×28 padded)
+DEMO_VAE_YAML = Path(__file__).resolve().parents[2] / "configs" / "tokenizer" / "demo_fashion_f4d4.yaml"
 NUM_CLASSES = 10
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot")  # Fashion-MNIST's labels 0-9
@@ -56,16 +58,17 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 # ------------------------------------------------------------------------------------------------ the texture VAE
 
 def demo_vae_config() -> TextureVAEConfig:
-    """The demo's texture VAE: LDM KL-VAE at 32 px with three levels (4× downsampling to an 8×8 latent), 4 latent
-    channels, the family's minimum width of 32 (GroupNorm with 32 groups) and one resnet per encoder level (the
-    decoder has two); 0.78M parameters. As in SD-VAE f16d32, the lowest level also attends (resolution 8 here, 16
-    there); at 8×8 = 64 tokens that is cheap.
+    """The demo's texture VAE (``configs/tokenizer/demo_fashion_f4d4.yaml``, without its weights): LDM KL-VAE at
+    32 px with three levels (4× downsampling to an 8×8 latent), 4 latent channels, the family's minimum width of 32
+    (GroupNorm with 32 groups) and one resnet per encoder level (the decoder has two); 0.78M parameters. As in SD-VAE
+    f16d32, the lowest level also attends (resolution 8 here, 16 there); at 8×8 = 64 tokens that is cheap.
 
     The full-resolution level dominates the cost and cannot be narrower than 32 channels, so the only saving left
     is the middle level: ch_mult (1, 1, 2) trains about 30 % faster than (1, 2, 2) on a 2-core CPU and reconstructs
     Fashion-MNIST as well for the same time (24.5 vs 24.3 dB PSNR after ~3 min)."""
-    return TextureVAEConfig(embed_dim=4, z_channels=4, resolution=IMAGE_SIZE, ch=32, ch_mult=[1, 1, 2],
-                            num_res_blocks=1, attn_resolutions=[IMAGE_SIZE // 4])
+    config = TextureVAEConfig.from_yaml(DEMO_VAE_YAML)
+    config.ckpt_path = None
+    return config
 
 
 def train_texture_vae(images: torch.Tensor, config: TextureVAEConfig, *, steps: int, batch_size: int, lr: float,

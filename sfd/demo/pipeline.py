@@ -30,9 +30,7 @@ the demo's models.
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,10 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from sfd.config import SFDConfig, load_config
-from sfd.extract import LatentEncoders, compute_stats, write_missing_shards
+from sfd.demo.fashion_mnist import load_fashion_mnist, subset, to_model_images
+from sfd.data.shards import compute_stats
+from sfd.extract import LatentEncoders, write_missing_shards
+from sfd.files import atomic_path, write_json_atomic, write_text_atomic
 from sfd.sweep import Scoring, Variant, channel_overrides, run_sweep
 
-DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 ENCODERS = ("ssl", "supervised")  # the DINOv2 stand-ins: self-supervised (default) or a classifier's features
 DEMO_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "demo" / "sfd_fashion.yaml"
 
@@ -95,57 +95,6 @@ class DemoSettings:
                                         "model.repa_projector_dim=32")), **changes})
 
 
-# -- data ------------------------------------------------------------------------------------------------------
-
-def _read_idx(path: Path, header: int) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        return np.frombuffer(handle.read(), dtype=np.uint8, offset=header)
-
-
-def load_fashion_mnist(split: str, root: Optional[Path] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [N, 28, 28], labels int64 [N]) of ``train`` or ``test`` from Debian's dataset-fashion-mnist,
-    else torchvision's download when online; otherwise a message saying how to get it."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    root = root or DEBIAN_ROOT
-    images_file, labels_file = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
-    if not images_file.exists():
-        images_file, labels_file = _torchvision_files(prefix)
-    images = _read_idx(images_file, 16).reshape(-1, 28, 28)
-    labels = _read_idx(labels_file, 8).astype(np.int64)
-    return images, labels
-
-
-def _torchvision_files(prefix: str) -> tuple[Path, Path]:
-    cache = Path("outputs/datasets")
-    raw = cache / "FashionMNIST" / "raw"
-    if not (raw / f"{prefix}-images-idx3-ubyte.gz").exists():
-        try:
-            from torchvision.datasets import FashionMNIST
-
-            FashionMNIST(str(cache), train=True, download=True)
-        except Exception as error:  # no network, or torchvision cannot reach its mirrors
-            raise FileNotFoundError(
-                f"Fashion-MNIST not found in {DEBIAN_ROOT} and not downloadable ({type(error).__name__}); install "
-                "it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or put the four "
-                f"*-ubyte.gz files in {raw}") from None
-    return raw / f"{prefix}-images-idx3-ubyte.gz", raw / f"{prefix}-labels-idx1-ubyte.gz"
-
-
-def to_model_images(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, 28, 28] → float [N, 3, 32, 32] in [-1, 1] (padded with black, grey replicated to RGB)."""
-    tensor = torch.from_numpy(images).float().div(127.5).sub(1.0)
-    tensor = F.pad(tensor, (2, 2, 2, 2), value=-1.0)
-    return tensor[:, None].expand(-1, 3, -1, -1).contiguous()
-
-
-def subset(images: np.ndarray, labels: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random subset (all of it when ``count`` ≥ N)."""
-    if count >= len(images):
-        return images, labels
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).numpy()
-    return images[order[:count]], labels[order[:count]]
-
-
 # -- stage bookkeeping -----------------------------------------------------------------------------------------
 
 class Stages:
@@ -168,18 +117,14 @@ class Stages:
         self.log(f"[{name}] running")
         start = time.perf_counter()
         result = {**work(), "seconds": round(time.perf_counter() - start, 1)}
-        path = self.folder / f"{name}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(self.folder / f"{name}.json", result)
         self.log(f"[{name}] finished in {result['seconds']} s")
         return result
 
 
 def save_module(module: torch.nn.Module, path: Path, **extra) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"state_dict": module.state_dict(), **extra}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": module.state_dict(), **extra}, tmp)
 
 
 def load_module(module: torch.nn.Module, path: Path) -> torch.nn.Module:
@@ -220,7 +165,27 @@ class DemoPipeline:
                     "test_mse": F.mse_loss(recon, self.test_x[:256]).item()}
 
         result = self.stages.run("texture_vae", work)
-        return load_module(TextureVAE(demo_vae_config()), path), result
+        vae = load_module(TextureVAE(demo_vae_config()), path)
+        self.export_tokenizer(vae)
+        return vae, result
+
+    def export_tokenizer(self, vae) -> Path:
+        """The texture VAE as a release-layout tokenizer: ``models/texture_vae.ckpt`` (LDM names) and
+        ``models/texture_vae.yaml`` (the shipped demo tokenizer config, pointing at it), so the diffusion models'
+        configs (``vae.config``) decode with scripts/sample.py and the release's launchers."""
+        from sfd.demo.networks import DEMO_VAE_YAML
+
+        ckpt, yaml_path = self.models_dir / "texture_vae.ckpt", self.models_dir / "texture_vae.yaml"
+        if not ckpt.exists():
+            with atomic_path(ckpt) as tmp:
+                torch.save({"state_dict": vae.ldm_state_dict()}, tmp)
+        if not yaml_path.exists():
+            text = DEMO_VAE_YAML.read_text()
+            shipped = "ckpt_path: outputs/demo/models/texture_vae.ckpt"
+            if shipped not in text:
+                raise ValueError(f"{DEMO_VAE_YAML}: expected the line {shipped!r}")
+            write_text_atomic(yaml_path, text.replace(shipped, "ckpt_path: texture_vae.ckpt  # beside this file"))
+        return yaml_path
 
     def semantic_encoder(self, kind: str):
         """A DINOv2 stand-in (:data:`ENCODERS`): the self-supervised one never sees a label."""
@@ -369,6 +334,7 @@ class DemoPipeline:
         return load_config(DEMO_CONFIG, [
             *channel_overrides(train, variant.semantics != "none"), *variant.overrides(),
             f"data.valid_path={train.parent / 'valid'}", "data.in_memory=true",
+            f"vae.config={self.models_dir / 'texture_vae.yaml'}",
             f"train.output_dir={self.run_dir / 'runs'}", f"train.exp_name={self.run_name(variant)}",
             f"train.max_steps={steps or settings.diffusion_steps}", f"train.global_batch_size={settings.diffusion_batch}",
             f"train.ckpt_every={checkpoint_every or settings.eval_every}",
@@ -474,9 +440,3 @@ class DemoPipeline:
                          scorings=(settings.scoring,),
                          final_scorings=settings.final_scorings if final_scorings is None else final_scorings,
                          check_scorings=check_scorings, log=self.log)
-
-    def run(self) -> Path:
-        from sfd.demo.report import write_report
-
-        rows = self.sweep(self.settings.variants)
-        return write_report(self, rows)  # rewritten every time (a second): it also lists sweeps run since

@@ -4,13 +4,13 @@ class, loss and FID-vs-step plots, and links to the sweeps and studies run in th
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from sfd.demo.networks import CLASSES
+from sfd.files import write_text_atomic
 from sfd.visualize import image_grid, line_plot, save_png
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def setup_lines(pipeline: "DemoPipeline") -> list[str]:
         f"(test reconstruction MSE {stage('texture_vae')['test_mse']:.4f}).",
         f"Semantic features: {encoder}stands in for DINOv2: its 8×8×32 per-patch tokens (pretrained DINOv2 cannot "
         "be downloaded offline). They feed the Semantic VAE and are the REPA target.",
-        f"Semantic tokenizer: the project's Semantic VAE (4 channels) trained on those features.",
+        "Semantic tokenizer: the project's Semantic VAE (4 channels) trained on those features.",
     ]
     pca = stage(f"pca{settings.pca_components}_{settings.encoder}")
     if pca is not None:
@@ -204,8 +204,11 @@ def write_report(pipeline: "DemoPipeline", results: list[dict]) -> Path:
         "* Stage times (s): " + ", ".join(f"{p.stem} {json.loads(p.read_text()).get('seconds', '?')}"
                                           for p in sorted((run_dir / "stages").glob("*.json"))),
     ]
-    report = run_dir / "report.md"
-    tmp = report.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, report)
-    return report
+    return write_text_atomic(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def run_demo(pipeline: "DemoPipeline") -> Path:
+    """The demo: train and score the settings' models (every stage resumes), then write ``report.md`` — rewritten
+    every time (a second), since it also lists the sweeps run in the same folder since."""
+    rows = pipeline.sweep(pipeline.settings.variants)
+    return write_report(pipeline, rows)

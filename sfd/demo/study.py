@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from sfd.sweep import (Scoring, Variant, _scorings, _write_text, delta_t_plot, grid, metrics_of, summarise,
-                       summary_table)
+from sfd.files import write_text_atomic
+from sfd.sweep import Scoring, Variant, _scorings, delta_t_plot, grid, metrics_of, summarise, summary_table
 
 SFD_DELTA_T = 0.3  # the paper's semantic lead
 
@@ -222,17 +222,17 @@ def write_study_report(rows: Sequence[dict], folder: Path, title: str, main: Sco
     """``results.json``, ``table.md`` (every point, mean ± std), ``verdicts.json``, ``fid_vs_delta_t.png``,
     ``fid_vs_step.png`` and ``report.md`` (verdicts first). Returns the report's path."""
     folder.mkdir(parents=True, exist_ok=True)
-    _write_text(folder / "results.json", json.dumps(list(rows), indent=1) + "\n")
+    write_text_atomic(folder / "results.json", json.dumps(list(rows), indent=1) + "\n")
     # the tighter solver is scored on one seed: it checks the main solver, it is not a row of the comparison
     compared = [row for row in rows if row["sampler"] != check.sampler]
     summary = summarise(compared)
     found = verdicts(summary)
-    _write_text(folder / "verdicts.json", json.dumps(found, indent=1) + "\n")
+    write_text_atomic(folder / "verdicts.json", json.dumps(found, indent=1) + "\n")
     seeds = sorted({row["repeat"] for row in rows})
     ordered = sorted(summary, key=lambda e: (e["semantics"] != "none", e["semantics"], e["repa"], e["delta_t"],
                                              e["conditioning"], e["sampler"], e["step"]))
     table = summary_table(ordered, metrics_of(compared), True)
-    _write_text(folder / "table.md", "\n".join([f"# {title}: every point", "", *table, ""]))
+    write_text_atomic(folder / "table.md", "\n".join([f"# {title}: every point", "", *table, ""]))
     delta_t_plot(summary, folder / "fid_vs_delta_t.png")
     fid_vs_step_plot(summary, folder / "fid_vs_step.png", main.sampler, main.conditioning)
     others = ", ".join(sorted({row["sampler"] for row in compared} - {main.sampler}))
@@ -261,7 +261,7 @@ def write_study_report(rows: Sequence[dict], folder: Path, title: str, main: Sco
     if setup:
         lines += ["## Setup", "", *[f"* {line}" for line in setup], ""]
     lines += ["Raw rows (one per model, seed, length and scoring): results.json.", ""]
-    return _write_text(folder / "report.md", "\n".join(lines))
+    return write_text_atomic(folder / "report.md", "\n".join(lines))
 
 
 def run_study(pipeline, study: StudySettings) -> Path:

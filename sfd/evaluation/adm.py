@@ -15,12 +15,10 @@ Reference activations are cached in ``cache_dir`` under the reference file's SHA
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -34,6 +32,7 @@ from sfd.evaluation.inception import WEIGHTS_ENV, WEIGHTS_SHA256, InceptionFeatu
 from sfd.evaluation.metrics import (PR_MODES, FeatureStatistics, feature_statistics, frechet_distance, full_fp32,
                                     inception_score, precision_recall, softmax_float32)
 from sfd.evaluation.npz import NPZ_BATCH, images_shape, iter_images, load_npz_statistics
+from sfd.files import atomic_path, write_json_atomic
 
 DEFAULT_CACHE_DIR = Path("outputs/eval_cache")
 CONVENTIONAL_SAMPLES = 50_000  # ADM numbers are FID-50K; other counts are not comparable (§10 item 7)
@@ -90,15 +89,8 @@ def compute_activations(network: FeatureNetwork, source: str | Path, device: str
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        np.savez(stream, **arrays)
 
 
 def reference_activations(network: FeatureNetwork, reference: str | Path, device: str | torch.device,
@@ -177,18 +169,8 @@ def evaluate(reference: str | Path, sample: str | Path, network: FeatureNetwork,
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write a JSON report under a temporary name, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Write a JSON report atomically."""
+    return write_json_atomic(path, payload, indent=2)
 
 
 def default_json_path(sample: str | Path) -> Path:

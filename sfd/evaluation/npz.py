@@ -8,8 +8,6 @@ order, and loaded whole otherwise (§3.1). Unlike ADM, anything but uint8 NHWC R
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Optional
@@ -18,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from sfd.evaluation.metrics import FeatureStatistics
+from sfd.files import atomic_path
 
 NPZ_BATCH = 64  # ADM's read batch (§3.1)
 STATISTICS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
@@ -167,10 +166,7 @@ def _write_npz(path: str | Path, shape: tuple[int, ...], batches: Iterable[np.nd
     """Write ``arr_0`` (uint8 ``shape``) batch by batch, and ``arr_1``, into an uncompressed npz (np.savez's
     layout, npy 1.0 headers) under a temporary name, then rename: constant memory, never half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             with archive.open("arr_0.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
@@ -184,10 +180,6 @@ def _write_npz(path: str | Path, shape: tuple[int, ...], batches: Iterable[np.nd
             if labels is not None:
                 with archive.open("arr_1.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.ascontiguousarray(labels))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -8,7 +8,6 @@ statistics files, so the trainer and the sampler do not change.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -16,6 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from sfd.files import atomic_path
 
 
 class Projection:
@@ -61,11 +62,9 @@ class PCAProjector(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"mean": self.mean, "components": self.components,
-                   "explained_variance": self.explained_variance}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"mean": self.mean, "components": self.components,
+                       "explained_variance": self.explained_variance}, str(tmp))
         return path
 
     @classmethod

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, read_file
 from sfd.config import ConfigError, load_structured
+from sfd.files import write_text_atomic
 from sfd.tokenizers.semvae import SemanticVAE, SemVAEArgs, grid_side, init_weights
 
 # Feature width of each encoder name the official trainer knows (train.py looks input_dim up by data.model_name).
@@ -556,13 +557,6 @@ class TrainResult:
     evaluation: Optional[EvalResult]  # the last evaluation of this run
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _append_jsonl(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
@@ -666,7 +660,7 @@ def train(config: SemVAETrainConfig, device: str | torch.device | None = None, s
     # bf16 autocast on CUDA only (the release's Accelerate bf16); the loss runs in fp32 on the fp32-cast outputs.
     use_bf16 = training.mixed_precision == "bf16" and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    _write_text_atomic(Path(log.log_dir) / "config.yaml", config_yaml(config))
+    write_text_atomic(Path(log.log_dir) / "config.yaml", config_yaml(config))
     writer = _tensorboard(config)
 
     def run_eval() -> Optional[EvalResult]:

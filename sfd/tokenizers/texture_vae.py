@@ -340,6 +340,19 @@ class TextureVAE(nn.Module):
         self.load_state_dict(converted, strict=True)
 
 
+    def ldm_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under LDM names and shapes (attention projections as 1×1 convolutions): the layout of the
+        release's tokenizer checkpoints, which ``load_ldm_state_dict`` and ``load_texture_vae`` read."""
+        levels = self.config.num_levels
+        state = {}
+        for name, value in self.state_dict().items():
+            key = diffusers_to_ldm_key(name, levels)
+            if key is None:
+                raise ValueError(f"texture VAE entry {name} has no LDM name")
+            state[key] = value[..., None, None] if _is_attention_projection(name) else value
+        return state
+
+
 # ------------------------------------------------------------------------------------------------------------ loading
 
 
