@@ -1,4 +1,4 @@
-"""ImageNet-style images → latent shards in the release's format (goldens/semvae/SPEC.md §c), and their statistics.
+"""ImageNet-style images → latent shards in the release's format (docs/formats.md §1), and their statistics.
 
 Each shard is a safetensors file with, for N images:
 
@@ -165,7 +165,7 @@ def extract_dino_features(
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[Path]:
-    """DINOv2 patch tokens for SemVAE training (the release's SemVAE-training preprocessing, SPEC.md §b.1), in
+    """DINOv2 patch tokens for SemVAE training (the release's SemVAE-training preprocessing, docs/formats.md §4.2), in
     shards with ``patch_tokens`` float16 [N, L, D] and ``labels``."""
     from PIL import Image
 
