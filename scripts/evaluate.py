@@ -6,7 +6,7 @@ in PyTorch, with the numbers and the five stdout lines of guided-diffusion's eva
         --inception-weights weights-inception-2015-12-05-6726825d.pth      # or set INCEPTION_WEIGHTS
     python scripts/evaluate.py REF.npz samples_png_folder/ --json report.json --pr-mode fp32
 
-The weights file is never downloaded; see specs/ADM_EVALUATOR.md §9.2 for its source and hash.
+The weights file is never downloaded; see docs/evaluator.md §9.2 for its source and hash.
 """
 
 import sys

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the Semantic VAE on pre-extracted DINOv2 patch tokens (the release's recipe, SEMVAE SPEC a.4).
+"""Train the Semantic VAE on pre-extracted DINOv2 patch tokens (the release's recipe, docs/semvae.md §2).
 
     python scripts/train_semvae.py configs/semvae/ch16.yaml
     python scripts/train_semvae.py configs/semvae/ch16.yaml data.feature_dir=/data/dinov2/train training.seed=1

@@ -1,7 +1,7 @@
 """Checkpoint files: reading released weights strictly, writing atomically.
 
 Released SFD files are ``torch.save`` dicts with ``ema`` (used for inference), ``model``, and possibly ``opt`` and a
-pickled OmegaConf ``config`` (SFD_METHOD.md §4.8). Weights are read with ``weights_only=True``; the OmegaConf
+pickled OmegaConf ``config`` (docs/method.md §4.8). Weights are read with ``weights_only=True``; the OmegaConf
 classes such a ``config`` entry needs are allow-listed, nothing else is. ``.safetensors`` files hold a bare state
 dict. A mismatch is reported by key, with shapes.
 """

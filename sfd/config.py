@@ -2,7 +2,7 @@
 
 A config is a tree of dataclasses. YAML files and ``section.key=value`` overrides are merged onto the defaults with
 OmegaConf, so an unknown key or a value of the wrong type fails at load with the key's name. The defaults are the
-values the official code uses when a key is absent (SFD_METHOD.md §7.1), so a partial official YAML means what it
+values the official code uses when a key is absent (docs/method.md §7.1), so a partial official YAML means what it
 meant there; keys the release requires have the SFD release value. Rules that involve several keys live in
 ``validate`` and nowhere else.
 """

@@ -1,4 +1,4 @@
-"""ImageNet-style images → latent shards in the release's format (described in :mod:`sfd.data.shards`).
+"""ImageNet-style images → latent shards in the release's format (:mod:`sfd.data.shards`, docs/formats.md §1).
 
 Differences from the release, none of which changes the format: shard k holds the images [k·S, (k+1)·S) of the
 sorted image list and is written by process k mod W, so no image is duplicated (the release's DistributedSampler
@@ -139,7 +139,7 @@ def extract_dino_features(
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[Path]:
-    """DINOv2 patch tokens for SemVAE training (the release's SemVAE-training preprocessing, SPEC.md §b.1), in
+    """DINOv2 patch tokens for SemVAE training (the release's SemVAE-training preprocessing, docs/formats.md §4.2), in
     shards with ``patch_tokens`` float16 [N, L, D] and ``labels``."""
     from PIL import Image
 

@@ -33,7 +33,7 @@ DEMO_LABELS = (106, 22, 279, 975, 388, 15, 36, 979)  # the release's demo grid c
 
 @dataclass(frozen=True)
 class LabelPlan:
-    """Which label sample i gets (SFD_METHOD.md §6.5)."""
+    """Which label sample i gets (docs/method.md §6.5)."""
 
     num_samples: int
     num_classes: int
@@ -59,7 +59,7 @@ def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int], devic
 
 def folder_name(config: SFDConfig, ckpt_path: str, ag_size: Optional[str] = None, ag_iter: Optional[int] = None,
                 separate_scales: bool = False) -> str:
-    """The release's sample-folder name (SFD_METHOD.md §7.4)."""
+    """The release's sample-folder name (docs/method.md §7.4)."""
     sample_cfg = config.sample
     name = (f"{config.model.model_type.replace('/', '-')}-ckpt-{Path(ckpt_path).stem}-"
             f"{sample_cfg.sampling_method}-{sample_cfg.num_sampling_steps}").lower()
@@ -80,7 +80,7 @@ def folder_name(config: SFDConfig, ckpt_path: str, ag_size: Optional[str] = None
 
 class LatentDecoder:
     """Final ODE state → uint8 images: drop the semantic channels, undo the texture normalisation with the dataset
-    statistics, decode with the texture VAE, quantise like the release (SFD_METHOD.md §2.4)."""
+    statistics, decode with the texture VAE, quantise like the release (docs/method.md §2.4)."""
 
     def __init__(self, vae: nn.Module, config: SFDConfig, device: torch.device) -> None:
         self.vae = vae

@@ -1,7 +1,7 @@
 """Guidance as one function: classifier-free guidance and AutoGuidance with per-group scales.
 
 Both extrapolate from a reference prediction towards the conditional one, g = ref + w·(cond − ref), separately
-for the texture and the semantic channels (SFD_METHOD.md §6):
+for the texture and the semantic channels (docs/method.md §6):
 
 * CFG: ref is the same model with the null label (one doubled batch);
 * AutoGuidance (Karras et al. 2024): ref is a smaller, weaker model conditioned on the *same* label.
@@ -41,8 +41,8 @@ class Guidance:
     guide: Optional[nn.Module] = None  # AutoGuidance reference model; None means CFG with the null label
     interval_start: float = 0.0  # a group is guided only while its time is >= this
     interval_mode: str = "both"  # which groups the interval applies to: both | tex | sem
-    # Official quirk (§6.3): the interval test reads batch element 0 for the whole batch. In sampling every
-    # element shares τ, so this only matters for callers that mix times in one batch.
+    # Official quirk (docs/method.md §6.3): the interval test reads batch element 0 for the whole batch. In sampling
+    # every element shares τ, so this only matters for callers that mix times in one batch.
     interval_from_first_element: bool = False
 
     @classmethod

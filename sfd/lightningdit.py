@@ -1,7 +1,7 @@
 """LightningDiT, the velocity network of SFD, with state-dict keys identical to the official release.
 
 This is the only backbone file. It holds no loss, guidance or sampler (see ``sfd.loss``, ``sfd.guidance``,
-``sfd.samplers``). Conventions (SFD_METHOD.md §2, §4):
+``sfd.samplers``). Conventions (docs/method.md §2, §4):
 
 * input ``x`` is [B, C, H, W] with texture channels first and the ``semantic_chans`` semantic channels last;
 * time is the raw flow-matching time, t = 0 noise and t = 1 data (never multiplied by 1000);
@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 # Official registry sizes: name -> (depth, hidden width D, heads). Every size exists with patch 1 and 2
-# (`LightningDiT-XL/1`, `LightningDiT-XL/2`, ...). SFD_METHOD.md §4.1.
+# (`LightningDiT-XL/1`, `LightningDiT-XL/2`, ...). docs/method.md §4.1.
 SIZES: dict[str, tuple[int, int, int]] = {
     "S": (12, 384, 6),
     "B": (12, 768, 12),
@@ -35,7 +35,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "1p6B": (28, 1792, 28),
 }
 
-# Feature width of each REPA target encoder the release registers (§4.7).
+# Feature width of each REPA target encoder the release registers (docs/method.md §4.7).
 REPA_TARGET_DIMS: dict[str, int] = {
     "dinov2_vits14": 384,
     "dinov2_vits14_reg": 384,
@@ -89,7 +89,7 @@ class LightningDiTArgs:
 
     @property
     def mlp_hidden(self) -> int:
-        # The release truncates int(2/3 * int(4 * D)): L -> 2730, 1p6B -> 4778 (§4.1).
+        # The release truncates int(2/3 * int(4 * D)): L -> 2730, 1p6B -> 4778 (docs/method.md §4.1).
         hidden = int(self.hidden_size * self.mlp_ratio)
         return int(2 / 3 * hidden) if self.use_swiglu else hidden
 
@@ -107,7 +107,8 @@ class ModelOutput:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with statistics in float32, cast back to the input dtype *before* the weight (§4.4, quirk 6)."""
+    """RMSNorm with statistics in float32, cast back to the input dtype *before* the weight
+    (docs/method.md §4.4; quirk 6 of §9.2)."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -132,7 +133,7 @@ def modulate(x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor
 
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
     """Fixed 2-D sin-cos table [grid², dim] in float64: first half encodes the column, second half the row,
-    sin before cos in each half (DiT/MAE convention, §4.3)."""
+    sin before cos in each half (DiT/MAE convention, docs/method.md §4.3)."""
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
     coords = torch.arange(grid, dtype=torch.float64)
@@ -146,8 +147,8 @@ def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
 
 
 class RotaryEmbedding2D(nn.Module):
-    """EVA-02 style 2-D RoPE (§4.5): interleaved pairs, first half of each head rotated by the row index, second
-    half by the column index, ω_j = 10000^(-2j/d) with d = head_dim/2. The tables are persistent buffers because
+    """EVA-02 style 2-D RoPE (docs/method.md §4.5): interleaved pairs, first half of each head rotated by the row index,
+    second half by the column index, ω_j = 10000^(-2j/d) with d = head_dim/2. The tables are persistent buffers because
     the released checkpoints contain them (``feat_rope.freqs_cos``/``freqs_sin``)."""
 
     def __init__(self, head_dim: int, grid: int) -> None:
@@ -220,7 +221,8 @@ class GeluMlp(nn.Module):
 
 
 class LightningDiTBlock(nn.Module):
-    """adaLN-Zero block; modulation chunks (shift, scale, gate) for attention, then for the MLP (§4.4)."""
+    """adaLN-Zero block; modulation chunks (shift, scale, gate) for attention, then for the MLP
+    (docs/method.md §4.4)."""
 
     def __init__(self, args: LightningDiTArgs) -> None:
         super().__init__()
@@ -328,7 +330,7 @@ class LightningDiT(nn.Module):
         return self.args.num_classes
 
     def initialize_weights(self) -> None:
-        """The release's initialisation (§4.6): Xavier linears, zeroed adaLN and output layers."""
+        """The release's initialisation (docs/method.md §4.6): Xavier linears, zeroed adaLN and output layers."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -352,7 +354,7 @@ class LightningDiT(nn.Module):
 
     def embed_time(self, t_tex: torch.Tensor, t_sem: torch.Tensor) -> torch.Tensor:
         if self.args.semantic_first:
-            # Semantic half first although the call order is (t_tex, t_sem): quirk 2 of §9.2.
+            # Semantic half first although the call order is (t_tex, t_sem): quirk 2 of docs/method.md §9.2.
             return torch.cat([self.t_embedder_sem(t_sem), self.t_embedder_tex(t_tex)], dim=1)
         return self.t_embedder(t_tex)
 

@@ -1,4 +1,4 @@
-"""The asynchronous flow-matching loss of SFD (paper §3; SFD_METHOD.md §3).
+"""The asynchronous flow-matching loss of SFD (paper §3; docs/method.md §3).
 
 x_t = t_g·x1 + (1 − t_g)·x0 per channel group g, with (t_tex, t_sem) from the semantic-first split of
 τ = t·(1 + Δt); the target is the velocity u = x1 − x0. Terms, each reduced per sample and then over the batch:
@@ -48,7 +48,7 @@ class FlowMatchingLoss:
     repa_mode: str = "cos"  # cos | mse | cos_mse
     class_dropout_prob: float = 0.0  # probability of replacing a label by the null label
     null_label: int = 1000  # the unconditional label index (= num_classes)
-    # Official quirk (SFD_METHOD.md §3.2): train.py adds REPA to the total only when the cosine loss is on.
+    # Official quirk (docs/method.md §3.2): train.py adds REPA to the total only when the cosine loss is on.
     official_repa_requires_cosine: bool = False
 
     @classmethod

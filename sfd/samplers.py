@@ -2,7 +2,7 @@
 
 The drift at (x, τ) is the (guided) velocity at (t_tex, t_sem) = split(τ), multiplied by the phase mask, so the
 texture channels stay at their initial noise while τ < Δt and the semantic channels freeze once τ > 1 (paper §3,
-three-phase sampling; SFD_METHOD.md §5). For the synchronous model the split is the identity and there is no mask.
+three-phase sampling; docs/method.md §5). For the synchronous model the split is the identity and there is no mask.
 
 Fixed-step Euler and Heun are explicit loops over the grid; every other method name (dopri5 for the released
 numbers, rk4, ...) goes to torchdiffeq with the tolerances passed as one-element lists, as the release does

@@ -1,4 +1,4 @@
-"""The semantic-first time split, written once (paper §3; SFD_METHOD.md §3.1, §5.2).
+"""The semantic-first time split, written once (paper §3; docs/method.md §3.1, §5.2).
 
 A global time τ runs over [0, 1 + Δt]. The semantic channels see t_sem = min(τ, 1) and the texture channels
 t_tex = max(τ − Δt, 0), so semantics lead texture by Δt. Sampling therefore has three phases: semantics only
@@ -37,7 +37,7 @@ class TimeSplit:
 
     def times(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(t_tex, t_sem) for global times τ. t_tex is not clamped above: dopri5 evaluates past τ_max and the
-        release feeds t_tex > 1 there (quirk 11 of §9.2)."""
+        release feeds t_tex > 1 there (quirk 11 of docs/method.md §9.2)."""
         if not self.semantic_first:
             return tau, tau
         return (tau - self.delta_t).clamp(min=0.0), tau.clamp(max=1.0)

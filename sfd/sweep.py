@@ -1,6 +1,6 @@
 """Sweeps over SFD's design axes at equal budgets, written as one table and one plot.
 
-The paper's claims are comparisons (arXiv 2512.04926): FID as a function of the semantic lead Δt (§4.3, the Δt
+The paper's claims are comparisons (arXiv 2512.04926): FID as a function of the semantic lead Δt (paper §4.3, the Δt
 ablation: 0 is the synchronous baseline, SFD uses 0.3), the weight of the semantic velocity loss (β = 2), and SFD on
 top of ReDi, whose semantic channels are PCA components of the DINOv2 features instead of a Semantic VAE (Table 3).
 A sweep trains every point of a grid over these axes with the same trainer, steps, batch and seed, samples each

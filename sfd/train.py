@@ -94,7 +94,7 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
 
 
 def autocast_for(precision: str, device: torch.device):
-    """bf16/fp16 autocast on GPUs; CPUs train in fp32 (their bf16 matmuls are ~100× slower, ENVIRONMENT.md)."""
+    """bf16/fp16 autocast on GPUs; CPUs train in fp32 (their bf16 matmuls are ~100× slower, docs/environment.md §2)."""
     if device.type != "cuda" or precision == "fp32":
         return nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -1,4 +1,5 @@
-"""Shared helpers: golden files (copied from the official-code reference set) and the error metric of their README."""
+"""Shared helpers: golden files (copied from the official-code reference set) and their error metric
+(docs/goldens.md §5)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 
 DATA = Path(__file__).parent / "data"
 
-# Tolerances of the golden README (max|ours - golden| / max|golden|).
+# Tolerances of docs/goldens.md §5 (max|ours - golden| / max|golden|).
 TOL_FORWARD = 1e-5
 TOL_EULER = 1e-4
 TOL_DOPRI5 = 1e-3

@@ -1,4 +1,4 @@
-"""ADM evaluation suite (ADM_EVALUATOR.md §14): metric maths against independent NumPy/SciPy oracles, the Inception
+"""ADM evaluation suite (docs/evaluator.md §12): metric maths against independent NumPy/SciPy oracles, the Inception
 port with random weights (keys, taps, resize, torch-fidelity equality), npz I/O, the evaluator end to end with a
 tiny random feature network, the tools and the launcher. Offline; no real weights."""
 
@@ -44,7 +44,7 @@ def one_thread():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Fréchet distance (§5, §14.1)
+# Fréchet distance (docs/evaluator.md §5, §12.1)
 
 def random_spd(rng: np.random.Generator, d: int, n: int) -> np.ndarray:
     x = rng.normal(size=(n, d))
@@ -151,7 +151,7 @@ def test_frechet_shape_mismatch_is_reported():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Inception Score (§7, §14.3)
+# Inception Score (docs/evaluator.md §7, §12.3)
 
 def near_one_hot(classes: np.ndarray, num_classes: int = 10) -> np.ndarray:
     return softmax_float32(30.0 * np.eye(num_classes, dtype=np.float32)[classes])
@@ -193,7 +193,7 @@ def test_softmax_float32_matches_scipy():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Precision and Recall (§8, §14.4)
+# Precision and Recall (docs/evaluator.md §8, §12.4)
 
 def brute_force_pr(ref: np.ndarray, gen: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Oracle: full (a − b)² matrices in float64, full sort, index 3 including self, inclusive comparisons."""
@@ -240,7 +240,7 @@ def test_precision_recall_extremes_ties_and_duplicates():
 
 
 def numpy_tf16_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Oracle of §8.5 with NumPy's float16 arithmetic (each operation rounded to float16)."""
+    """Oracle of docs/evaluator.md §8.5 with NumPy's float16 arithmetic (each operation rounded to float16)."""
     u16, v16 = u.astype(np.float16), v.astype(np.float16)
     nu = np.square(u16).astype(np.float32).sum(1).astype(np.float16)
     nv = np.square(v16).astype(np.float32).sum(1).astype(np.float16)
@@ -267,14 +267,15 @@ def test_tf16_and_fp32_precision_recall_agree_on_pool3_like_features():
     gen = (rng.gamma(0.5, 0.6, (800, 2048)) * 1.05).astype(np.float32)
     fp16 = np.array(precision_recall(ref, gen, mode="tf16"))
     fp32 = np.array(precision_recall(ref, gen, mode="fp32"))
-    assert np.all(np.abs(fp16 - fp32) <= 0.01)  # at most 8 of 800 decisions flip (§8.5: 1e-4..3e-3 at 5k-10k)
+    # At most 8 of 800 decisions flip (docs/evaluator.md §8.5: 1e-4..3e-3 at 5k-10k).
+    assert np.all(np.abs(fp16 - fp32) <= 0.01)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Inception network, resize and taps (§4, §6, §14.5-14.7)
+# Inception network, resize and taps (docs/evaluator.md §4, §6, §12.5–§12.7)
 
 def numpy_tf1_resize(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Oracle of §4.1 for one float32 image [H, W, C]: legacy coordinates, x first, then y."""
+    """Oracle of docs/evaluator.md §4.1 for one float32 image [H, W, C]: legacy coordinates, x first, then y."""
     def axis(n_in, n_out):
         src = np.arange(n_out, dtype=np.float32) * np.float32(n_in / n_out)
         lo = np.floor(src).astype(np.int64)
@@ -359,7 +360,7 @@ def test_inception_taps_shapes_bias_and_batch_independence(inception_run):
     assert (out.pool >= 0).all() and (out.spatial >= 0).all() and out.pool.abs().sum() > 0
     assert not torch.equal(out.pool[0], out.pool[1]) and not torch.equal(out.spatial[0], out.spatial[1])
     assert torch.allclose(out.logits, out.pool @ model.fc.weight.T)
-    assert not torch.allclose(out.logits, model.fc(out.pool))  # IS uses the unbiased logits (§4.3)
+    assert not torch.allclose(out.logits, model.fc(out.pool))  # IS uses the unbiased logits (docs/evaluator.md §4.3)
     with torch.no_grad():
         again, single = model(images), model(images[1:2])
     assert torch.equal(again.pool, out.pool) and torch.equal(again.spatial, out.spatial)
@@ -368,8 +369,9 @@ def test_inception_taps_shapes_bias_and_batch_independence(inception_run):
 
 
 def test_inception_matches_torch_fidelity_with_the_same_weights(inception_run, tmp_path):
-    """Bit-exact equality with torch-fidelity's inception-v3-compat network (§9.1), run where it is installed. It is
-    not a project dependency: its 0.4.0 wheel installs a top-level ``tests`` package that shadows this folder."""
+    """Bit-exact equality with torch-fidelity's inception-v3-compat network (docs/evaluator.md §9.1), run where it is
+    installed. It is not a project dependency: its 0.4.0 wheel installs a top-level ``tests`` package that shadows this
+    folder."""
     fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     model, images, out = inception_run
     torch.save(model.state_dict(), tmp_path / "random.pth")
@@ -392,7 +394,8 @@ def test_pooling_quirks(inception_run):
 
 @pytest.mark.skipif(not os.environ.get("INCEPTION_WEIGHTS"), reason="real Inception weights: set INCEPTION_WEIGHTS")
 def test_real_weights_match_torch_fidelity():
-    """§14.10, run where the standard weights file is present: our taps equal torch-fidelity's on 16 images."""
+    """docs/evaluator.md §12.10, run where the standard weights file is present: our taps equal torch-fidelity's on 16
+    images."""
     fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     model, _ = load_inception()
     theirs = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
@@ -446,7 +449,7 @@ def test_missing_weights_message(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# NPZ I/O (§3, §14.8)
+# NPZ I/O (docs/evaluator.md §3, §12.8)
 
 def random_images(n: int, h: int = 8, w: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
@@ -546,7 +549,7 @@ def test_pack_npz_tool(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The evaluator end to end with a tiny random feature network (§2, §14.9)
+# The evaluator end to end with a tiny random feature network (docs/evaluator.md §2, §12.9)
 
 class TinyFeatures(torch.nn.Module):
     """Stand-in with the evaluator's interface: pool [N, 12], spatial [N, 2·2·7], logits [N, 10]."""

@@ -1,4 +1,4 @@
-"""LightningDiT against the official goldens, key manifests and the spec's self-check numbers."""
+"""LightningDiT against the official goldens, key manifests and the self-check numbers of docs/method.md §4.9."""
 
 import copy
 import json
@@ -74,7 +74,8 @@ def test_state_dict_matches_release_manifest(name):
     assert len(state) == manifest["num_state_dict_entries"]
 
 
-# §4.1: parameters of the SFD configuration excluding the REPA projector and pos_embed, and the projector alone.
+# docs/method.md §4.1: parameters of the SFD configuration excluding the REPA projector and pos_embed, and the
+# projector alone.
 EXPECTED_MILLIONS = {"S": (32.83, 6.56), "B": (130.09, 7.34), "L": (457.40, 7.87), "XL": (674.34, 8.13),
                      "1p0B": (1027.88, 8.92), "1p6B": (1629.76, 9.44)}
 
@@ -98,7 +99,7 @@ def test_every_registry_size_builds_with_the_official_count(size, patch):
     assert 25 + 14 * depth == len(model.state_dict())
 
 
-def test_xl_shapes_from_the_spec():
+def test_xl_self_check_shapes():
     config = sfd.load_config(DATA.parent.parent / "configs/sfd/lightningdit_xl/train.yaml")
     with torch.device("meta"):
         state = sfd.build_model(config).state_dict()

@@ -48,7 +48,7 @@ def test_time_split_clamps_and_probability():
     t_tex, t_sem = split.times(split.training_tau(torch.tensor([0.1, 0.5, 0.9])))
     assert torch.allclose(t_tex, torch.tensor([0.0, 0.35, 0.87])) and torch.allclose(t_sem, torch.tensor([0.13, 0.65, 1.0]))
     assert torch.all(t_sem >= t_tex)
-    # P(t_sem = 1) = P(t_tex = 0) = 0.1143 for logit-normal t and Δt = 0.3 (SFD_METHOD.md §3.1).
+    # P(t_sem = 1) = P(t_tex = 0) = 0.1143 for logit-normal t and Δt = 0.3 (docs/method.md §3.1).
     loss = FlowMatchingLoss(split)
     t = loss.sample_time(200_000, torch.Generator().manual_seed(0), torch.device("cpu"))
     t_tex, t_sem = split.times(split.training_tau(t))

@@ -1,4 +1,4 @@
-"""Semantic VAE: golden equivalence with the official model (SEMVAE SPEC, tag 'visible'), posterior clamps,
+"""Semantic VAE: golden equivalence with the official model (docs/goldens.md §4, tag 'visible'), posterior clamps,
 loading the official checkpoint layouts, the released full-size key/shape manifest, and input errors."""
 
 import json
@@ -17,7 +17,7 @@ from sfd.tokenizers.semvae_train import (SemVAELoss, configured_input_dim, load_
 DATA = Path(__file__).parent / "data" / "semvae"
 ROOT = Path(__file__).parents[1]
 CHECKPOINT = DATA / "semvae_visible_semantic_ae_final.pt"
-ATOL = RTOL = 1e-5  # tensors (golden README)
+ATOL = RTOL = 1e-5  # tensors (docs/goldens.md §5)
 RTOL_SCALAR = 1e-6  # KL sums and loss scalars
 
 

@@ -20,7 +20,7 @@ from sfd.tokenizers.texture_vae import (
     load_texture_vae,
 )
 
-TOL_VAE = 1e-4  # golden README: VAE encode/decode
+TOL_VAE = 1e-4  # docs/goldens.md §5: VAE encode/decode
 
 # The release's tokenizer/configs/sdvae_f16d32.yaml layout, training keys included (they must be ignored).
 RELEASE_YAML = {
@@ -94,7 +94,7 @@ def test_tiny_properties(vae_tiny):
     assert vae_tiny.latent_channels == 32
     assert vae_tiny.downsample_ratio == 16
     assert not vae_tiny.training
-    assert sum(p.numel() for p in vae_tiny.parameters()) == 484_131  # golden README
+    assert sum(p.numel() for p in vae_tiny.parameters()) == 484_131  # docs/goldens.md §3
 
 
 def test_release_architecture_matches_manifest(tmp_path):

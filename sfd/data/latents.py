@@ -1,6 +1,6 @@
 """The latent dataset: lazily read shards → normalised [texture, semantic] latents, labels and REPA targets.
 
-Per item (SFD_METHOD.md §2.3; goldens/semvae/SPEC.md §c): pick the unflipped or the mirrored keys with p = 0.5 (one
+Per item (docs/method.md §2.3; docs/formats.md §3): pick the unflipped or the mirrored keys with p = 0.5 (one
 choice for texture, semantics and DINOv2 features), standardise texture and semantic latents with their own
 per-channel statistics, concatenate texture first and multiply by ``latent_multiplier``. The flip is drawn from a
 generator seeded by (seed, epoch, index), so an epoch's data is reproducible whatever the worker layout.

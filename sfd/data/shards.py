@@ -1,4 +1,4 @@
-"""The latent shard format of the release, its statistics files, and the reader's view of a shard folder.
+"""The latent shard format of the release and its statistics files (docs/formats.md §1, §2).
 
 A folder of latents holds safetensors shards ``latents_shard000000.safetensors``, … and two statistics files. Each
 latent shard holds, for N images:

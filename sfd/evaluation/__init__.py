@@ -1,4 +1,4 @@
-"""OpenAI's ADM evaluation suite in PyTorch (ADM_EVALUATOR.md): the TF-compatible FID Inception-v3, the metrics
+"""OpenAI's ADM evaluation suite in PyTorch (docs/evaluator.md): the TF-compatible FID Inception-v3, the metrics
 (FID, sFID, Inception Score, Precision, Recall) and the sample/reference ``.npz`` formats.
 
     python scripts/evaluate.py VIRTUAL_imagenet256_labeled.npz samples.npz --inception-weights W.pth

@@ -1,12 +1,12 @@
 """OpenAI's ADM evaluation suite (FID, sFID, Inception Score, Precision, Recall) in PyTorch, end to end.
 
-``evaluate(reference, sample, network)`` follows guided-diffusion ``evaluations/evaluator.py`` (ADM_EVALUATOR.md
-§2): activations of the reference batch (always — Precision/Recall need its images) and of the sample batch, 64
-images at a time; statistics read from a file's ``mu``/``sigma``/``mu_s``/``sigma_s`` when it has ``mu``, computed
-from its activations otherwise (§3.2); then IS on the samples, FID, sFID, Precision and Recall. The five result
-lines are printed exactly as ADM prints them (``print(label, value)``); its status lines and the progress bars go
-to stderr, and a JSON report is written atomically. The feature network is pluggable: any callable mapping uint8
-images [N, 3, H, W] to :class:`~sfd.evaluation.inception.InceptionFeatures` (tests use a tiny random one).
+``evaluate(reference, sample, network)`` follows guided-diffusion ``evaluations/evaluator.py``
+(docs/evaluator.md §2): activations of the reference batch (always — Precision/Recall need its images) and of the sample
+batch, 64 images at a time; statistics read from a file's ``mu``/``sigma``/``mu_s``/``sigma_s`` when it has ``mu``,
+computed from its activations otherwise (docs/evaluator.md §3.2); then IS on the samples, FID, sFID, Precision and
+Recall. The five result lines are printed exactly as ADM prints them (``print(label, value)``); its status lines and the
+progress bars go to stderr, and a JSON report is written atomically. The feature network is pluggable: any callable
+mapping uint8 images [N, 3, H, W] to :class:`~sfd.evaluation.inception.InceptionFeatures` (tests use a tiny random one).
 
 Reference activations are cached in ``cache_dir`` under the reference file's SHA-256 and the network's identity
 (the weights' SHA-256), so the 10,000-image forward pass runs once per reference and network.
@@ -35,7 +35,7 @@ from sfd.evaluation.npz import NPZ_BATCH, images_shape, iter_images, load_npz_st
 from sfd.files import atomic_path, write_json_atomic
 
 DEFAULT_CACHE_DIR = Path("outputs/eval_cache")
-CONVENTIONAL_SAMPLES = 50_000  # ADM numbers are FID-50K; other counts are not comparable (§10 item 7)
+CONVENTIONAL_SAMPLES = 50_000  # ADM numbers are FID-50K; other counts are not comparable (docs/evaluator.md §10.3)
 RESULT_LABELS = ("Inception Score", "FID", "sFID", "Precision", "Recall")
 
 
@@ -75,7 +75,7 @@ def _stderr(message: str) -> None:
 def compute_activations(network: FeatureNetwork, source: str | Path, device: str | torch.device = "cpu",
                         batch_size: int = NPZ_BATCH, desc: str = "") -> Activations:
     """Run ``network`` over every image of an ADM ``.npz`` or PNG folder, ``batch_size`` at a time, in file order;
-    uint8 NHWC batches are permuted to NCHW and fed without any other preprocessing (§9.3)."""
+    uint8 NHWC batches are permuted to NCHW and fed without any other preprocessing (docs/evaluator.md §9.3)."""
     count = images_shape(source)[0]
     pool, spatial, logits = [], [], []
     with torch.no_grad(), full_fp32():
@@ -112,8 +112,8 @@ def reference_activations(network: FeatureNetwork, reference: str | Path, device
 
 def batch_statistics(path: str | Path, activations: Activations) -> tuple[FeatureStatistics, FeatureStatistics, str]:
     """(pool_3, spatial) statistics of a batch: the stored ones when the file has ``mu``, else computed from its
-    activations (ADM's ``read_statistics``, §3.2; applied to reference and sample alike). Third item: 'stored' or
-    'computed'. Never recompute a reference's statistics from its 10,000 images when it stores them."""
+    activations (ADM's ``read_statistics``, docs/evaluator.md §3.2; applied to reference and sample alike). Third item:
+    'stored' or 'computed'. Never recompute a reference's statistics from its 10,000 images when it stores them."""
     stored = load_npz_statistics(path)
     if stored is not None:
         return stored[0], stored[1], "stored"
@@ -124,8 +124,9 @@ def evaluate(reference: str | Path, sample: str | Path, network: FeatureNetwork,
              device: str | torch.device = "cpu", batch_size: int = NPZ_BATCH, pr_mode: str = "tf16",
              cache_dir: Optional[Path] = None, network_id: Optional[str] = None,
              log: Callable[[str], None] = _stderr) -> tuple[Results, dict[str, Any]]:
-    """ADM's evaluator (§2) on a reference and a sample batch (``.npz`` or PNG folder). Returns the results and a
-    report (results, set sizes, statistics sources, network identity, device, P/R mode, library versions)."""
+    """ADM's evaluator (docs/evaluator.md §2) on a reference and a sample batch (``.npz`` or PNG folder). Returns the
+    results and a report (results, set sizes, statistics sources, network identity, device, P/R mode, library
+    versions)."""
     if pr_mode not in PR_MODES:
         raise ValueError(f"pr_mode must be one of {PR_MODES}, got {pr_mode!r}")
     if isinstance(network, torch.nn.Module):

@@ -1,16 +1,16 @@
 """The 2015-12-05 TensorFlow Inception-v3 (the FID network of ADM's evaluator) in PyTorch, with its feed path.
 
-ADM_EVALUATOR.md §4: uint8 RGB images of any size → TF1 bilinear resize to 299×299 (legacy coordinates, no
+docs/evaluator.md §4: uint8 RGB images of any size → TF1 bilinear resize to 299×299 (legacy coordinates, no
 antialiasing) → (x − 128)/128 → the TF-patched Inception-v3 → three taps:
 
 * ``pool`` — ``pool_3:0`` [N, 2048] (FID, Precision, Recall);
 * ``spatial`` — ``mixed_6/conv:0`` = ``Mixed_6d.branch1x1`` after BN and ReLU, first 7 channels, flattened in TF's
-  (h, w, c) order → [N, 2023] (sFID, §6);
-* ``logits`` — pool_3 · W_fcᵀ **without** the bias [N, 1008] (the IS softmax input, §4.3).
+  (h, w, c) order → [N, 2023] (sFID, docs/evaluator.md §6);
+* ``logits`` — pool_3 · W_fcᵀ **without** the bias [N, 1008] (the IS softmax input, docs/evaluator.md §4.3).
 
 The module and parameter names are torchvision's, i.e. those of torch-fidelity's ``inception-v3-compat`` extractor
-and pytorch-fid (§9.2), so the standard weights file ``weights-inception-2015-12-05-6726825d.pth`` loads strictly.
-Weights are read only from a local path; nothing is downloaded.
+and pytorch-fid (docs/evaluator.md §9.2), so the standard weights file ``weights-inception-2015-12-05-6726825d.pth``
+loads strictly. Weights are read only from a local path; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from torch import nn
 
 from sfd.checkpoint import CheckpointError, explain_mismatch, extract_state_dict, read_file
 
-INPUT_SIZE = 299  # the graph's ResizeBilinear target (§4.1)
-SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7] (§4.3)
+INPUT_SIZE = 299  # the graph's ResizeBilinear target (docs/evaluator.md §4.1)
+SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7] (docs/evaluator.md §4.3)
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-# §9.2: SHA-256 of the torch-fidelity / pytorch-fid port of the 2015-12-05 graph (95,628,359 bytes).
+# docs/evaluator.md §9.2: SHA-256 of the torch-fidelity / pytorch-fid port of the 2015-12-05 graph (95,628,359 bytes).
 WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 WEIGHTS_URLS = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
@@ -56,8 +56,8 @@ def check_images(images: torch.Tensor) -> None:
 
 
 def _tf1_axis(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices and weights along one axis, TF1 ``ResizeBilinear`` legacy mode (§4.1): src = j·(n_in/n_out)
-    in float32, lo = floor(src), hi = min(lo + 1, n_in − 1), w = src − lo."""
+    """Source indices and weights along one axis, TF1 ``ResizeBilinear`` legacy mode (docs/evaluator.md §4.1): src =
+    j·(n_in/n_out) in float32, lo = floor(src), hi = min(lo + 1, n_in − 1), w = src − lo."""
     scale = torch.tensor(n_in / n_out, dtype=torch.float32)
     src = torch.arange(n_out, dtype=torch.float32, device=device) * scale.to(device)
     lo = src.floor()
@@ -68,7 +68,7 @@ def _tf1_axis(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor
 
 def tf1_resize_bilinear(images: torch.Tensor, size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> torch.Tensor:
     """Bilinear resize of float images [N, C, H, W] exactly as TF1 ``ResizeBilinear`` with align_corners=False and
-    no antialiasing (§4.1): interpolate along x first, then along y. Differs from PyTorch's half-pixel
+    no antialiasing (docs/evaluator.md §4.1): interpolate along x first, then along y. Differs from PyTorch's half-pixel
     ``interpolate``; [0, 100] → 4 gives [0, 50, 100, 100]."""
     if images.dim() != 4 or not images.is_floating_point():
         raise ValueError(f"tf1_resize_bilinear: expected float images [N, C, H, W], got {images.dtype} "
@@ -85,18 +85,19 @@ def tf1_resize_bilinear(images: torch.Tensor, size: tuple[int, int] = (INPUT_SIZ
 
 
 def spatial_features(tap: torch.Tensor, channels: int = SPATIAL_CHANNELS) -> torch.Tensor:
-    """sFID vector from the NCHW ``mixed_6/conv`` output (§6): first ``channels`` channels, flattened in TF's NHWC
-    order, i.e. element (h·W + w)·channels + c. NCHW flattening gives a vector incompatible with ADM's ``mu_s``."""
+    """sFID vector from the NCHW ``mixed_6/conv`` output (docs/evaluator.md §6): first ``channels`` channels, flattened
+    in TF's NHWC order, i.e. element (h·W + w)·channels + c. NCHW flattening gives a vector incompatible with ADM's
+    ``mu_s``."""
     return tap[:, :channels].permute(0, 2, 3, 1).reshape(tap.shape[0], -1)
 
 
 def _avg_pool_tf(x: torch.Tensor) -> torch.Tensor:
-    """TF's 3×3/1 SAME average pool excludes the padded zeros from the mean (§4.2 pooling quirks)."""
+    """TF's 3×3/1 SAME average pool excludes the padded zeros from the mean (docs/evaluator.md §4.2 pooling quirks)."""
     return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
 
 
 class BasicConv2d(nn.Module):
-    """conv (no bias) → BatchNorm (eps 1e-3, TF's value) → ReLU: the graph's only conv unit (§4.2)."""
+    """conv (no bias) → BatchNorm (eps 1e-3, TF's value) → ReLU: the graph's only conv unit (docs/evaluator.md §4.2)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0):
         super().__init__()
@@ -191,7 +192,7 @@ class InceptionD(nn.Module):
 
 class InceptionE(nn.Module):
     """8×8 block with expanded filter banks (Mixed_7b, 7c). ``pool``: TF's Mixed_7b averages (padding excluded),
-    Mixed_7c max-pools (§4.2) — the 2015 graph's quirk that torchvision's block does not have."""
+    Mixed_7c max-pools (docs/evaluator.md §4.2) — the 2015 graph's quirk that torchvision's block does not have."""
 
     def __init__(self, in_channels: int, pool: Literal["avg", "max"]):
         super().__init__()
@@ -216,10 +217,12 @@ class InceptionE(nn.Module):
 
 
 class InceptionV3(nn.Module):
-    """The FID Inception-v3 (§4.2): 94 conv units, global average pool to pool_3, a 2048 → 1008 classifier.
+    """The FID Inception-v3 (docs/evaluator.md §4.2): 94 conv units, global average pool to pool_3, a 2048 → 1008
+    classifier.
 
     ``forward`` takes uint8 images [N, 3, H, W] of any size and returns :class:`InceptionFeatures`. Keep it in
-    float32 (§9.3); build with random weights for tests, or with :func:`load_inception` for real numbers.
+    float32 (docs/evaluator.md §9.3); build with random weights for tests, or with :func:`load_inception` for real
+    numbers.
     """
 
     def __init__(self):
@@ -245,7 +248,7 @@ class InceptionV3(nn.Module):
     def forward(self, images: torch.Tensor) -> InceptionFeatures:
         check_images(images)
         x = tf1_resize_bilinear(images.float())
-        x = (x - 128) / 128  # the graph multiplies by 0.0078125 = 1/128 exactly (§4.1)
+        x = (x - 128) / 128  # the graph multiplies by 0.0078125 = 1/128 exactly (docs/evaluator.md §4.1)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -271,7 +274,8 @@ def _missing_weights_message(detail: str) -> str:
 
 
 def resolve_weights_path(path: Optional[str | Path] = None) -> Path:
-    """The weights file: the explicit ``path``, else ``$INCEPTION_WEIGHTS`` (§9.2 offline rule); must exist."""
+    """The weights file: the explicit ``path``, else ``$INCEPTION_WEIGHTS`` (docs/evaluator.md §9.2 offline rule); must
+    exist."""
     if path is None and not os.environ.get(WEIGHTS_ENV):
         raise InceptionWeightsError(_missing_weights_message(f"no path given and ${WEIGHTS_ENV} is unset"))
     chosen = Path(path if path is not None else os.environ[WEIGHTS_ENV]).expanduser()
@@ -291,8 +295,9 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
 
 def load_inception(path: Optional[str | Path] = None, allowed_sha256: Iterable[str] = (WEIGHTS_SHA256,),
                    device: str | torch.device = "cpu") -> tuple[InceptionV3, str]:
-    """Build :class:`InceptionV3` from a local weights file whose SHA-256 is in ``allowed_sha256`` (§9.2: pin the
-    hash, verify on every load) and return it in eval mode with the file's hash (the network's identity)."""
+    """Build :class:`InceptionV3` from a local weights file whose SHA-256 is in ``allowed_sha256``
+    (docs/evaluator.md §9.2: pin the hash, verify on every load) and return it in eval mode with the file's hash (the
+    network's identity)."""
     chosen = resolve_weights_path(path)
     digest = file_sha256(chosen)
     allowed = {h.lower() for h in allowed_sha256}
@@ -301,7 +306,8 @@ def load_inception(path: Optional[str | Path] = None, allowed_sha256: Iterable[s
                                     f"({', '.join(sorted(allowed))}); expected {WEIGHTS_FILE} from {WEIGHTS_URLS[0]}")
     model = InceptionV3()
     state = extract_state_dict(read_file(chosen), chosen)
-    # Converted files may omit BatchNorm's num_batches_tracked (472 vs 566 tensors, §9.2); it is unused in eval.
+    # Converted files may omit BatchNorm's num_batches_tracked (472 vs 566 tensors, docs/evaluator.md §9.2); it is
+    # unused in eval.
     for key, value in model.state_dict().items():
         if key.endswith("num_batches_tracked"):
             state.setdefault(key, value)

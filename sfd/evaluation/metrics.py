@@ -1,9 +1,9 @@
 """The ADM evaluator's metrics on features: FID/sFID statistics and distance, Inception Score, Precision/Recall.
 
-Each function follows OpenAI guided-diffusion ``evaluations/evaluator.py`` as specified in ADM_EVALUATOR.md: §5 for
-the statistics and the Fréchet distance (TTUR's formula with its sqrtm safeguards), §7 for the Inception Score
-(consecutive splits of 5000 in file order, float32), §8 for Precision and Recall (Kynkäänniemi et al.'s manifold
-estimator with k = 3, 10,000-row/column blocks and TF's float16 distance path).
+Each function follows OpenAI guided-diffusion ``evaluations/evaluator.py``: the statistics and the Fréchet distance
+(TTUR's formula with its sqrtm safeguards; docs/evaluator.md §5), the Inception Score (consecutive splits of 5000 in
+file order, float32; docs/evaluator.md §7), Precision and Recall (Kynkäänniemi et al.'s manifold estimator with
+k = 3, 10,000-row/column blocks and TF's float16 distance path; docs/evaluator.md §8).
 """
 
 from __future__ import annotations
@@ -19,40 +19,42 @@ from scipy import linalg
 
 PRMode = Literal["tf16", "fp32"]
 PR_MODES: tuple[str, ...] = ("tf16", "fp32")
-FID_EPS = 1e-6  # TTUR's diagonal offset, used only when sqrtm returns non-finite values (§5 step 4)
-IS_SPLIT_SIZE = 5000  # §7
-PR_BLOCK_SIZE = 10_000  # ManifoldEstimator row_batch_size = col_batch_size (§8.1)
-PR_NEIGHBOURS = 3  # nhood_sizes = (3,) (§8.1)
+FID_EPS = 1e-6  # TTUR's diagonal offset, used only when sqrtm returns non-finite values (docs/evaluator.md §5, step 3)
+IS_SPLIT_SIZE = 5000  # docs/evaluator.md §7
+PR_BLOCK_SIZE = 10_000  # ManifoldEstimator row_batch_size = col_batch_size (docs/evaluator.md §8.1)
+PR_NEIGHBOURS = 3  # nhood_sizes = (3,) (docs/evaluator.md §8.1)
 
 
 @dataclass(frozen=True)
 class FeatureStatistics:
-    """Mean and covariance of a feature set (§5): ``mu`` float32 when computed (float64 when read from a file),
-    ``sigma`` float64."""
+    """Mean and covariance of a feature set (docs/evaluator.md §5): ``mu`` float32 when computed (float64 when read from
+    a file), ``sigma`` float64."""
 
     mu: np.ndarray
     sigma: np.ndarray
 
 
 def feature_statistics(activations: np.ndarray) -> FeatureStatistics:
-    """μ = row mean in the activations' dtype, Σ = ``np.cov(rowvar=False)`` (ddof 1, float64), as ADM (§5)."""
+    """μ = row mean in the activations' dtype, Σ = ``np.cov(rowvar=False)`` (ddof 1, float64), as ADM
+    (docs/evaluator.md §5)."""
     if activations.ndim != 2 or len(activations) < 2:
         raise ValueError(f"feature_statistics: need activations [N >= 2, D], got shape {activations.shape}")
     return FeatureStatistics(mu=np.mean(activations, axis=0), sigma=np.cov(activations, rowvar=False))
 
 
 def _sqrtm(matrix: np.ndarray) -> np.ndarray:
-    """``scipy.linalg.sqrtm`` without the ``disp`` argument (deprecated in SciPy 1.16, removed in 1.18, §5); old
-    SciPy versions called with ``disp=False`` returned ``(root, error)``, so a tuple is unpacked too."""
+    """``scipy.linalg.sqrtm`` without the ``disp`` argument (deprecated in SciPy 1.16, removed in 1.18,
+    docs/evaluator.md §5); old SciPy versions called with ``disp=False`` returned ``(root, error)``, so a tuple is
+    unpacked too."""
     root = linalg.sqrtm(matrix)
     return root[0] if isinstance(root, tuple) else root
 
 
 def frechet_distance(sample: FeatureStatistics, reference: FeatureStatistics, eps: float = FID_EPS) -> float:
     """Fréchet distance ‖μ1 − μ2‖² + tr Σ1 + tr Σ2 − 2 tr sqrt(Σ1Σ2) between two Gaussians, ADM's
-    ``FIDStatistics.frechet_distance`` (§5): everything cast to float64 first; sqrtm of the (non-symmetric)
-    product; retried with ``eps`` added to both diagonals only when that root is non-finite; a complex root is
-    accepted when its diagonal's imaginary parts are within 1e-3 of 0, else ``ValueError("Imaginary component
+    ``FIDStatistics.frechet_distance`` (docs/evaluator.md §5): everything cast to float64 first; sqrtm of the
+    (non-symmetric) product; retried with ``eps`` added to both diagonals only when that root is non-finite; a complex
+    root is accepted when its diagonal's imaginary parts are within 1e-3 of 0, else ``ValueError("Imaginary component
     ...")``. The result is not clipped at 0. Used for FID (pool_3) and sFID (spatial)."""
     mu1, mu2 = np.atleast_1d(np.asarray(sample.mu, np.float64)), np.atleast_1d(np.asarray(reference.mu, np.float64))
     sigma1 = np.atleast_2d(np.asarray(sample.sigma, np.float64))
@@ -74,16 +76,17 @@ def frechet_distance(sample: FeatureStatistics, reference: FeatureStatistics, ep
 
 
 def softmax_float32(logits: np.ndarray) -> np.ndarray:
-    """Row softmax in float32 (TF's ``softmax`` of the unbiased logits, §4.3), shifted by the row max."""
+    """Row softmax in float32, shifted by the row max (TF's ``softmax`` of the unbiased logits,
+    docs/evaluator.md §4.3)."""
     shifted = np.asarray(logits, np.float32) - np.max(logits, axis=1, keepdims=True).astype(np.float32)
     exp = np.exp(shifted)
     return exp / np.sum(exp, axis=1, keepdims=True)
 
 
 def inception_score(probabilities: np.ndarray, split_size: int = IS_SPLIT_SIZE) -> float:
-    """ADM's Inception Score (§7): consecutive chunks of ``split_size`` rows in file order (the last, shorter chunk
-    included), per chunk exp(mean_rows Σ_k p_k (log p_k − log p̄_k)) in float32, then the unweighted mean of the
-    chunk scores. Order-dependent by design; ``probabilities`` are softmax(pool_3 · W_fc) without the bias."""
+    """ADM's Inception Score (docs/evaluator.md §7): consecutive chunks of ``split_size`` rows in file order (the last,
+    shorter chunk included), per chunk exp(mean_rows Σ_k p_k (log p_k − log p̄_k)) in float32, then the unweighted mean
+    of the chunk scores. Order-dependent by design; ``probabilities`` are softmax(pool_3 · W_fc) without the bias."""
     if probabilities.ndim != 2 or len(probabilities) == 0:
         raise ValueError(f"inception_score: need probabilities [N >= 1, classes], got shape {probabilities.shape}")
     scores = []
@@ -96,8 +99,8 @@ def inception_score(probabilities: np.ndarray, split_size: int = IS_SPLIT_SIZE) 
 
 @contextlib.contextmanager
 def full_fp32() -> Iterator[None]:
-    """Turn TF32 off for CUDA matmuls and convolutions (§9.3: TF32 moves Inception features by ~1e-3 and would
-    truncate the fp16-valued operands of the P/R distances), restoring the previous settings afterwards."""
+    """Turn TF32 off for CUDA matmuls and convolutions (docs/evaluator.md §9.3: TF32 moves Inception features by ~1e-3
+    and would truncate the fp16-valued operands of the P/R distances), restoring the previous settings afterwards."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
@@ -107,14 +110,14 @@ def full_fp32() -> Iterator[None]:
 
 
 def _squared_distances_fp32(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """max(‖u‖² − 2u·v + ‖v‖², 0) in float32, in TF's ``_batch_pairwise_distances`` order (§8.2)."""
+    """max(‖u‖² − 2u·v + ‖v‖², 0) in float32, in TF's ``_batch_pairwise_distances`` order (docs/evaluator.md §8.2)."""
     return (u.square().sum(1)[:, None] - 2 * (u @ v.T) + v.square().sum(1)[None, :]).clamp_min(0)
 
 
 def _squared_distances_tf16(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The same formula evaluated the way TF runs it on float16 casts (§8.5): every product and sum is computed in
-    float32 and rounded to float16 (exact emulation of fp16 arithmetic, since fp32 has ≥ 2·11 + 2 bits), the row
-    sums and the matmul accumulate in float32 before their rounding."""
+    """The same formula evaluated the way TF runs it on float16 casts (docs/evaluator.md §8.5): every product and sum is
+    computed in float32 and rounded to float16 (exact emulation of fp16 arithmetic, since fp32 has ≥ 2·11 + 2 bits), the
+    row sums and the matmul accumulate in float32 before their rounding."""
     u16, v16 = u.half().float(), v.half().float()
     norm_u = u16.square().half().float().sum(1).half().float()
     norm_v = v16.square().half().float().sum(1).half().float()
@@ -124,9 +127,9 @@ def _squared_distances_tf16(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def pairwise_squared_distances(u: torch.Tensor, v: torch.Tensor, mode: PRMode = "tf16") -> torch.Tensor:
-    """ADM's ``DistanceBlock`` (§8.2): squared Euclidean distances [len(u), len(v)] as float32. ``tf16`` evaluates
-    them in emulated float16 and falls back to float32 for the whole block when any entry is non-finite; ``fp32``
-    is the exact float32 variant."""
+    """ADM's ``DistanceBlock`` (docs/evaluator.md §8.2): squared Euclidean distances [len(u), len(v)] as float32.
+    ``tf16`` evaluates them in emulated float16 and falls back to float32 for the whole block when any entry is
+    non-finite; ``fp32`` is the exact float32 variant."""
     if mode not in PR_MODES:
         raise ValueError(f"pairwise_squared_distances: mode must be one of {PR_MODES}, got {mode!r}")
     u, v = u.float(), v.float()
@@ -139,9 +142,10 @@ def pairwise_squared_distances(u: torch.Tensor, v: torch.Tensor, mode: PRMode = 
 
 def manifold_radii(features: torch.Tensor, k: int = PR_NEIGHBOURS, row_block: int = PR_BLOCK_SIZE,
                    col_block: int = PR_BLOCK_SIZE, mode: PRMode = "tf16") -> torch.Tensor:
-    """Squared k-NN radius of every point within its own set [N] (float32), ADM's ``manifold_radii`` (§8.3): for
-    each block of ``row_block`` rows the distances to all N points (``col_block`` columns at a time), then the
-    (k+1)-th smallest per row — the point itself counts as its own nearest neighbour at distance 0."""
+    """Squared k-NN radius of every point within its own set [N] (float32), ADM's ``manifold_radii``
+    (docs/evaluator.md §8.3): for each block of ``row_block`` rows the distances to all N points (``col_block`` columns
+    at a time), then the (k+1)-th smallest per row — the point itself counts as its own nearest neighbour (at
+    distance 0)."""
     if len(features) <= k:
         raise ValueError(f"manifold_radii: need more than k={k} points, got {len(features)}")
     radii = torch.empty(len(features), dtype=torch.float32, device=features.device)
@@ -157,10 +161,10 @@ def manifold_radii(features: torch.Tensor, k: int = PR_NEIGHBOURS, row_block: in
 def precision_recall(reference: np.ndarray | torch.Tensor, sample: np.ndarray | torch.Tensor,
                      k: int = PR_NEIGHBOURS, row_block: int = PR_BLOCK_SIZE, col_block: int = PR_BLOCK_SIZE,
                      mode: PRMode = "tf16", device: str | torch.device = "cpu") -> tuple[float, float]:
-    """Improved Precision and Recall as ADM computes them (§8.4) from pool_3 features [N, D]. Precision: fraction
-    of samples j with some reference i at d(i, j) ≤ r_ref[i]; Recall: fraction of references i with some sample j
-    at d(i, j) ≤ r_sample[j] (both inclusive; d and r squared distances). Row blocks run over the reference, column
-    blocks over the samples, each distance block through :func:`pairwise_squared_distances`."""
+    """Improved Precision and Recall as ADM computes them (docs/evaluator.md §8.4) from pool_3 features [N, D].
+    Precision: fraction of samples j with some reference i at d(i, j) ≤ r_ref[i]; Recall: fraction of references i with
+    some sample j at d(i, j) ≤ r_sample[j] (both inclusive; d and r squared distances). Row blocks run over the
+    reference, column blocks over the samples, each distance block through :func:`pairwise_squared_distances`."""
     with full_fp32(), torch.no_grad():
         ref = torch.as_tensor(reference, dtype=torch.float32, device=device)
         gen = torch.as_tensor(sample, dtype=torch.float32, device=device)

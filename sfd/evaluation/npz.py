@@ -1,9 +1,10 @@
 """ADM sample and reference batches: streaming ``arr_0`` reads, stored statistics, atomic sample writes, PNG packing.
 
-Formats (ADM_EVALUATOR.md §3): ``arr_0`` holds uint8 RGB images [N, H, W, 3] (NHWC); a sample file may add labels
+Formats (docs/evaluator.md §3): ``arr_0`` holds uint8 RGB images [N, H, W, 3] (NHWC); a sample file may add labels
 ``arr_1``; a reference file (e.g. ``VIRTUAL_imagenet256_labeled.npz``) adds whole-dataset statistics ``mu``/``sigma``
 (pool_3) and ``mu_s``/``sigma_s`` (spatial). ``arr_0`` is streamed 64 images at a time for npy format 1.0/2.0 in C
-order, and loaded whole otherwise (§3.1). Unlike ADM, anything but uint8 NHWC RGB is rejected (§10 item 11).
+order, and loaded whole otherwise (docs/evaluator.md §3.1). Unlike ADM, anything but uint8 NHWC RGB is rejected
+(docs/evaluator.md §10.5).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from PIL import Image
 from sfd.evaluation.metrics import FeatureStatistics
 from sfd.files import atomic_path
 
-NPZ_BATCH = 64  # ADM's read batch (§3.1)
+NPZ_BATCH = 64  # ADM's read batch (docs/evaluator.md §3.1)
 STATISTICS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 
 
@@ -104,8 +105,9 @@ def images_shape(source: str | Path) -> tuple[int, int, int, int]:
 
 
 def iter_npz_images(path: str | Path, batch_size: int = NPZ_BATCH) -> Iterator[np.ndarray]:
-    """Batches of ``arr_0`` (uint8 [b, H, W, 3]) in file order, streamed from the archive like ADM's reader (§3.1):
-    npy 1.0/2.0 in C order is read ``batch_size`` images at a time; other versions or Fortran order load whole."""
+    """Batches of ``arr_0`` (uint8 [b, H, W, 3]) in file order, streamed from the archive like ADM's reader
+    (docs/evaluator.md §3.1): npy 1.0/2.0 in C order is read ``batch_size`` images at a time; other versions or Fortran
+    order load whole."""
     path = Path(path)
     with _open_archive(path) as archive, archive.open(_arr_0_member(archive, path)) as handle:
         header = _read_npy_header(handle)
@@ -143,8 +145,9 @@ def load_images(path_or_folder: str | Path) -> np.ndarray:
 
 
 def load_npz_statistics(path: str | Path) -> Optional[tuple[FeatureStatistics, FeatureStatistics]]:
-    """Stored (pool_3, spatial) statistics of a batch file as float64, or None when it has no ``mu`` (§3.2): when
-    ``mu`` is present, ``sigma``, ``mu_s`` and ``sigma_s`` must be too. A PNG folder has none."""
+    """Stored (pool_3, spatial) statistics of a batch file as float64, or None when it has no ``mu``
+    (docs/evaluator.md §3.2): when ``mu`` is present, ``sigma``, ``mu_s`` and ``sigma_s`` must be too. A PNG folder has
+    none."""
     path = Path(path)
     if path.is_dir():
         return None
@@ -185,7 +188,7 @@ def _write_npz(path: str | Path, shape: tuple[int, ...], batches: Iterable[np.nd
 
 def save_sample_npz(path: str | Path, images: np.ndarray, labels: Optional[np.ndarray] = None) -> Path:
     """Write an ADM sample batch atomically: ``arr_0`` = uint8 images [N, H, W, 3], ``arr_1`` = labels [N] when
-    given (guided-diffusion's ``np.savez(path, images, labels)`` layout, §3.3)."""
+    given (guided-diffusion's ``np.savez(path, images, labels)`` layout, docs/evaluator.md §3.3)."""
     _check_images(Path(path), images.shape, images.dtype, key="images")
     if labels is not None and (labels.ndim != 1 or len(labels) != len(images)
                                or not np.issubdtype(labels.dtype, np.integer)):

@@ -4,9 +4,9 @@ SFD reads the final-LayerNormed patch tokens of DINOv2 (CLS and registers droppe
 input. They feed the Semantic VAE (semantic latents) and are the REPA target. Weights come from a local file, in the
 official torch.hub layout (``register_tokens``, ``mask_token``, a 1370-position ``pos_embed`` at 518 px) or in
 timm's; timm's ``checkpoint_filter_fn`` converts the former (its patch tokens then equal the official
-``x_norm_patchtokens`` exactly, ENVIRONMENT.md). Nothing is downloaded.
+``x_norm_patchtokens`` exactly, docs/environment.md §5). Nothing is downloaded.
 
-The release preprocesses differently in its two pipelines (goldens/semvae/SPEC.md §b, trap d.1), and both are kept,
+The release preprocesses differently in its two pipelines (docs/formats.md §4.2–§4.4), and both are kept,
 named after their use:
 
 * ``semvae_training_transform``: PIL image → Resize(256, bicubic, antialias) → CenterCrop(224) → ImageNet

@@ -1,14 +1,14 @@
 """The Semantic VAE (SemVAE): compresses DINOv2 patch tokens [B, L, D] into a channels-first latent [B, C, √L, √L].
 
-Architecture of the release (SEMVAE SPEC a.1-a.3, ``transformer_ch16``): a Linear D→E, N pre-norm transformer blocks,
+Architecture of the release (docs/semvae.md §1, ``transformer_ch16``): a Linear D→E, N pre-norm transformer blocks,
 a LayerNorm and a Linear E→2C form the encoder; the decoder mirrors it (C→E, N blocks, LayerNorm, E→D). The module
 and parameter names are the released ones (``encoder.0`` … ``encoder.N+2``, ``attn.in_proj_weight``, ``mlp.0``,
 ``mlp.2``), so ``semantic_ae_final.pt`` loads strictly. There are no positional embeddings: the network is
 permutation-equivariant over tokens, and token t sits at grid position (t // side, t % side).
 
 The posterior is the shared :class:`DiagonalGaussian` (log-variance clamped to [-30, 20]). The release always
-samples it, also when writing the diffusion latents (SPEC d.2); ``encode`` does the same by default, with an explicit
-generator, and offers the mean with ``sample=False``.
+samples it, also when writing the diffusion latents (docs/semvae.md §1.3); ``encode`` does the same by default, with an
+explicit generator, and offers the mean with ``sample=False``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class SemVAEArgs:
     transformer_blocks: int = 4  # N, blocks in the encoder and again in the decoder
 
 
-# Released sizes, by the name of the official run folder (SPEC a.1).
+# Released sizes, by the name of the official run folder (docs/semvae.md §1.1).
 SIZES = {"transformer_ch16": SemVAEArgs(input_dim=768, bottleneck_dim=16, hidden_dim=768,
                                         transformer_heads=6, transformer_blocks=4)}
 
@@ -50,7 +50,7 @@ class SemVAEOutput(NamedTuple):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block of the release (SPEC a.2): h = x + Attn(LN1 x); out = h + MLP(LN2 h), exact GELU."""
+    """Pre-norm block of the release (docs/semvae.md §1.2): h = x + Attn(LN1 x); out = h + MLP(LN2 h), exact GELU."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -89,7 +89,7 @@ class SemanticVAE(nn.Module):
                              f"transformer_heads {args.transformer_heads}")
         self.args = args
         width, heads, blocks = args.hidden_dim, args.transformer_heads, args.transformer_blocks
-        # Encoder output channels 0..C-1 are the mean, C..2C-1 the log-variance (SPEC a.2).
+        # Encoder output channels 0..C-1 are the mean, C..2C-1 the log-variance (docs/semvae.md §1.2).
         self.encoder = _stack(args.input_dim, width, 2 * args.bottleneck_dim, heads, blocks)
         self.decoder = _stack(args.bottleneck_dim, width, args.input_dim, heads, blocks)
 
@@ -104,7 +104,7 @@ class SemanticVAE(nn.Module):
 
     def encode(self, tokens: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = True,
                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Latent [B, C, side, side]: a posterior sample (as the release stores, SPEC d.2) or, with
+        """Latent [B, C, side, side]: a posterior sample (as the release stores, docs/semvae.md §3.1) or, with
         ``sample=False``, the mean. ε comes from ``noise`` if given, else from ``generator``."""
         return self._latent(self.posterior(tokens), generator, sample, noise)
 

@@ -1,4 +1,4 @@
-"""Training the Semantic VAE on pre-extracted DINOv2 patch tokens (SEMVAE SPEC a.4).
+"""Training the Semantic VAE on pre-extracted DINOv2 patch tokens (docs/semvae.md §2).
 
 The recipe is the release's: AdamW (lr 5e-5, weight decay 0.01), warm-up / constant / cosine learning rate,
 loss = MSE + cosine + 1e-7·KL on the reconstruction of a posterior *sample*, bf16 autocast on CUDA, batch 64.
@@ -10,7 +10,7 @@ with exactly the batches, noise and losses of an uninterrupted run.
 Config files use the official ``tokenizer/configs/semvae_train/*.yaml`` layout unchanged; a few keys are added for
 what the release hard-codes (``training.seed``, ``training.loss.cosine_axis``, ``training.optimizer.weight_decay``,
 ...). Features are read lazily from safetensors files (memory-mapped), so memory stays bounded for the 504 GB
-ImageNet feature set (SPEC d.6).
+ImageNet feature set (docs/semvae.md §3.5).
 """
 
 from __future__ import annotations
@@ -97,9 +97,10 @@ class LossSection:
     mse_weight: float = 1.0
     cos_weight: float = 1.0
     l1_weight: float = 0.0
-    kl_weight: float = 1e-7  # on the batch mean of per-sample KL sums (SPEC d.4)
+    kl_weight: float = 1e-7  # on the batch mean of per-sample KL sums (docs/semvae.md §3.3)
     classification_weight: float = 0.0  # the release disables its classification head; must stay 0
-    cosine_axis: str = "tokens"  # tokens: the release's cosine over the token axis (SPEC d.3); features: per token
+    # tokens: the release's cosine over the token axis (docs/semvae.md §3.2); features: per token
+    cosine_axis: str = "tokens"
 
 
 @dataclass
@@ -240,10 +241,10 @@ class SemVAELossTerms:
 
 
 class SemVAELoss:
-    """total = w_mse·MSE + w_l1·L1 + w_cos·(1 − cos) + w_kl·KL (SPEC a.4), all in fp32 on the reconstruction of a
-    posterior sample. ``cosine_axis='tokens'`` is the release's ``F.cosine_similarity(recon, x)`` with its default
+    """total = w_mse·MSE + w_l1·L1 + w_cos·(1 − cos) + w_kl·KL (docs/semvae.md §2.3), all in fp32 on the reconstruction
+    of a posterior sample. ``cosine_axis='tokens'`` is the release's ``F.cosine_similarity(recon, x)`` with its default
     dim=1, i.e. over the L tokens of each (sample, feature channel); ``'features'`` is the per-token cosine over the
-    D features, the quantity the release's evaluation reports (SPEC d.3)."""
+    D features, the quantity the release's evaluation reports (docs/semvae.md §3.2)."""
 
     def __init__(self, mse_weight: float = 1.0, cos_weight: float = 1.0, l1_weight: float = 0.0,
                  kl_weight: float = 1e-7, cosine_axis: str = "tokens") -> None:
@@ -273,8 +274,8 @@ def token_cosine(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """The release's three phases (SequentialLR of LinearLR, ConstantLR, CosineAnnealingLR; SPEC a.4), as the closed
-    form of the learning rate used by 0-based optimizer step ``step``:
+    """The release's three phases (SequentialLR of LinearLR, ConstantLR, CosineAnnealingLR; docs/semvae.md §2.2), as the
+    closed form of the learning rate used by 0-based optimizer step ``step``:
     warm-up lr·(0.01 + 0.99·step/warmup); then lr for ``constant`` steps; then
     lr·(m + (1 − m)·(1 + cos(π·k/T))/2) with k = step − warmup − constant, T = total − warmup − constant.
     The release steps the PyTorch schedulers recursively; the closed form agrees to 2e-12 relative."""
@@ -506,7 +507,8 @@ def latest_checkpoint(directory: str | Path) -> Optional[Path]:
 
 def official_payload(model: SemanticVAE, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
                      state: TrainState, config: SemVAETrainConfig) -> dict:
-    """The nine keys of the release's ``semantic_ae_*.pt`` (SPEC a.4); ``iteration`` counts completed steps."""
+    """The nine keys of the release's ``semantic_ae_*.pt`` (docs/semvae.md §2.4); ``iteration`` counts completed
+    steps."""
     return {"iteration": state.step, "model_state_dict": model.state_dict(),
             "optimizer_state_dict": optimizer.state_dict(), "scheduler_state_dict": schedule.state_dict(state.step),
             "loss": state.averages.get("total", 0.0), "loss_averages": dict(state.averages),
@@ -607,7 +609,7 @@ def _build(config: SemVAETrainConfig, input_dim: int, device: torch.device) -> t
 
 def _batches(data: FeatureShards, config: SemVAETrainConfig, state: TrainState) -> Iterator[FeatureBatch]:
     """Batches from the state's data position on, epoch after epoch; the last batch of an epoch is smaller
-    (drop_last=False, SPEC d.13). Advances ``state.epoch`` / ``state.position`` as batches are handed out."""
+    (drop_last=False, docs/semvae.md §3.6). Advances ``state.epoch`` / ``state.position`` as batches are handed out."""
     size, batch_size = len(data), config.data.batch_size
     while state.epoch < config.training.max_epochs:
         order = epoch_order(size, config.training.seed, state.epoch, config.data.shuffle)

@@ -1,7 +1,7 @@
 """The texture tokenizer: the LDM KL-autoencoder family ("SD-VAE f16d32", and VA-VAE f16d32 with the same layout).
 
 SFD's texture latent is the posterior of the LDM ``AutoencoderKL`` checkpoint ``ldm-imagenet256-f16d32-50ep.ckpt``
-(ch 128, ch_mult 1,1,2,2,4, 2 residual blocks, attention at resolution 16, z 32, embed_dim 32; SFD_METHOD.md §2.4).
+(ch 128, ch_mult 1,1,2,2,4, 2 residual blocks, attention at resolution 16, z 32, embed_dim 32; docs/formats.md §5.1).
 The VA-VAE checkpoint ``vavae-imagenet256-f16d32-dinov2.pt`` (release YAML ``tokenizer/configs/vavae_f16d32.yaml``)
 has the same architecture with DINOv2-aligned weights; its YAML differs only in ``ckpt_path`` and ``use_vf`` (a
 training key, ignored), and whatever DINOv2 / loss / projection entries its checkpoint carries lie outside the four
@@ -24,7 +24,7 @@ mean and clamped logvar 3.5e-06, 3.5e-06, 3.0e-06; decoded 6.9e-06; tolerance 1e
 same moments (3.5e-06) and decoded 3.3e-06 on this CPU, so most of the gap is the machine's convolution algorithms;
 the rest is diffusers' scaled_dot_product_attention in place of LDM's bmm + softmax.
 
-Official loader trap (goldens/semvae/SPEC.md d.10): the release builds ``AutoencoderKL(embed_dim, ch_mult=(1, 1, 2,
+Official loader trap (docs/formats.md §5.3): the release builds ``AutoencoderKL(embed_dim, ch_mult=(1, 1, 2,
 2, 4))`` with hard-coded defaults (its ``ddconfig`` is never read), filters the checkpoint with
 ``'foundation_model.model' and 'loss' not in k`` (which only drops keys containing ``loss``) and loads with
 ``strict=False``: a checkpoint of another
@@ -290,7 +290,7 @@ class TextureVAE(nn.Module):
         return 2 ** (self.config.num_levels - 1)
 
     def encode(self, images: torch.Tensor) -> DiagonalGaussian:
-        """Posterior q(z | x) of images in [-1, 1]; SFD's texture latent is its ``sample()`` (SPEC.md §c)."""
+        """Posterior q(z | x) of images in [-1, 1]; SFD's texture latent is its ``sample()`` (docs/formats.md §5.2)."""
         if images.dim() != 4 or images.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"encode: expected images [B, {self.config.in_channels}, H, W], got {list(images.shape)}"
@@ -298,7 +298,7 @@ class TextureVAE(nn.Module):
         return DiagonalGaussian(self.quant_conv(self.encoder(images)))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images (float, roughly [-1, 1]) from unnormalised latents [B, embed_dim, h, w] (SFD_METHOD.md §2.4.3)."""
+        """Images (float, roughly [-1, 1]) from unnormalised latents [B, embed_dim, h, w] (docs/method.md §2.4.3)."""
         if latents.dim() != 4 or latents.shape[1] != self.config.embed_dim:
             raise ValueError(f"decode: expected latents [B, {self.config.embed_dim}, h, w], got {list(latents.shape)}")
         return self.decoder(self.post_quant_conv(latents))
@@ -306,7 +306,7 @@ class TextureVAE(nn.Module):
     @staticmethod
     def to_uint8(images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [-1, 1] → uint8 [B, H, W, 3] as the release does: clamp(127.5·x + 128, 0, 255), then a
-        cast that truncates (SFD_METHOD.md §2.4.4). The +128 (not +127.5) with truncation equals rounding
+        cast that truncates (docs/method.md §2.4.4). The +128 (not +127.5) with truncation equals rounding
         127.5·x + 127.5 to nearest; keep both so saved PNGs match the release bit for bit."""
         if images.dim() != 4:
             raise ValueError(f"to_uint8: expected images [B, C, H, W], got {list(images.shape)}")
