@@ -60,28 +60,29 @@ def parse_model_type(model_type: str) -> tuple[str, Optional[int]]:
 
 @dataclass(frozen=True)
 class LightningDiTArgs:
-    """Everything that decides the architecture and thus the state-dict keys and shapes."""
+    """Everything that decides the architecture and thus the state-dict keys and shapes. No defaults: a config's
+    values come through ``sfd.config.model_args`` (the config dataclasses hold the one set of defaults)."""
 
-    input_size: int = 16  # latent side (image_size / VAE stride)
-    patch_size: int = 1
-    in_chans: int = 48
-    hidden_size: int = 1152
-    depth: int = 28
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    num_classes: int = 1000
-    class_dropout_prob: float = 0.1  # > 0 adds the null row (index num_classes) to the label table
-    learn_sigma: bool = False  # doubles the output channels; the extra half is dropped in forward
-    use_qknorm: bool = True
-    use_swiglu: bool = True
-    use_rope: bool = True
-    use_rmsnorm: bool = True
-    wo_shift: bool = False
-    use_checkpoint: bool = False  # gradient checkpointing of the blocks
-    semantic_first: bool = True  # two time embedders (Δt > 0 and semantic channels present)
-    repa_target_dim: Optional[int] = 768  # None: no REPA projector
-    repa_feat_depth: int = 2  # 1-based block whose output the projector reads
-    repa_projector_dim: int = 2048
+    input_size: int  # latent side (image_size / VAE stride)
+    patch_size: int
+    in_chans: int
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    num_classes: int
+    class_dropout_prob: float  # > 0 adds the null row (index num_classes) to the label table
+    learn_sigma: bool  # doubles the output channels; the extra half is dropped in forward
+    use_qknorm: bool
+    use_swiglu: bool
+    use_rope: bool
+    use_rmsnorm: bool
+    wo_shift: bool
+    use_checkpoint: bool  # gradient checkpointing of the blocks
+    semantic_first: bool  # two time embedders (Δt > 0 and semantic channels present)
+    repa_target_dim: Optional[int]  # None: no REPA projector
+    repa_feat_depth: int  # 1-based block whose output the projector reads
+    repa_projector_dim: int
 
     @property
     def head_dim(self) -> int:

@@ -39,15 +39,18 @@ class LossTerms:
 
 @dataclass
 class FlowMatchingLoss:
+    """The loss of a config (:meth:`from_config`); the fields have no defaults of their own: the config dataclasses
+    (``model``, ``transport``, ``data``) hold the one set."""
+
     split: TimeSplit
-    semantic_weight: float = 1.0  # β on the semantic channels' squared error
-    use_cosine_loss: bool = False
-    use_lognorm: bool = True  # t = sigmoid(n), n ~ N(0, 1); else t ~ U(0, 1)
-    use_repa: bool = False
-    repa_weight: float = 1.0
-    repa_mode: str = "cos"  # cos | mse | cos_mse
-    class_dropout_prob: float = 0.0  # probability of replacing a label by the null label
-    null_label: int = 1000  # the unconditional label index (= num_classes)
+    semantic_weight: float  # β on the semantic channels' squared error
+    use_cosine_loss: bool
+    use_lognorm: bool  # t = sigmoid(n), n ~ N(0, 1); else t ~ U(0, 1)
+    use_repa: bool
+    repa_weight: float
+    repa_mode: str  # cos | mse | cos_mse
+    class_dropout_prob: float  # probability of replacing a label by the null label
+    null_label: int  # the unconditional label index (= num_classes)
     # Official quirk (docs/method.md §3.2): train.py adds REPA to the total only when the cosine loss is on.
     official_repa_requires_cosine: bool = False
 

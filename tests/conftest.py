@@ -20,6 +20,20 @@ TOL_EULER = 1e-4
 TOL_DOPRI5 = 1e-3
 
 
+# A tiny SFD backbone with every architecture field explicit (LightningDiTArgs has no defaults); tests change fields
+# with tiny_model_args(**changes).
+TINY_MODEL_ARGS = dict(input_size=4, patch_size=1, in_chans=6, hidden_size=16, depth=2, num_heads=2, mlp_ratio=4.0,
+                       num_classes=3, class_dropout_prob=0.1, learn_sigma=False, use_qknorm=True, use_swiglu=True,
+                       use_rope=True, use_rmsnorm=True, wo_shift=False, use_checkpoint=False, semantic_first=True,
+                       repa_target_dim=None, repa_feat_depth=1, repa_projector_dim=8)
+
+
+def tiny_model_args(**changes):
+    from sfd.lightningdit import LightningDiTArgs
+
+    return LightningDiTArgs(**{**TINY_MODEL_ARGS, **changes})
+
+
 def rel_error(ours: torch.Tensor, golden: torch.Tensor) -> float:
     return ((ours.float() - golden.float()).abs().max() / golden.float().abs().max()).item()
 

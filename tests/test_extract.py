@@ -22,6 +22,14 @@ ROOT = Path(__file__).parent.parent
 NUM_IMAGES = 6
 
 
+def open_latents(path, **changes):
+    """The dataset with every setting explicit (LatentShardDataset has no defaults): normalised, flipped, REPA
+    features on, as the SFD configs train."""
+    settings = dict(latent_norm=True, latent_sv_norm=True, latent_multiplier=1.0, semantic=True, with_dino=True,
+                    flip_prob=0.5, seed=0)
+    return LatentShardDataset(path, **{**settings, **changes})
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Six images in two classes (odd sizes, one grayscale) and a tiny random SemVAE over 32-d tiny-DINO tokens."""
@@ -115,7 +123,7 @@ def test_stats_are_seeded_and_unbiased(workspace, tmp_path):
     mean_b = torch.load(compute_stats(output, num_samples=3, seed=5)["latents"], weights_only=True)["mean"]
     assert torch.equal(mean_a, mean_b)
 
-    dataset = LatentShardDataset(output, latent_multiplier=1.0)
+    dataset = open_latents(output)
     assert len(dataset) == NUM_IMAGES
     batch = collate_latents([dataset[i] for i in range(NUM_IMAGES)])
     latents, labels, dino = batch
@@ -130,7 +138,7 @@ def test_stats_are_seeded_and_unbiased(workspace, tmp_path):
         expected = (shard[key][index % 2] - tex_mean[0]) / tex_std[0]
         assert torch.allclose(dataset[index].latent[:32], expected)
     # the flip draw is a function of (seed, epoch, index): another dataset object agrees, another epoch differs
-    other = LatentShardDataset(output, latent_multiplier=1.0)
+    other = open_latents(output)
     many = range(64)
     assert [dataset.flipped(i) for i in many] == [other.flipped(i) for i in many]
     other.set_epoch(1)
@@ -148,15 +156,15 @@ def test_bad_shards_are_named(tmp_path, workspace):
     save_file({"latents": torch.zeros(2, 32, 4, 4), "latents_flip": torch.zeros(2, 32, 4, 4),
                "labels": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "latents_shard000000.safetensors"))
     with pytest.raises(KeyError, match=r"latents_shard000000.safetensors: shard has no 'latents_sv'"):
-        LatentShardDataset(tmp_path, latent_norm=False, latent_sv_norm=False)
+        open_latents(tmp_path, latent_norm=False, latent_sv_norm=False)
     save_file({"latents": torch.zeros(2, 32, 4, 4), "latents_flip": torch.zeros(3, 32, 4, 4),
                "labels": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "latents_shard000000.safetensors"))
     with pytest.raises(ValueError, match="disagree"):
-        LatentShardDataset(tmp_path, semantic=False, latent_norm=False)
+        open_latents(tmp_path, semantic=False, latent_norm=False)
     save_file({"latents": torch.zeros(2, 32, 4, 4), "latents_flip": torch.zeros(2, 32, 4, 4),
                "labels": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "latents_shard000000.safetensors"))
     with pytest.raises(FileNotFoundError, match="latents_stats.pt"):
-        LatentShardDataset(tmp_path, semantic=False)
+        open_latents(tmp_path, semantic=False)
 
 
 def test_image_sources_and_center_crop(tmp_path, workspace):
@@ -209,4 +217,4 @@ def test_pca_semantics_through_extraction(workspace, tmp_path):
     pca = PCAProjector.load(tmp_path / "pca.safetensors")
     tokens = shard["feats_dino"].float().flatten(2).transpose(1, 2)
     assert torch.allclose(shard["latents_sv"], pca.project(tokens), atol=2e-2)  # feats are stored in float16
-    assert LatentShardDataset(output)[0].latent.shape == (40, 16, 16)
+    assert open_latents(output)[0].latent.shape == (40, 16, 16)

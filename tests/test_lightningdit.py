@@ -8,7 +8,7 @@ import torch
 
 import sfd
 from sfd.lightningdit import SIZES, LightningDiT, LightningDiTArgs, RotaryEmbedding2D, TimestepEmbedder, sincos_pos_embed
-from tests.conftest import DATA, TOL_FORWARD, golden, rel_error
+from tests.conftest import DATA, TOL_FORWARD, golden, rel_error, tiny_model_args
 
 
 def run(model, case):
@@ -134,9 +134,9 @@ def test_position_tables_follow_the_release_layout():
 def test_options_build_and_run():
     """Every non-SFD option of the backbone builds and runs (GELU MLP, LayerNorm, wo_shift, learn_sigma, patch 2,
     synchronous embedder, gradient checkpointing with identical outputs)."""
-    args = LightningDiTArgs(input_size=8, patch_size=2, in_chans=6, hidden_size=32, depth=2, num_heads=2,
-                            num_classes=5, use_swiglu=False, use_rmsnorm=False, wo_shift=True, learn_sigma=True,
-                            semantic_first=False, repa_target_dim=12, repa_feat_depth=1, repa_projector_dim=16)
+    args = tiny_model_args(input_size=8, patch_size=2, hidden_size=32, num_classes=5, use_swiglu=False,
+                           use_rmsnorm=False, wo_shift=True, learn_sigma=True, semantic_first=False,
+                           repa_target_dim=12, repa_projector_dim=16)
     torch.manual_seed(0)
     model = LightningDiT(args)
     for parameter in model.parameters():

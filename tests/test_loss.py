@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from sfd import rng
-from sfd.lightningdit import LightningDiT, LightningDiTArgs
+from sfd.lightningdit import LightningDiT
 from sfd.loss import FlowMatchingLoss
 from sfd.schedule import TimeSplit
-from tests.conftest import TOL_FORWARD, golden, rel_error
+from tests.conftest import TOL_FORWARD, golden, rel_error, tiny_model_args
 
 
 def golden_loss(model, config, case, **overrides):
@@ -49,19 +49,24 @@ def test_time_split_clamps_and_probability():
     assert torch.allclose(t_tex, torch.tensor([0.0, 0.35, 0.87])) and torch.allclose(t_sem, torch.tensor([0.13, 0.65, 1.0]))
     assert torch.all(t_sem >= t_tex)
     # P(t_sem = 1) = P(t_tex = 0) = 0.1143 for logit-normal t and Δt = 0.3 (docs/method.md §3.1).
-    loss = FlowMatchingLoss(split)
+    loss = make_loss(split)
     t = loss.sample_time(200_000, torch.Generator().manual_seed(0), torch.device("cpu"))
     t_tex, t_sem = split.times(split.training_tau(t))
     assert abs((t_sem == 1).float().mean().item() - 0.1143) < 0.003
     assert abs((t_tex == 0).float().mean().item() - 0.1143) < 0.003
 
 
+def make_loss(split, **changes):
+    """A loss with every setting explicit (FlowMatchingLoss has no defaults): plain velocity MSE with logit-normal
+    times unless changed."""
+    settings = dict(semantic_weight=1.0, use_cosine_loss=False, use_lognorm=True, use_repa=False, repa_weight=1.0,
+                    repa_mode="cos", class_dropout_prob=0.0, null_label=1000)
+    return FlowMatchingLoss(split, **{**settings, **changes})
+
+
 def tiny_model(semantic_first, repa=False):
     torch.manual_seed(0)
-    model = LightningDiT(LightningDiTArgs(input_size=4, in_chans=6, hidden_size=16, depth=2, num_heads=2,
-                                          num_classes=3, semantic_first=semantic_first,
-                                          repa_target_dim=8 if repa else None, repa_feat_depth=1,
-                                          repa_projector_dim=8))
+    model = LightningDiT(tiny_model_args(semantic_first=semantic_first, repa_target_dim=8 if repa else None))
     for parameter in model.parameters():
         parameter.data.normal_(0, 0.2)
     return model
@@ -71,7 +76,7 @@ def test_delta_t_zero_is_the_synchronous_loss():
     """Δt = 0 with semantic channels gives t_tex = t_sem = t and the plain flow-matching loss."""
     model = tiny_model(semantic_first=False)
     x1, noise, t, y = torch.randn(4, 6, 4, 4), torch.randn(4, 6, 4, 4), torch.rand(4), torch.tensor([0, 1, 2, 0])
-    terms = FlowMatchingLoss(TimeSplit(0.0, 2), use_cosine_loss=True)(model, x1, y, t=t, noise=noise)
+    terms = make_loss(TimeSplit(0.0, 2), use_cosine_loss=True)(model, x1, y, t=t, noise=noise)
     assert torch.equal(terms.t_tex, t) and torch.equal(terms.t_sem, t)
     xt = t[:, None, None, None] * x1 + (1 - t[:, None, None, None]) * noise
     velocity = model(xt, t, t, y).velocity
@@ -83,13 +88,13 @@ def test_semantic_weight_and_repa_modes():
     model = tiny_model(semantic_first=True, repa=True)
     x1, noise, t, y = torch.randn(2, 6, 4, 4), torch.randn(2, 6, 4, 4), torch.rand(2), torch.tensor([0, 1])
     target = torch.randn(2, 8, 4, 4)
-    base = FlowMatchingLoss(TimeSplit(0.3, 2), use_repa=True)
+    base = make_loss(TimeSplit(0.3, 2), use_repa=True)
     plain = base(model, x1, y, target, t=t, noise=noise)
-    weighted = FlowMatchingLoss(TimeSplit(0.3, 2), semantic_weight=2.0, use_repa=True)(model, x1, y, target, t=t,
+    weighted = make_loss(TimeSplit(0.3, 2), semantic_weight=2.0, use_repa=True)(model, x1, y, target, t=t,
                                                                                          noise=noise)
     squared = (plain.pred - (x1 - noise)) ** 2
     assert torch.allclose(weighted.mse - plain.mse, squared[:, 4:].sum(dim=(1, 2, 3)) / squared[0].numel(), atol=1e-6)
-    terms = {mode: FlowMatchingLoss(TimeSplit(0.3, 2), use_repa=True, repa_mode=mode, repa_weight=0.5)(
+    terms = {mode: make_loss(TimeSplit(0.3, 2), use_repa=True, repa_mode=mode, repa_weight=0.5)(
         model, x1, y, target, t=t, noise=noise).repa for mode in ("cos", "mse", "cos_mse")}
     assert torch.allclose(terms["cos_mse"], (terms["cos"] + terms["mse"]) / 2)
     proj = model(plain.xt, plain.t_tex, plain.t_sem, y).repa
@@ -101,8 +106,8 @@ def test_official_quirk_drops_repa_without_cosine():
     model = tiny_model(semantic_first=True, repa=True)
     x1, noise, t, y = torch.randn(2, 6, 4, 4), torch.randn(2, 6, 4, 4), torch.rand(2), torch.tensor([0, 1])
     target = torch.randn(2, 8, 4, 4)
-    ours = FlowMatchingLoss(TimeSplit(0.3, 2), use_repa=True)(model, x1, y, target, t=t, noise=noise)
-    quirk = FlowMatchingLoss(TimeSplit(0.3, 2), use_repa=True, official_repa_requires_cosine=True)(
+    ours = make_loss(TimeSplit(0.3, 2), use_repa=True)(model, x1, y, target, t=t, noise=noise)
+    quirk = make_loss(TimeSplit(0.3, 2), use_repa=True, official_repa_requires_cosine=True)(
         model, x1, y, target, t=t, noise=noise)
     assert torch.allclose(ours.total, ours.mse.mean() + ours.repa.mean())
     assert torch.allclose(quirk.total, quirk.mse.mean())
@@ -111,7 +116,7 @@ def test_official_quirk_drops_repa_without_cosine():
 def test_generator_makes_the_step_reproducible_and_drops_labels():
     model = tiny_model(semantic_first=True)
     x1, y = torch.randn(64, 6, 4, 4), torch.zeros(64, dtype=torch.long)
-    loss = FlowMatchingLoss(TimeSplit(0.3, 2), class_dropout_prob=0.5, null_label=3)
+    loss = make_loss(TimeSplit(0.3, 2), class_dropout_prob=0.5, null_label=3)
     first = loss(model, x1, y, generator=torch.Generator().manual_seed(7))
     second = loss(model, x1, y, generator=torch.Generator().manual_seed(7))
     other = loss(model, x1, y, generator=torch.Generator().manual_seed(8))
@@ -123,7 +128,7 @@ def test_generator_makes_the_step_reproducible_and_drops_labels():
 def test_missing_repa_target_is_a_clear_error():
     model = tiny_model(semantic_first=True, repa=True)
     with pytest.raises(ValueError, match="repa_target"):
-        FlowMatchingLoss(TimeSplit(0.3, 2), use_repa=True)(model, torch.randn(1, 6, 4, 4), torch.tensor([0]))
+        make_loss(TimeSplit(0.3, 2), use_repa=True)(model, torch.randn(1, 6, 4, 4), torch.tensor([0]))
 
 
 def test_per_sample_generators_make_the_loss_independent_of_the_batch_split():
@@ -131,7 +136,7 @@ def test_per_sample_generators_make_the_loss_independent_of_the_batch_split():
     halves computed separately, as two processes sharing a global batch would."""
     model = tiny_model(semantic_first=True)
     x1, y = torch.randn(4, 6, 4, 4), torch.tensor([0, 1, 2, 0])
-    loss = FlowMatchingLoss(TimeSplit(0.3, 2), use_cosine_loss=True, class_dropout_prob=0.3, null_label=3)
+    loss = make_loss(TimeSplit(0.3, 2), use_cosine_loss=True, class_dropout_prob=0.3, null_label=3)
     seeds = [rng.derive_seed(0, 5, i) for i in range(4)]
     whole = loss(model, x1, y, generator=rng.SampleGenerators(seeds))
     halves = [loss(model, x1[i:i + 2], y[i:i + 2], generator=rng.SampleGenerators(seeds[i:i + 2])) for i in (0, 2)]

@@ -5,10 +5,10 @@ import torch
 
 import sfd
 from sfd.guidance import Guidance
-from sfd.lightningdit import LightningDiT, LightningDiTArgs
+from sfd.lightningdit import LightningDiT
 from sfd.samplers import sample
 from sfd.schedule import TimeSplit
-from tests.conftest import TOL_DOPRI5, TOL_EULER, golden, rel_error
+from tests.conftest import TOL_DOPRI5, TOL_EULER, golden, rel_error, tiny_model_args
 
 SFD_SPLIT = TimeSplit(0.3, 16)
 
@@ -98,8 +98,7 @@ def test_phases_freeze_texture_then_semantics(sfd_tiny):
 
 def tiny_model():
     torch.manual_seed(0)
-    model = LightningDiT(LightningDiTArgs(input_size=4, in_chans=6, hidden_size=16, depth=2, num_heads=2,
-                                          num_classes=3, semantic_first=False, repa_target_dim=None))
+    model = LightningDiT(tiny_model_args(semantic_first=False))
     for parameter in model.parameters():
         parameter.data.normal_(0, 0.2)
     return model.eval()

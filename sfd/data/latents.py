@@ -45,13 +45,13 @@ class LatentShardDataset(Dataset):
         self,
         data_dir: str | Path,
         *,
-        latent_norm: bool = True,
-        latent_sv_norm: bool = True,
-        latent_multiplier: float = 1.0,
-        semantic: bool = True,  # False: texture latents only (the LightningDiT baseline)
-        with_dino: bool = True,  # return the REPA target features
-        flip_prob: float = 0.5,
-        seed: int = 0,
+        latent_norm: bool,  # data.latent_norm (the trainer passes the config's values; there are no defaults here)
+        latent_sv_norm: bool,  # data.latent_sv_norm
+        latent_multiplier: float,  # data.latent_multiplier
+        semantic: bool,  # False: texture latents only (the LightningDiT baseline)
+        with_dino: bool,  # return the REPA target features (when the shards hold them)
+        flip_prob: float,
+        seed: int,
         stats_dir: Optional[str | Path] = None,  # where the statistics files are (default: data_dir)
     ) -> None:
         self.data_dir = Path(data_dir)
