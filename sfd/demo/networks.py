@@ -162,16 +162,24 @@ def train_patch_encoder(images: torch.Tensor, labels: torch.Tensor, *, steps: in
     _check_labelled(images, labels)
     _check_schedule(steps, batch_size, lr)
     encoder = _build_seeded(PatchEncoder, seed)
+    loss_at = _classification_loss(encoder.logits, images, labels, steps, batch_size, seed)
+    losses = _fit(encoder, loss_at, steps=steps, lr=lr, progress=progress)
+    return encoder.eval(), losses
+
+
+def _classification_loss(logits_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                         labels: torch.Tensor, steps: int, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:
+    """Cross-entropy of step ``step``'s batch (seeded order, seeded random horizontal flips), for the two supervised
+    trainers."""
     labels = labels.long()
     batches = _batch_indices(len(images), steps, batch_size, _generator(seed, _ORDER))
     flips = _generator(seed, _AUGMENT)
 
     def loss_at(step: int) -> torch.Tensor:
         x = random_hflip(images[batches[step]], flips)
-        return F.cross_entropy(encoder.logits(x), labels[batches[step]])
+        return F.cross_entropy(logits_of(x), labels[batches[step]])
 
-    losses = _fit(encoder, loss_at, steps=steps, lr=lr, progress=progress)
-    return encoder.eval(), losses
+    return loss_at
 
 
 # Views for the self-supervised trainer. SimCLR crops down to 8 % of a 224-px ImageNet photo; crops of a 32-px image
@@ -337,14 +345,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, steps: int, 
     _check_labelled(images, labels)
     _check_schedule(steps, batch_size, lr)
     classifier = _build_seeded(FeatureClassifier, seed)
-    labels = labels.long()
-    batches = _batch_indices(len(images), steps, batch_size, _generator(seed, _ORDER))
-    flips = _generator(seed, _AUGMENT)
-
-    def loss_at(step: int) -> torch.Tensor:
-        x = random_hflip(images[batches[step]], flips)
-        return F.cross_entropy(classifier(x), labels[batches[step]])
-
+    loss_at = _classification_loss(classifier, images, labels, steps, batch_size, seed)
     losses = _fit(classifier, loss_at, steps=steps, lr=lr, progress=progress)
     return classifier.eval(), losses
 
