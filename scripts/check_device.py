@@ -42,7 +42,7 @@ def check(device: torch.device, dtype: torch.dtype, compile_model: bool) -> dict
     if compile_model:
         model, guide = torch.compile(model), torch.compile(guide)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    split = TimeSplit(0.3, 16)
+    split = TimeSplit.from_config(config)  # Δt 0.3, 16 semantic channels
     results = {}
     with torch.no_grad(), autocast:
         case = golden("forward_sfd_tiny", device)

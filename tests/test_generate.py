@@ -110,6 +110,26 @@ def test_two_processes_resume_npz_and_evaluation(stats_dir, tmp_path, capsys):
     assert [RESULT_LINE.match(line).group(1) for line in lines] == list(adm.RESULT_LABELS)
 
 
+def test_sampling_settings_are_decided_once_per_run(sfd_tiny, monkeypatch):
+    from sfd.generate import ImageSampler
+    from sfd.guidance import Guidance
+
+    model, config = sfd_tiny
+    config = sfd.load_config(DATA / "sfd_tiny.yaml", ["sample.sampling_method=euler", "sample.num_sampling_steps=3",
+                                                      "sample.cfg_scale=1.5"])
+    calls = []
+    original = Guidance.from_config.__func__
+    counted = classmethod(lambda cls, *args, **kwargs: calls.append(1) or original(cls, *args, **kwargs))
+    monkeypatch.setattr(Guidance, "from_config", counted)
+    sampler = ImageSampler(model, config, decode=lambda latents: latents.numpy())
+    first = sampler.latents(range(2), torch.tensor([0, 1]))
+    second = sampler.latents(range(2, 4), torch.tensor([2, 3]))
+    assert len(calls) == 1 and sampler.plan.guidance.scale_tex == 1.5 and sampler.nfe == [2, 2]
+    alone = sfd.sample_from_config(model, initial_noise(0, range(2), (48, 16, 16), torch.device("cpu")),
+                                   torch.tensor([0, 1]), config)  # the same settings by the library's road
+    assert torch.equal(first, alone.x) and not torch.equal(first, second)
+
+
 def test_demo_grid(stats_dir, tmp_path):
     out = tmp_path / "grid.png"
     run(["bash", "run_fast_inference.sh", str(DATA / "sfd_tiny.yaml"), "--labels", "1", "2", "3", "--out", str(out),
@@ -137,9 +157,9 @@ def test_a_guide_on_other_latents_or_times_is_refused(stats_dir, tmp_path, chang
     guide = tmp_path / "guide.yaml"
     guide.write_text(text)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "scripts/sample.py", "--config", str(DATA / "sfd_tiny.yaml"),
-                             "--cfg_scale", "1.5", *overrides(stats_dir, tmp_path), f"sample.autoguidance_config={guide}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "scripts/sample.py", "--config", str(DATA / "sfd_tiny.yaml"), "--cfg_scale", "1.5",
+               *overrides(stats_dir, tmp_path), f"sample.autoguidance_config={guide}"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and key in last and "guide" in last, result.stderr
