@@ -157,8 +157,8 @@ def test_a_guide_on_other_latents_or_times_is_refused(stats_dir, tmp_path, chang
     guide = tmp_path / "guide.yaml"
     guide.write_text(text)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "scripts/sample.py", "--config", str(DATA / "sfd_tiny.yaml"), "--cfg_scale", "1.5",
-               *overrides(stats_dir, tmp_path), f"sample.autoguidance_config={guide}"]
+    command = [sys.executable, "scripts/sample.py", "--config", str(DATA / "sfd_tiny.yaml"),
+               *overrides(stats_dir, tmp_path), "sample.cfg_scale=1.5", f"sample.autoguidance_config={guide}"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
