@@ -28,7 +28,7 @@ demo: $(STAMP) data
 	OMP_NUM_THREADS=2 $(PY) scripts/demo.py
 
 # The paper's three claims (Table 1, the Δt ablation, convergence) with 3 seeds on the demo's pipeline: reuses its
-# tokenizers and seed-0 runs, resumable (~2 h on 2 cores): outputs/demo/studies/table1/report.md
+# tokenizers and seed-0 runs, resumable (~30 min on 2 cores): outputs/demo/studies/table1/report.md
 study: $(STAMP) data
 	OMP_NUM_THREADS=2 $(PY) scripts/study.py
 

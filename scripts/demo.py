@@ -3,7 +3,7 @@
 semantic latents, the paper's Table 1 at toy scale (LightningDiT, + REPA, + SFD) trained alike, three-phase
 sampling, FID conditional and unconditional, and a report (outputs/demo/report.md).
 
-    python scripts/demo.py                        # the full demo (what `make demo` runs), ~25 min on 2 cores
+    python scripts/demo.py                        # the full demo (what `make demo` runs), ~10 min on 2 cores
     python scripts/demo.py --quick                # every stage at tiny size, about a minute
     python scripts/demo.py --encoder supervised   # semantics from the supervised stand-in instead
 Rerunning skips the stages that finished; the trainers resume from their checkpoints.

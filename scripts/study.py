@@ -2,7 +2,7 @@
 """The paper's claims at toy scale with repeated seeds: Table 1 (LightningDiT, + REPA, + SFD), the Δt ablation and
 the convergence speed-up, conditional and unconditional, with a converged solver and at equal NFE.
 
-    python scripts/study.py                  # what `make study` runs: 3 sources × Δt 0/0.1/0.3/0.5 × 3 seeds (~2 h CPU)
+    python scripts/study.py                  # what `make study` runs: 3 sources × Δt 0/0.1/0.3/0.5 × 3 seeds (~30 min CPU)
     python scripts/study.py --repeats 5      # more seeds: only the new runs are trained
     python scripts/study.py --sources none none+repa semvae pca --name with_pca
     python scripts/study.py --quick          # every stage at tiny size, a couple of minutes

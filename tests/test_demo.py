@@ -62,6 +62,9 @@ def test_quick_pipeline_runs_every_stage_and_resumes(fake_fashion, tmp_path):
     supervised = DemoSettings.quick(str(run_dir), data_root=str(fake_fashion), encoder="supervised")
     text = Path(run_demo(DemoPipeline(supervised, log=lambda message: None))).read_text()
     assert "**supervised** DINOv2 stand-in" in text
+    times = next(line for line in text.splitlines() if line.startswith("* Stage times"))
+    assert "train_supervised_dt0.3_w2_semvae" in times and "train_ssl_" not in times  # its own models only
+    assert "eval_supervised_lightningdit_0000020_euler-6 " in times and "texture_vae" in times
     assert {"semvae_supervised", "latents_supervised", "train_supervised_dt0.3_w2_semvae"} <= {
         p.stem for p in (run_dir / "stages").glob("*.json")}
     assert (run_dir / "stages" / "texture_vae.json").stat().st_mtime_ns == vae_written  # not retrained

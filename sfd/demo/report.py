@@ -4,6 +4,7 @@ class, loss and FID-vs-step plots, and links to the sweeps and studies run in th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -147,6 +148,7 @@ def write_report(pipeline: "DemoPipeline", results: list[dict]) -> Path:
     settings = pipeline.settings
     variants = list(settings.variants)
     names = [variant.name for variant in variants]
+    runs = {pipeline.run_name(variant) for variant in variants}
     sfd = next((v for v in variants if v.semantics != "none" and v.delta_t > 0), variants[-1])
     baselines = [v.name for v in variants if v.semantics == "none"]
     main = settings.scoring
@@ -202,7 +204,8 @@ def write_report(pipeline: "DemoPipeline", results: list[dict]) -> Path:
         "backbone, steps, batch, seed, data and sampling noise); SFD with Δt = "
         f"{sfd.delta_t:g}, β = {sfd.semantic_weight:g}; LightningDiT on the texture channels alone.",
         "* Stage times (s): " + ", ".join(f"{p.stem} {json.loads(p.read_text()).get('seconds', '?')}"
-                                          for p in sorted((run_dir / "stages").glob("*.json"))),
+                                          for p in sorted((run_dir / "stages").glob("*.json"))
+                                          if _is_demo_stage(p.stem, runs)),
     ]
     return write_text_atomic(run_dir / "report.md", "\n".join(lines) + "\n")
 
@@ -212,3 +215,11 @@ def run_demo(pipeline: "DemoPipeline") -> Path:
     every time (a second), since it also lists the sweeps run in the same folder since."""
     rows = pipeline.sweep(pipeline.settings.variants)
     return write_report(pipeline, rows)
+
+
+def _is_demo_stage(stage: str, runs: set[str]) -> bool:
+    """The shared stages (tokenizers, encoders, latents) and the training and scoring of the demo's own models; the
+    sweeps' and the study's runs in the same folder have their own reports."""
+    if not stage.startswith(("train_", "eval_")):
+        return True
+    return any(stage == f"train_{run}" or re.fullmatch(rf"eval_{re.escape(run)}_\d{{7}}_.+", stage) for run in runs)
