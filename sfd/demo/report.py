@@ -4,7 +4,6 @@ class, loss and FID-vs-step plots, and links to the sweeps and studies run in th
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from sfd.demo.networks import CLASSES
 from sfd.files import write_text_atomic
+from sfd.sweep import evaluation_steps
 from sfd.visualize import image_grid, line_plot, save_png
 
 if TYPE_CHECKING:
@@ -148,7 +148,13 @@ def write_report(pipeline: "DemoPipeline", results: list[dict]) -> Path:
     settings = pipeline.settings
     variants = list(settings.variants)
     names = [variant.name for variant in variants]
-    runs = {pipeline.run_name(variant) for variant in variants}
+    # the demo's own training and scoring stages (sweeps and studies in the same folder add others)
+    runs = [pipeline.run_name(variant) for variant in variants]
+    lengths = evaluation_steps(settings.diffusion_steps, settings.eval_every)
+    own = {f"train_{run}" for run in runs} | {
+        f"eval_{run}_{step:07d}_{scoring.name}" for run in runs
+        for step, scoring in [*((length, settings.scoring) for length in lengths),
+                              *((lengths[-1], final) for final in settings.final_scorings)]}
     sfd = next((v for v in variants if v.semantics != "none" and v.delta_t > 0), variants[-1])
     baselines = [v.name for v in variants if v.semantics == "none"]
     main = settings.scoring
@@ -205,7 +211,7 @@ def write_report(pipeline: "DemoPipeline", results: list[dict]) -> Path:
         f"{sfd.delta_t:g}, β = {sfd.semantic_weight:g}; LightningDiT on the texture channels alone.",
         "* Stage times (s): " + ", ".join(f"{p.stem} {json.loads(p.read_text()).get('seconds', '?')}"
                                           for p in sorted((run_dir / "stages").glob("*.json"))
-                                          if _is_demo_stage(p.stem, runs)),
+                                          if not p.stem.startswith(("train_", "eval_")) or p.stem in own),
     ]
     return write_text_atomic(run_dir / "report.md", "\n".join(lines) + "\n")
 
@@ -216,10 +222,3 @@ def run_demo(pipeline: "DemoPipeline") -> Path:
     rows = pipeline.sweep(pipeline.settings.variants)
     return write_report(pipeline, rows)
 
-
-def _is_demo_stage(stage: str, runs: set[str]) -> bool:
-    """The shared stages (tokenizers, encoders, latents) and the training and scoring of the demo's own models; the
-    sweeps' and the study's runs in the same folder have their own reports."""
-    if not stage.startswith(("train_", "eval_")):
-        return True
-    return any(stage == f"train_{run}" or re.fullmatch(rf"eval_{re.escape(run)}_\d{{7}}_.+", stage) for run in runs)
