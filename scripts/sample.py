@@ -89,6 +89,13 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         distributed.shutdown()
         return 2
+    if args.demo:
+        bad = [label for label in args.labels if not 0 <= label <= config.data.num_classes]
+        if bad:
+            print(f"error: --labels: {bad[0]} is outside [0, {config.data.num_classes}] (data.num_classes = "
+                  f"{config.data.num_classes}; {config.data.num_classes} is the null label)", file=sys.stderr)
+            distributed.shutdown()
+            return 2
     seed = config.train.global_seed if args.seed is None else args.seed
     sampler = ImageSampler(model, config, decoder, guide=guide, device=device, seed=seed)
     try:

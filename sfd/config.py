@@ -251,6 +251,8 @@ def load_structured(schema: type, path: str | Path | None, overrides: Sequence[s
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SFDConfig:
     """Load an official-layout YAML (or only the defaults when ``path`` is None), apply ``section.key=value``
     overrides and validate. Raises ConfigError with one line naming the file and key on any problem."""
+    if path is not None and Path(path).is_file() and not read_yaml(path):
+        raise ConfigError(f"{path}: the file is empty (for the defaults alone, load no file: load_config(None))")
     config = load_structured(SFDConfig, path, overrides)
     validate(config, source=str(path) if path is not None else "config")
     warn_inert_keys(config, source=str(path) if path is not None else "config")
@@ -378,3 +380,33 @@ def validate(config: SFDConfig, source: str = "config") -> None:
         check(getattr(train, key) > 0, f"train.{key}", f"must be positive (got {getattr(train, key)})")
     check(all(0 <= t <= 1 for t in train.valid_timesteps), "train.valid_timesteps", "values must be in [0, 1]")
     check(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
+    # numeric settings with a domain: a value outside it fails here, not later in a division or an index
+    optimizer = config.optimizer
+    for key, value, ok, domain in (
+        ("optimizer.lr", optimizer.lr, optimizer.lr > 0, "> 0"),
+        ("optimizer.beta1", optimizer.beta1, 0 <= optimizer.beta1 < 1, "in [0, 1)"),
+        ("optimizer.beta2", optimizer.beta2, 0 <= optimizer.beta2 < 1, "in [0, 1)"),
+        ("optimizer.eps", optimizer.eps, optimizer.eps > 0, "> 0"),
+        ("optimizer.weight_decay", optimizer.weight_decay, optimizer.weight_decay >= 0, ">= 0"),
+        ("optimizer.max_grad_norm", optimizer.max_grad_norm,
+         optimizer.max_grad_norm is None or optimizer.max_grad_norm > 0, "> 0 (or null: no clipping)"),
+        ("train.valid_items", train.valid_items, train.valid_items > 0, "> 0"),
+        ("data.num_workers", data.num_workers, data.num_workers >= 0, ">= 0"),
+        ("data.latent_multiplier", data.latent_multiplier, data.latent_multiplier > 0, "> 0"),
+        ("model.mlp_ratio", model.mlp_ratio, model.mlp_ratio > 0, "> 0"),
+        ("model.repa_projector_dim", model.repa_projector_dim, model.repa_projector_dim > 0, "> 0"),
+        ("model.semantic_weight", model.semantic_weight, model.semantic_weight >= 0, ">= 0"),
+        ("model.repa_weight", model.repa_weight, model.repa_weight >= 0, ">= 0"),
+        ("sample.per_proc_batch_size", sample.per_proc_batch_size, sample.per_proc_batch_size > 0, "> 0"),
+        ("sample.fid_num", sample.fid_num, sample.fid_num > 0, "> 0"),
+        ("sample.atol", sample.atol, sample.atol > 0, "> 0"),
+        ("sample.rtol", sample.rtol, sample.rtol > 0, "> 0"),
+        ("sample.cfg_scale", sample.cfg_scale, sample.cfg_scale >= 0, ">= 0"),
+        ("sample.cfg_scale_sem", sample.cfg_scale_sem, sample.cfg_scale_sem is None or sample.cfg_scale_sem >= 0,
+         ">= 0 (or null: cfg_scale)"),
+        ("sample.cfg_scale_tex", sample.cfg_scale_tex, sample.cfg_scale_tex is None or sample.cfg_scale_tex >= 0,
+         ">= 0 (or null: cfg_scale)"),
+        ("sample.cfg_interval_start", sample.cfg_interval_start, 0 <= sample.cfg_interval_start <= 1, "in [0, 1]"),
+        ("sample.diffusion_norm", sample.diffusion_norm, sample.diffusion_norm >= 0, ">= 0"),
+    ):
+        check(ok, key, f"must be {domain} (got {value})")

@@ -94,6 +94,19 @@ def test_dotlist_overrides():
     (["model.repa_feat_depth=9"], "model.repa_feat_depth"),
     (["model.semfirst_infer_interval_mode=all"], "model.semfirst_infer_interval_mode"),
     (["transport.path_type=VP"], "transport.path_type"),
+    (["optimizer.lr=-1"], "optimizer.lr"),
+    (["optimizer.beta2=1.0"], "optimizer.beta2"),
+    (["optimizer.max_grad_norm=0"], "optimizer.max_grad_norm"),
+    (["sample.per_proc_batch_size=0"], "sample.per_proc_batch_size"),
+    (["sample.fid_num=0"], "sample.fid_num"),
+    (["sample.rtol=0"], "sample.rtol"),
+    (["sample.cfg_scale=-1"], "sample.cfg_scale"),
+    (["sample.cfg_scale_sem=-0.5"], "sample.cfg_scale_sem"),
+    (["sample.cfg_interval_start=1.5"], "sample.cfg_interval_start"),
+    (["data.latent_multiplier=0"], "data.latent_multiplier"),
+    (["data.num_workers=-1"], "data.num_workers"),
+    (["model.semantic_weight=-2"], "model.semantic_weight"),
+    (["train.valid_items=0"], "train.valid_items"),
     (["sample.mode=DDIM"], "sample.mode"),
     (["sample.reverse=true"], "sample.reverse"),
     (["data.image_size=250"], "data.image_size"),
@@ -117,6 +130,10 @@ def test_bad_files(tmp_path):
     unknown.write_text("model:\n  use_qknorm: true\n  dropout_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown.yaml: model.dropout_rate"):
         load_config(unknown)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match=r"empty.yaml: the file is empty"):
+        load_config(empty)
     typed = tmp_path / "typed.yaml"
     typed.write_text("train:\n  max_steps: lots\n")
     with pytest.raises(ConfigError, match=r"train.max_steps"):

@@ -146,6 +146,10 @@ def test_bad_inputs_are_reported(stats_dir, tmp_path):
                              "--ckpt", str(DATA / "baseline_tiny.pt"), *overrides(stats_dir, tmp_path)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "t_embedder" in result.stderr
+    result = subprocess.run([sys.executable, "scripts/sample.py", "--config", str(DATA / "sfd_tiny.yaml"),
+                             *overrides(stats_dir, tmp_path), "--demo", "--labels", "5000"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--labels: 5000 is outside [0, 1000]" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("change, key", [("semfirst_delta_t: 0.3", "model.semfirst_delta_t"),
