@@ -8,6 +8,10 @@
 # ADM_PYTHON (default: python), a Python that has TensorFlow; its stdout is also saved to <SAMPLES>_adm_tf.txt for
 # tools/compare_eval.py. That script downloads classify_image_graph_def.pb into the working directory if absent.
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then  # the header above is the help; nothing is started
+    sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"
+    exit 0
+fi
 if [[ $# -lt 1 ]]; then
     echo "usage: $0 SAMPLES [REF_NPZ] [scripts/evaluate.py options ...]" >&2
     exit 2

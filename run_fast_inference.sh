@@ -3,6 +3,10 @@
 # Default labels are the release's (106, 22, 279, 975, 388, 15, 36, 979); guidance comes from the config and the
 # same environment variables as run_inference.sh (CFG_SCALE, AUTOGUIDANCE_MODEL_SIZE, AUTOGUIDANCE_CKPT_ITER, ...).
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then  # the header above is the help; nothing is started
+    sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"
+    exit 0
+fi
 if [[ $# -lt 1 ]]; then
     echo "usage: $0 CONFIG [--labels L ...] [--seed S] [--out PATH] [section.key=value ...]" >&2
     exit 2

@@ -7,6 +7,10 @@
 # Output: {train.output_dir}/{train.exp_name}/<name>/000000.png ... and <name>.npz (score it with
 # ./run_eval_via_guided_diffusion.sh). Rerun the same command to finish an interrupted set.
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then  # the header above is the help; nothing is started
+    sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"
+    exit 0
+fi
 if [[ $# -lt 1 ]]; then
     echo "usage: $0 CONFIG [section.key=value ...]" >&2
     exit 2

@@ -4,6 +4,10 @@
 # (number of nodes, default 1), RANK or NODE_RANK (this node, default 0), MASTER_ADDR (127.0.0.1),
 # MASTER_PORT (1235), PRECISION (bf16 | fp16 | fp32, default bf16; CPUs always train in fp32).
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then  # the header above is the help; nothing is started
+    sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"
+    exit 0
+fi
 if [[ $# -lt 1 ]]; then
     echo "usage: $0 CONFIG [section.key=value ...] [--dry-run]" >&2
     exit 2
