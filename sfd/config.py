@@ -47,20 +47,15 @@ INERT_RELEASE_KEYS: dict[str, tuple[Any, str]] = {
 _warned_keys: set[str] = set()
 
 
-def warn_inert_keys(config: "SFDConfig", source: str = "config") -> list[str]:
+def warn_inert_keys(config: "SFDConfig", source: str = "config") -> None:
     """Warn (once per key and process) about every key of INERT_RELEASE_KEYS set to another value than the
-    release's; returns the keys that differ."""
-    differing = []
+    release's."""
     for key, (release_value, why) in INERT_RELEASE_KEYS.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
-        if value == release_value:
-            continue
-        differing.append(key)
-        if key not in _warned_keys:
+        if value != release_value and key not in _warned_keys:
             _warned_keys.add(key)
             warnings.warn(f"{source}: {key}={value!r} has no effect: {why}", InertSettingWarning, stacklevel=3)
-    return differing
 
 
 @dataclass

@@ -39,10 +39,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
-from sfd.config import SFDConfig, load_config
-from sfd.demo.fashion_mnist import load_fashion_mnist, subset, to_model_images
+from sfd.config import SFDConfig, load_config, read_yaml
 from sfd.data.shards import compute_stats
+from sfd.demo.fashion_mnist import load_fashion_mnist, subset, to_model_images
 from sfd.extract import LatentEncoders, write_missing_shards
 from sfd.files import atomic_path, write_json_atomic, write_text_atomic
 from sfd.sweep import Scoring, Variant, channel_overrides, run_sweep
@@ -179,12 +180,9 @@ class DemoPipeline:
         if not ckpt.exists():
             with atomic_path(ckpt) as tmp:
                 torch.save({"state_dict": vae.ldm_state_dict()}, tmp)
-        if not yaml_path.exists():
-            text = DEMO_VAE_YAML.read_text()
-            shipped = "ckpt_path: outputs/demo/models/texture_vae.ckpt"
-            if shipped not in text:
-                raise ValueError(f"{DEMO_VAE_YAML}: expected the line {shipped!r}")
-            write_text_atomic(yaml_path, text.replace(shipped, "ckpt_path: texture_vae.ckpt  # beside this file"))
+        if not yaml_path.exists():  # the shipped config with its weights beside it (resolved from the YAML's folder)
+            layout = {**read_yaml(DEMO_VAE_YAML), "ckpt_path": ckpt.name}
+            write_text_atomic(yaml_path, yaml.safe_dump(layout, sort_keys=False))
         return yaml_path
 
     def semantic_encoder(self, kind: str):
