@@ -35,8 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     axes = parser.add_argument_group("the grid (every combination is trained)")
     axes.add_argument("--delta-t", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5, 0.7],
                       help="semantic leads; 0 is the synchronous baseline (default: %(default)s)")
-    axes.add_argument("--semantic-weight", type=float, nargs="+", default=[2.0],
-                      help="weights β of the semantic velocity loss (default: %(default)s, the paper's)")
+    axes.add_argument("--semantic-weight", type=float, nargs="+",
+                      help="weights β of the semantic velocity loss (default: the base config's model.semantic_weight, "
+                           "2 in the demo's, the paper's)")
     axes.add_argument("--semantics", nargs="+", choices=list(SOURCE_CHOICES), default=["semvae"],
                       help="semantic sources: none (texture-only LightningDiT, Table 1's baseline), none+repa "
                            "(LightningDiT + REPA), semvae (SFD's Semantic VAE) or pca (ReDi-style); the models "
@@ -72,6 +73,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.config is None and (args.latents or args.pca_latents or args.reference or args.overrides):
         parser.error("--latents, --pca-latents, --reference and config overrides need --config")
     return args
+
+
+def base_model(args):
+    """The ``model`` section the variants change: the demo config's, or --config with its overrides."""
+    from sfd.config import load_config
+    from sfd.demo.pipeline import base_model as demo_model
+
+    return demo_model() if args.config is None else load_config(args.config, args.overrides).model
 
 
 def fashion_sweep(args, variants) -> Path:
@@ -132,7 +141,7 @@ def main(argv=None) -> int:
     from sfd.config import ConfigError
 
     try:
-        variants = grid(args.delta_t, args.semantic_weight, args.semantics, args.repeats)
+        variants = grid(base_model(args), args.delta_t, args.semantic_weight, args.semantics, args.repeats)
         if args.config is None:
             torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
             table = fashion_sweep(args, variants)

@@ -20,6 +20,7 @@ from torch import nn
 
 from sfd.data.images import ImageItem, load_image
 from sfd.data.shards import LATENT_KEYS, save_shard, shard_name
+from sfd.rng import derive_seed
 from sfd.tokenizers.dinov2 import PatchFeatureEncoder, extraction_preprocess, semvae_training_transform, tokens_to_map
 
 def shards_of_rank(num_items: int, shard_size: int, rank: int, world_size: int) -> list[range]:
@@ -30,7 +31,7 @@ def shards_of_rank(num_items: int, shard_size: int, rank: int, world_size: int) 
 
 def image_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
     """The generator of image ``index``: its posterior noise is the same for any batch size or process count."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + index)
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, index))
 
 
 @dataclass

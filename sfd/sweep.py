@@ -51,11 +51,29 @@ class Variant:
     spread between runs that differ only in their seed.
     """
 
-    delta_t: float = 0.0
-    semantic_weight: float = 2.0
-    semantics: str = "semvae"
+    semantics: str
+    delta_t: float
+    semantic_weight: float
+    repa: bool
     repeat: int = 0
-    repa: bool = True
+
+    @classmethod
+    def of(cls, model, semantics: str, repeat: int = 0, **changes) -> "Variant":
+        """A variant of a base config's ``model`` section: its Δt (``semfirst_delta_t``), β (``semantic_weight``) and
+        REPA (``use_repa``) unless ``changes`` names them, so a sweep has no settings of its own to disagree with the
+        config's. Without semantic channels Δt is 0: there is nothing to lead."""
+        values = dict(delta_t=0.0 if semantics == "none" else model.semfirst_delta_t,
+                      semantic_weight=model.semantic_weight, repa=model.use_repa)
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise TypeError(f"Variant.of: unknown setting(s) {', '.join(sorted(unknown))}")
+        values.update(changes)
+        return cls(semantics, float(values["delta_t"]), float(values["semantic_weight"]), bool(values["repa"]), repeat)
+
+    @classmethod
+    def of_row(cls, row: dict) -> "Variant":
+        """The model a result row (or summary entry) describes, repeat 0."""
+        return cls(row["semantics"], row["delta_t"], row["semantic_weight"], row.get("repa", True))
 
     def __post_init__(self) -> None:
         if self.semantics not in SEMANTIC_SOURCES:
@@ -168,22 +186,24 @@ SOURCE_CHOICES = {"none": ("none", False), "none+repa": ("none", True), "semvae"
                   "pca": ("pca", True)}
 
 
-def grid(delta_ts: Iterable[float], semantic_weights: Iterable[float] = (2.0,),
+def grid(model, delta_ts: Iterable[float], semantic_weights: Optional[Iterable[float]] = None,
          semantics: Iterable[str] = ("semvae",), repeats: int = 1) -> list[Variant]:
-    """Every combination, in the order source → weight → Δt → repeat, without duplicates. ``semantics`` names
+    """Every combination, in the order source → weight → Δt → repeat, without duplicates, as variants of the base
+    config's ``model`` section (:meth:`Variant.of`; ``semantic_weights`` default: its β). ``semantics`` names
     :data:`SOURCE_CHOICES`; the sources without semantic channels take one variant per repeat (they have no Δt and
     no semantic weight)."""
     if repeats < 1:
         raise ValueError(f"repeats: {repeats} must be at least 1")
+    weights = list(semantic_weights) if semantic_weights is not None else [model.semantic_weight]
     variants = []
-    for choice, weight, delta_t, repeat in itertools.product(semantics, semantic_weights, delta_ts, range(repeats)):
+    for choice, weight, delta_t, repeat in itertools.product(semantics, weights, delta_ts, range(repeats)):
         if choice not in SOURCE_CHOICES:
             raise ValueError(f"semantics: {choice!r} is not one of {', '.join(SOURCE_CHOICES)}")
         source, repa = SOURCE_CHOICES[choice]
         if source == "none":
-            variants.append(Variant(0.0, 2.0, source, repeat, repa))
+            variants.append(Variant.of(model, source, repeat, repa=repa))
         else:
-            variants.append(Variant(float(delta_t), float(weight), source, repeat, repa))
+            variants.append(Variant.of(model, source, repeat, delta_t=delta_t, semantic_weight=weight, repa=repa))
     return list(dict.fromkeys(variants))
 
 
@@ -267,7 +287,7 @@ def summarise(rows: Sequence[dict]) -> list[dict[str, Any]]:
     summary = []
     for key, members in sorted(groups.items(), key=lambda item: tuple(str(part) for part in item[0])):
         entry: dict[str, Any] = {**dict(zip(GROUP_FIELDS, key)), "runs": len(members)}
-        entry["label"] = Variant(entry["delta_t"], entry["semantic_weight"], entry["semantics"], 0, entry["repa"]).label
+        entry["label"] = Variant.of_row(entry).label
         for metric in [*metrics_of(members), *(["nfe"] if any("nfe" in row for row in members) else [])]:
             entry[metric], entry[f"{metric}_std"] = mean_std([row[metric] for row in members if metric in row])
         summary.append(entry)
@@ -354,7 +374,7 @@ def delta_t_plot(summary: Sequence[dict], path: Path, metric: str = "fid", step:
     leads = sorted({entry["delta_t"] for entry in chosen if entry["semantics"] != "none"}) or [0.0, 0.5]
     series: dict[str, tuple[list, list, list]] = {}
     for entry in chosen:
-        label = Variant(entry["delta_t"], entry["semantic_weight"], entry["semantics"], 0, entry["repa"]).series
+        label = Variant.of_row(entry).series
         x, y, error = series.setdefault(label, ([], [], []))
         positions = [leads[0], leads[-1]] if entry["semantics"] == "none" else [entry["delta_t"]]
         for position in positions:

@@ -2,6 +2,7 @@
 CI-size study end to end through scripts/study.py."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -17,15 +18,15 @@ def rows_for(fids: dict, sampler: str = MAIN.sampler, conditioning: str = "condi
     rows = []
     for (variant, step), values in fids.items():
         for repeat, fid in enumerate(values):
-            model = Variant(variant.delta_t, variant.semantic_weight, variant.semantics, repeat, variant.repa)
+            model = replace(variant, repeat=repeat)
             rows.append({"name": model.name, "label": model.label, "semantics": model.semantics, "repa": model.repa,
                          "delta_t": model.delta_t, "semantic_weight": 2.0, "repeat": repeat, "step": step,
                          "sampler": sampler, "conditioning": conditioning, "fid": fid, "nfe": 50.0})
     return rows
 
 
-BASE, REPA = Variant(semantics="none", repa=False), Variant(semantics="none")
-SFD, SYNC, LATE = Variant(0.3), Variant(0.0), Variant(0.5)
+BASE, REPA = Variant("none", 0.0, 2.0, False), Variant("none", 0.0, 2.0, True)
+SFD, SYNC, EARLY, LATE = (Variant("semvae", delta_t, 2.0, True) for delta_t in (0.3, 0.0, 0.1, 0.5))
 
 
 def test_study_grid_is_seed_major_with_the_demo_models_first():
@@ -67,7 +68,7 @@ def test_table1_verdicts_for_each_outcome():
 
 def test_delta_t_verdicts():
     def verdict(sync, early, lead, late):
-        rows = rows_for({(SYNC, 10): sync, (Variant(0.1), 10): early, (SFD, 10): lead, (LATE, 10): late})
+        rows = rows_for({(SYNC, 10): sync, (EARLY, 10): early, (SFD, 10): lead, (LATE, 10): late})
         return delta_t_verdict(summarise(rows), MAIN.sampler, "conditional")
 
     text = verdict([20, 21, 22], [15, 16, 17], [10, 11, 12], [14, 15, 16])

@@ -8,36 +8,49 @@ import pytest
 
 from sfd.config import load_config
 from sfd.data.synthetic import write_synthetic_shards
+from sfd.demo.pipeline import base_model
 from sfd.sweep import (LatentsSweep, Scoring, Variant, evaluation_steps, findings, grid, latent_channels,
                        run_sweep, summarise, write_sweep_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
+DEMO_MODEL = base_model()  # the demo config's model section: Δt 0.3, β 2, REPA on
+
+
+def sfd_variant(delta_t: float = 0.3, semantics: str = "semvae", repeat: int = 0, **changes) -> Variant:
+    """A variant of the demo config's model (Δt 0.3, β 2, REPA on)."""
+    return Variant.of(DEMO_MODEL, semantics, repeat, delta_t=delta_t, **changes)
 
 
 def test_variants_names_and_grid():
-    assert Variant(0.3).name == "dt0.3_w2_semvae" and Variant(0.0, 1.5, "pca", 2).name == "dt0_w1.5_pca_r2"
-    assert Variant(semantics="none", repa=False).name == "lightningdit"
-    assert Variant(semantics="none", repeat=1).name == "lightningdit_repa_r1"
-    assert Variant(0.3, repa=False).name == "dt0.3_w2_semvae_norepa"
-    assert Variant(semantics="none").label == "LightningDiT + REPA" and Variant(0.3).label == "SemVAE semantics, Δt 0.3"
-    assert Variant(0.3).overrides() == ["model.semfirst_delta_t=0.3", "model.semantic_weight=2.0",
-                                        "model.use_repa=true"]
-    variants = grid([0, 0.3, 0.3], [2.0], ["semvae", "pca"], repeats=2)
+    assert sfd_variant().name == "dt0.3_w2_semvae" and sfd_variant(0.0, "pca", 2, semantic_weight=1.5).name == \
+        "dt0_w1.5_pca_r2"
+    # every setting not named comes from the base config's model section
+    assert Variant.of(DEMO_MODEL, "semvae") == Variant("semvae", 0.3, 2.0, True)
+    assert Variant.of(DEMO_MODEL, "none", repa=False).name == "lightningdit"
+    assert Variant.of(DEMO_MODEL, "none", 1).name == "lightningdit_repa_r1"
+    assert sfd_variant(repa=False).name == "dt0.3_w2_semvae_norepa"
+    assert Variant.of(DEMO_MODEL, "none").label == "LightningDiT + REPA"
+    assert sfd_variant().label == "SemVAE semantics, Δt 0.3"
+    assert sfd_variant().overrides() == ["model.semfirst_delta_t=0.3", "model.semantic_weight=2.0",
+                                         "model.use_repa=true"]
+    with pytest.raises(TypeError, match="unknown setting\\(s\\) beta"):
+        Variant.of(DEMO_MODEL, "semvae", beta=2)
+    variants = grid(DEMO_MODEL, [0, 0.3, 0.3], [2.0], ["semvae", "pca"], repeats=2)
     assert [v.name for v in variants] == ["dt0_w2_semvae", "dt0_w2_semvae_r1", "dt0.3_w2_semvae",
                                           "dt0.3_w2_semvae_r1", "dt0_w2_pca", "dt0_w2_pca_r1", "dt0.3_w2_pca",
                                           "dt0.3_w2_pca_r1"]
     # the sources without semantic channels take one model per repeat, whatever the Δt list
-    assert [v.name for v in grid([0, 0.3], [2.0], ["none", "none+repa"], repeats=2)] == [
+    assert [v.name for v in grid(DEMO_MODEL, [0, 0.3], [2.0], ["none", "none+repa"], repeats=2)] == [
         "lightningdit", "lightningdit_r1", "lightningdit_repa", "lightningdit_repa_r1"]
-    for bad, message in ((dict(delta_t=1.5), "delta_t: 1.5 is outside"), (dict(delta_t=0.3, semantics="clip"),
+    for bad, message in ((dict(delta_t=1.5), "delta_t: 1.5 is outside"), (dict(semantics="clip"),
                                                                            "semantics: 'clip' is not one of"),
-                         (dict(delta_t=0.3, semantic_weight=-1), "semantic_weight"),
-                         (dict(delta_t=0.3, semantics="none"), "needs semantic channels")):
+                         (dict(semantic_weight=-1), "semantic_weight"),
+                         (dict(semantics="none"), "needs semantic channels")):
         with pytest.raises(ValueError, match=message):
-            Variant(**bad)
+            Variant(**{**dict(semantics="semvae", delta_t=0.3, semantic_weight=2.0, repa=True), **bad})
     with pytest.raises(ValueError, match="semantics: 'dino' is not one of none, none\\+repa"):
-        grid([0.3], semantics=["dino"])
+        grid(DEMO_MODEL, [0.3], semantics=["dino"])
     assert evaluation_steps(1200, 400) == [400, 800, 1200] and evaluation_steps(1000, 400) == [400, 800, 1000]
     assert evaluation_steps(50, None) == [50]
 
@@ -53,7 +66,7 @@ def test_scorings_name_their_sampler_and_tighten():
 
 
 def test_summary_findings_and_report(tmp_path):
-    rows = [{"name": Variant(dt, 2.0, "semvae", r).name, "delta_t": dt, "semantic_weight": 2.0, "semantics": "semvae",
+    rows = [{"name": sfd_variant(dt, repeat=r).name, "delta_t": dt, "semantic_weight": 2.0, "semantics": "semvae",
              "repeat": r, "step": 10, "fid": fid, "class_accuracy": 0.5}
             for dt, r, fid in ((0.0, 0, 10.0), (0.0, 1, 12.0), (0.3, 0, 7.0), (0.3, 1, 7.5))]
     summary = summarise(rows)
@@ -137,18 +150,18 @@ def test_latents_backend_end_to_end(tmp_path):
                                     "sample.sampling_method=euler", "sample.num_sampling_steps=3",
                                     "sample.per_proc_batch_size=2", "sample.balanced_sampling=true",
                                     "train.global_batch_size=4", "train.log_every=1"])
-    assert sweep.config(Variant(0.3, semantics="pca")).model.in_chans == 40
-    assert sweep.config(Variant(semantics="none")).model.in_chans == 32
-    scorings = (Scoring.from_config(sweep.config(Variant(0.0)).sample),)
+    assert sweep.config(sfd_variant(semantics="pca")).model.in_chans == 40
+    assert sweep.config(Variant.of(DEMO_MODEL, "none")).model.in_chans == 32
+    scorings = (Scoring.from_config(sweep.config(sfd_variant(0.0)).sample),)
     assert scorings[0].name == "euler-3"
-    variants = [Variant(0.0), Variant(0.3, semantics="pca"), Variant(semantics="none", repa=False)]
+    variants = [sfd_variant(0.0), sfd_variant(semantics="pca"), Variant.of(DEMO_MODEL, "none", repa=False)]
     rows = run_sweep(sweep, variants, steps=2, scorings=scorings, log=lambda message: None)
     assert [(row["name"], row["step"]) for row in rows] == [("dt0_w2_semvae", 2), ("dt0.3_w2_pca", 2),
                                                              ("lightningdit", 2)]
     assert all(set(row) >= {"fid", "sfid", "inception_score", "precision", "recall"} for row in rows)
     assert (tmp_path / "out" / "samples" / "dt0.3_w2_pca_0000002_euler-3.npz").exists()
     batches = network.batches
-    again = run_sweep(sweep, [Variant(0.0)], steps=2, scorings=scorings, log=lambda message: None)
+    again = run_sweep(sweep, [sfd_variant(0.0)], steps=2, scorings=scorings, log=lambda message: None)
     assert [{k: v for k, v in row.items() if k != "nfe"} for row in again] == [  # from the saved scores
         {k: v for k, v in rows[0].items() if k != "nfe"}]
     assert network.batches == batches

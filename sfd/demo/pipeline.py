@@ -52,6 +52,17 @@ ENCODERS = ("ssl", "supervised")  # the DINOv2 stand-ins: self-supervised (defau
 DEMO_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "demo" / "sfd_fashion.yaml"
 
 
+def base_model():
+    """The ``model`` section every demo model starts from (the demo config's: SFD's Δt, β and REPA)."""
+    return load_config(DEMO_CONFIG).model
+
+
+def table1_variants() -> tuple[Variant, ...]:
+    """The paper's Table 1 at toy scale: LightningDiT without and with REPA, and SFD as the demo config sets it."""
+    model = base_model()
+    return Variant.of(model, "none", repa=False), Variant.of(model, "none", repa=True), Variant.of(model, "semvae")
+
+
 @dataclass
 class DemoSettings:
     run_dir: str = "outputs/demo"
@@ -75,15 +86,17 @@ class DemoSettings:
     # last length also unconditionally and at an equal, small number of model evaluations (Euler, 24 NFE).
     scoring: Scoring = Scoring()
     final_scorings: Sequence[Scoring] = (Scoring(conditional=False), Scoring("euler", 25))
-    # The models compared: the paper's Table 1 at toy scale (report.md compares these).
-    variants: Sequence[Variant] = (Variant(semantics="none", repa=False), Variant(semantics="none", repa=True),
-                                   Variant(delta_t=0.3))
+    # The models compared (report.md compares these); default: the paper's Table 1 at toy scale
+    # (:func:`table1_variants`).
+    variants: Optional[Sequence[Variant]] = None
     pca_components: int = 4  # ReDi-style semantic channels (ReDi: 8 of DINOv2's 768; here as many as the SemVAE's)
     overrides: Sequence[str] = ()  # extra config overrides for the diffusion models
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder: {self.encoder!r} is not one of {', '.join(ENCODERS)}")
+        if self.variants is None:
+            self.variants = table1_variants()
 
     @classmethod
     def quick(cls, run_dir: str, data_root: Optional[str] = None, **changes) -> "DemoSettings":

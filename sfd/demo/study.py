@@ -25,10 +25,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+from sfd.demo.pipeline import base_model
 from sfd.files import write_text_atomic
 from sfd.sweep import Scoring, Variant, _scorings, delta_t_plot, grid, metrics_of, summarise, summary_table
 
-SFD_DELTA_T = 0.3  # the paper's semantic lead
+SFD_DELTA_T = base_model().semfirst_delta_t  # SFD's semantic lead as the demo config sets it (the paper's 0.3)
 
 
 @dataclass
@@ -50,7 +51,7 @@ class StudySettings:
 
     def variants(self) -> list[Variant]:
         """Seed-major: all models of seed 0 first (the demo's three among them), then seed 1, …"""
-        models = grid(self.delta_ts, (2.0,), self.sources, 1)
+        models = grid(base_model(), self.delta_ts, None, self.sources, 1)
         models.sort(key=lambda v: (v.semantics != "none", v.delta_t != SFD_DELTA_T, v.semantics, v.delta_t))
         return [replace(model, repeat=repeat) for repeat in range(self.repeats) for model in models]
 

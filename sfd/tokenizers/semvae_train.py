@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import hashlib
 import json
 import math
 import re
@@ -33,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, read_file
 from sfd.config import ConfigError, load_structured
 from sfd.files import write_text_atomic
+from sfd.rng import derive_seed
 from sfd.tokenizers.semvae import SemanticVAE, SemVAEArgs, grid_side, init_weights
 
 # Feature width of each encoder name the official trainer knows (train.py looks input_dim up by data.model_name).
@@ -428,11 +428,14 @@ def open_features(feature_dir: str, model_name: str, max_samples: Optional[int],
     return FeatureShards(feature_files(feature_dir, model_name, max_samples, key), max_samples)
 
 
+# The random streams of a SemVAE training run; each gets its own seed, derive_seed(seed, stream, index).
+SEED_STREAMS = {"init": 0, "noise": 1, "epoch": 2}
+
+
 def seeded_generator(seed: int, purpose: str, index: int = 0) -> torch.Generator:
-    """A CPU generator for one purpose ("init", "noise", "epoch" + its number): the seed is a hash of
-    (seed, purpose, index), so the streams of different purposes never coincide."""
-    digest = hashlib.sha256(f"{seed}/{purpose}/{index}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    """A CPU generator for one purpose of :data:`SEED_STREAMS` (``index``: e.g. the epoch), seeded by
+    :func:`sfd.rng.derive_seed`, so the streams of different purposes never coincide."""
+    return torch.Generator().manual_seed(derive_seed(seed, SEED_STREAMS[purpose], index))
 
 
 def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
