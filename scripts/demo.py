@@ -18,6 +18,7 @@ import torch
 
 from sfd.demo.pipeline import ENCODERS, DemoPipeline, DemoSettings
 from sfd.demo.report import run_demo
+from sfd.files import WriteError
 
 
 def main(argv=None) -> int:
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
                 DemoSettings(run_dir=args.run_dir or "outputs/demo", **changes))
     try:
         report = run_demo(DemoPipeline(settings))
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"report: {report}")

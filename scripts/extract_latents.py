@@ -25,6 +25,7 @@ from sfd import distributed
 from sfd.data.images import list_image_folder, read_file_list
 from sfd.data.shards import compute_stats
 from sfd.extract import LatentEncoders, extract_dino_features, extract_latents, shards_of_rank
+from sfd.files import WriteError
 from sfd.tokenizers.dinov2 import TIMM_NAMES, build_dinov2, tiny_dinov2
 
 
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
             for key, path in compute_stats(args.output, args.stats_samples).items():
                 print(f"{key} statistics: {path}")
         distributed.barrier()
-    except (FileNotFoundError, KeyError, ValueError) as error:
+    except (FileNotFoundError, KeyError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from sfd.data.shards import shard_files
+from sfd.files import WriteError
 from sfd.tokenizers.pca import fit_pca
 
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         pca = fit_pca(token_batches(Path(args.features), args.max_items), args.components)
-    except (FileNotFoundError, KeyError, ValueError) as error:
+    except (FileNotFoundError, KeyError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     variance = ", ".join(f"{v:.3g}" for v in pca.explained_variance.tolist())

@@ -1,10 +1,48 @@
-# Shared by the launchers (sourced, not run): the Python to use, the torchrun topology and the release's sampling
-# variables as flags.
+# Shared by the launchers (sourced, not run, from any folder): the repository, the Python to use, paths of the
+# caller made absolute, the torchrun topology and the release's sampling variables as flags.
 # shellcheck shell=bash
+
+# The repository: the launchers run from it, so that the release's configs, which name repository paths such as
+# configs/sfd/... and outputs/..., work wherever the launcher is called from.
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # The project's .venv unless PYTHON is set.
 python=${PYTHON:-python}
-[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && python=.venv/bin/python
+[[ -x $repo/.venv/bin/python && -z "${PYTHON:-}" ]] && python=$repo/.venv/bin/python
+
+# A path the caller named, made absolute (printed), so that it keeps naming the same file after `cd "$repo"`.
+caller_path() {
+    if [[ $1 == /* ]]; then printf '%s\n' "$1"; else printf '%s\n' "$PWD/$1"; fi
+}
+
+# The launchers' first argument, CONFIG, as an absolute path; an option in its place is a usage error (exit 2).
+config_path() {
+    if [[ $1 == -* ]]; then
+        echo "error: the first argument is the CONFIG file, options come after it (got $1)" >&2
+        return 2
+    fi
+    caller_path "$1"
+}
+
+# The arguments for scripts/sample.py with its path-valued flags (--ckpt, --out, --output-dir; as `--flag PATH` or
+# `--flag=PATH`) made absolute, as the array `sample_arguments`. Everything else passes unchanged, including a
+# section.key=value override where a path was expected (sfd/cli.py never takes an override as a flag's value).
+absolute_sample_paths() {
+    local argument flag=""
+    local override='^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+='  # sfd/cli.py's OVERRIDE
+    sample_arguments=()
+    for argument in "$@"; do
+        if [[ -n $flag && $argument != -* && ! $argument =~ $override ]]; then
+            argument=$(caller_path "$argument")
+        elif [[ $argument == --ckpt=* || $argument == --out=* || $argument == --output-dir=* ]]; then
+            argument="${argument%%=*}=$(caller_path "${argument#*=}")"
+        fi
+        flag=""
+        [[ $argument == --ckpt || $argument == --out || $argument == --output-dir ]] && flag=$argument
+        sample_arguments+=("$argument")
+    done
+    return 0
+}
 
 # The release's environment interface as scripts/sample.py flags; empty variables add nothing. Values are left
 # unquoted, as the release does, so "1.5 2.0" gives two values (the first is used).
@@ -34,6 +72,7 @@ set_torchrun() {
     if [[ $gpus -eq 0 ]]; then
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     fi
-    torchrun=("$python" -m torch.distributed.run --nnodes "$nnodes" --node_rank "$node_rank" --nproc_per_node "$nproc"
+    # sfd.torchrun is torchrun ending a failed run with the worker's own message and exit code, not torchrun's dump.
+    torchrun=("$python" -m sfd.torchrun --nnodes "$nnodes" --node_rank "$node_rank" --nproc_per_node "$nproc"
               --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-1235}")
 }

@@ -6,10 +6,12 @@
     torchrun --nproc_per_node 8 scripts/sample.py --config ...   (or ./run_inference.sh CONFIG)
     python scripts/sample.py --config ... --demo --labels 207 360 387 974 --out grid.png
 
-The release's flags (underscored names; hyphens also work) override the config's sample.* keys; further
-section.key=value overrides may follow. Samples go to {train.output_dir}/{train.exp_name}/<name from the
-settings>/000000.png ..., then <name>.npz. Sample i is seeded by (seed, i): the images do not depend on the number
-of processes, and a rerun completes an interrupted folder without duplicates or gaps.
+The release's flags (underscored names; hyphens also work) override the config's sample.* keys, and
+section.key=value overrides override both; options and overrides may come in any order (--labels 1 2
+sample.cfg_scale=1.5 works: an override is never taken as a flag's value). Flags are spelled out in full, not
+abbreviated. Samples go to {train.output_dir}/{train.exp_name}/<name from the settings>/000000.png ..., then
+<name>.npz. Sample i is seeded by (seed, i): the images do not depend on the number of processes, and a rerun
+completes an interrupted folder without duplicates or gaps.
 """
 
 from __future__ import annotations
@@ -17,24 +19,39 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from tqdm import tqdm
 
 from sfd import distributed
-from sfd.build import load_guide, load_model
+from sfd.build import guide_checkpoint, load_guide, load_model
 from sfd.checkpoint import CheckpointError
+from sfd.cli import add_overrides_argument, parse_with_overrides
 from sfd.config import ConfigError, resolve_path
-from sfd.generate import (DEMO_LABELS, ImageSampler, LabelPlan, LatentDecoder, batches_of_rank, demo_grid,
-                          folder_name, write_fid_set)
+from sfd.files import WriteError
+from sfd.generate import (
+    DEMO_LABELS,
+    ImageSampler,
+    LabelPlan,
+    LatentDecoder,
+    SampleFolderError,
+    batches_of_rank,
+    demo_grid,
+    folder_name,
+    write_fid_set,
+)
+from sfd.runlock import RunFolderBusy
 from sfd.visualize import save_png
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    # No abbreviations: the launchers make --ckpt, --out and --output-dir absolute by their full names before they
+    # change into the repository, so an abbreviated path flag would silently name a file in the wrong folder.
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--config", required=True, help="SFD inference YAML (official layout)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    add_overrides_argument(parser)
     parser.add_argument("--demo", action="store_true", help="write one grid image instead of an FID folder")
     parser.add_argument("--labels", type=int, nargs="+", default=list(DEMO_LABELS), help="demo grid classes")
     parser.add_argument("--out", default="demo_images/demo_samples.png", help="demo grid path (default: %(default)s)")
@@ -50,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                             help="release flag (only the first value is used)")
     parser.add_argument("--fid_num", "--fid-num", dest="fid_num", type=int, help="number of samples")
     parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+    return parse_with_overrides(parser, argv)
 
 
 def release_overrides(args: argparse.Namespace) -> list[str]:
@@ -116,11 +133,18 @@ def main(argv=None) -> int:
                                                    topology.rank, topology.world_size))
         bar = tqdm(total=mine, desc=f"sampling {name}", unit="img",
                    disable=args.no_progress or not topology.is_main)
+        guide_file = guide_checkpoint(config, args.config, ag_iter)
+        provenance = {"checkpoint": str(args.ckpt or resolve_path(config.ckpt_path, args.config)),
+                      "guide_checkpoint": str(guide_file) if guide_file else None,
+                      "device": device.type, "precision": args.precision if device.type == "cuda" else "fp32"}
         npz = write_fid_set(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size, topology=topology,
-                            progress=bar.update)
+                            progress=bar.update, provenance=provenance)
         bar.close()
         if topology.is_main:
             print(f"{plan.num_samples} samples in {folder}, packed as {npz}")
+    except (SampleFolderError, RunFolderBusy, WriteError) as error:  # the message says what to change
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
     finally:
         distributed.shutdown()
     return 0

@@ -21,6 +21,7 @@ import torch
 
 from sfd.demo.pipeline import ENCODERS, DemoPipeline, DemoSettings
 from sfd.demo.study import StudySettings, run_study
+from sfd.files import WriteError
 from sfd.sweep import SOURCE_CHOICES
 
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
                     if args.quick else DemoSettings(run_dir=args.run_dir or "outputs/demo", data_root=args.data_root,
                                                     encoder=args.encoder))
         report = run_study(DemoPipeline(settings), study)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"report: {report}")

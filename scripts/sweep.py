@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from sfd.files import WriteError
 from sfd.sweep import SOURCE_CHOICES, LatentsSweep, Scoring, grid, run_sweep, write_sweep_report
 
 
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
             table = fashion_sweep(args, variants)
         else:
             table = latents_sweep(args, variants)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:

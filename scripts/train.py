@@ -4,6 +4,8 @@
     python scripts/train.py --config configs/sfd/lightningdit_xl/train.yaml [section.key=value ...] [--dry-run]
     torchrun --nproc_per_node 8 scripts/train.py --config ...        (or ./run_train.sh CONFIG, which does this)
 
+Options and section.key=value overrides may come in any order; of two overrides of one key the later wins.
+
 The run folder is {train.output_dir}/{train.exp_name}: config.yaml (resolved), log.jsonl, tensorboard/ and
 checkpoints/{step:07d}.pt. Rerunning the same command resumes from the latest checkpoint, data order and random
 draws included; the result does not depend on the number of processes sharing train.global_batch_size.
@@ -13,22 +15,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Sequence
 
 import yaml
 
 from sfd import distributed
+from sfd.cli import add_overrides_argument, parse_with_overrides
 from sfd.config import ConfigError, config_to_dict, load_config
+from sfd.files import WriteError
 from sfd.train import Trainer, TrainingError
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="SFD YAML (official layout)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    add_overrides_argument(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
-    return parser.parse_args(argv)
+    return parse_with_overrides(parser, argv)
 
 
 def main(argv=None) -> int:
@@ -52,7 +57,7 @@ def main(argv=None) -> int:
         last = trainer.run(progress=not args.no_progress)
         if topology.is_main and last:
             print("done: step {} loss {:.5f}".format(trainer.step, last["loss"]), flush=True)
-    except (TrainingError, FileNotFoundError, KeyError, ValueError) as error:
+    except (TrainingError, FileNotFoundError, KeyError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 3 if isinstance(error, TrainingError) else 2
     finally:

@@ -15,8 +15,8 @@ import sys
 
 from sfd.checkpoint import CheckpointError
 from sfd.config import ConfigError
+from sfd.files import WriteError
 from sfd.tokenizers.semvae_train import DataError, load_train_config, train
-
 
 EPILOG = """\
 features (data.feature_dir, training.evaluation.feature_dir):
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_train_config(args.config, args.overrides)
         result = train(config, device=args.device, stop_after=args.stop_after, progress=not args.no_progress)
-    except (ConfigError, DataError, CheckpointError) as error:
+    except (ConfigError, DataError, CheckpointError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     where = result.final or result.checkpoint

@@ -58,21 +58,26 @@ def check_guide(config: SFDConfig, guide_config: SFDConfig, guide_path: str | Pa
                              "must use the same latents and time split")
 
 
+def guide_checkpoint(config: SFDConfig, config_path: str | Path, iteration_k: Optional[int] = None) -> Optional[Path]:
+    """The weights file of the AutoGuidance guide (None when AutoGuidance is off): the ``ckpt_path`` of the YAML named
+    by ``sample.autoguidance_config``, or the checkpoint of the same run at ``iteration_k`` thousand steps (the
+    release's ``--autoguidance_ckpt_iter``)."""
+    if not config.sample.autoguidance:
+        return None
+    guide_path = resolve_path(config.sample.autoguidance_config, config_path)
+    ckpt = resolve_path(load_config(guide_path).ckpt_path, guide_path)
+    return guide_checkpoint_for_iteration(ckpt, iteration_k) if iteration_k is not None else ckpt
+
+
 def load_guide(
     config: SFDConfig, config_path: str | Path, device: str | torch.device = "cpu",
     iteration_k: Optional[int] = None,
 ) -> Optional[LightningDiT]:
-    """The AutoGuidance model named by ``sample.autoguidance_config`` (None when AutoGuidance is off). The guide is
-    built from its own YAML and loads the weights of that YAML's ``ckpt_path``, or of the checkpoint of the same
-    run at ``iteration_k`` thousand steps (the release's ``--autoguidance_ckpt_iter``). It must match the main
-    model (:func:`check_guide`)."""
+    """The AutoGuidance model named by ``sample.autoguidance_config`` (None when AutoGuidance is off), built from its
+    own YAML with the weights of :func:`guide_checkpoint`. It must match the main model (:func:`check_guide`)."""
     if not config.sample.autoguidance:
         return None
     guide_path = resolve_path(config.sample.autoguidance_config, config_path)
-    guide_config = load_config(guide_path)
-    check_guide(config, guide_config, guide_path)
-    ckpt = resolve_path(guide_config.ckpt_path, guide_path)
-    if iteration_k is not None:
-        ckpt = guide_checkpoint_for_iteration(ckpt, iteration_k)
-    guide, _ = load_model(guide_path, ckpt_path=ckpt, device=device)
+    check_guide(config, load_config(guide_path), guide_path)
+    guide, _ = load_model(guide_path, ckpt_path=guide_checkpoint(config, config_path, iteration_k), device=device)
     return guide

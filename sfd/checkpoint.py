@@ -3,13 +3,14 @@
 Released SFD files are ``torch.save`` dicts with ``ema`` (used for inference), ``model``, and possibly ``opt`` and a
 pickled OmegaConf ``config`` (docs/method.md §4.8). Weights are read with ``weights_only=True``; the OmegaConf
 classes such a ``config`` entry needs are allow-listed, nothing else is. ``.safetensors`` files hold a bare state
-dict. A mismatch is reported by key, with shapes.
+dict. A mismatch is reported by key, with shapes; a file that is missing, truncated, not a checkpoint or lacks a
+required entry is reported in one line naming it (CheckpointError).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -34,21 +35,48 @@ def _omegaconf_globals() -> list:
             collections.defaultdict, *node_types]
 
 
-def read_file(path: str | Path) -> Mapping[str, Any]:
-    """Load a checkpoint file (``.pt``/``.pth``/``.ckpt`` with ``weights_only=True``, or ``.safetensors``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+def describe_read_error(error: BaseException) -> str:
+    """The gist of a reader's error in one short line. Library messages span lines and paragraphs; torch's
+    weights-only refusals open with advice to disable the check, so only the unpickler's own verdict is kept."""
+    text = str(error).replace("\x1b[1m", "").replace("\x1b[0m", "")
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__
+
+
+def _load_payload(path: Path) -> Any:
+    """The file's contents: safetensors tensors, or a ``weights_only`` torch.load on CPU."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as error:  # SafetensorError on truncated or foreign files (its header is checked first)
+            reason = describe_read_error(error)
+            raise CheckpointError(f"{path}: cannot be read as a safetensors file ({reason})") from None
     try:
         with torch.serialization.safe_globals(_omegaconf_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError or others on foreign files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = describe_read_error(error)
         raise CheckpointError(f"{path}: cannot be read as a weights-only checkpoint ({reason})") from None
+
+
+def read_file(path: str | Path, *, required: Sequence[str] = ()) -> Mapping[str, Any]:
+    """Load a checkpoint file (``.pt``/``.pth``/``.ckpt`` with ``weights_only=True``, or ``.safetensors``) as a
+    dict, on CPU. ``required`` entries (e.g. a training checkpoint's ``model``, ``ema``, ``opt``, ``step``) must be
+    present. Any problem raises CheckpointError with a one-line message naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    payload = _load_payload(path)
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(payload).__name__}, not a dict of weights")
+    missing = [key for key in required if key not in payload]
+    if missing:
+        present = ", ".join(map(str, list(payload)[:12])) + (" ..." if len(payload) > 12 else "")
+        raise CheckpointError(f"{path}: missing {', '.join(map(repr, missing))} (has {present or 'nothing'})")
+    return payload
 
 
 def extract_state_dict(payload: Mapping[str, Any], path: str | Path, prefer: str = "ema") -> dict[str, torch.Tensor]:
@@ -99,7 +127,8 @@ def load_weights(model: nn.Module, path: str | Path, prefer: str = "ema", strict
 
 
 def atomic_save(payload: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file, and a
+    full disk or a refused write raises :class:`sfd.files.WriteError` naming ``path``."""
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":

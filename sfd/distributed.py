@@ -48,3 +48,13 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broadcast_from_main(value):
+    """The main process's ``value`` on every process (a small picklable object: a decision, a message), so that a
+    check only the main process can make — e.g. taking a lock — ends the same way everywhere."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -23,6 +23,7 @@ from sfd.data.shards import LATENT_KEYS, save_shard, shard_name
 from sfd.rng import derive_seed
 from sfd.tokenizers.dinov2 import PatchFeatureEncoder, extraction_preprocess, semvae_training_transform, tokens_to_map
 
+
 def shards_of_rank(num_items: int, shard_size: int, rank: int, world_size: int) -> list[range]:
     """Image index ranges of the shards process ``rank`` writes (shard k goes to process k mod W)."""
     num_shards = math.ceil(num_items / shard_size)

@@ -8,14 +8,18 @@ solver (dopri5) shares one step size per batch, which makes the batch size part 
 Exactly fid_num images are generated (the release rounds up to a multiple of n·W and fills with random labels).
 
 Each PNG is written under a temporary name and renamed; a rerun regenerates only the batches with a missing image.
-At the end the main process packs the images and labels into ``{folder}.npz`` (arr_0 uint8 NHWC, arr_1 labels).
+The folder's ``settings.json`` records every setting that changes its images (:func:`image_settings`); a rerun with
+other settings is refused instead of mixing two sets. At the end the main process packs the images the folder holds
+and their labels into ``{folder}.npz`` (arr_0 uint8 NHWC, arr_1 labels).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +28,9 @@ from torch import nn
 from sfd import distributed, rng
 from sfd.config import SFDConfig
 from sfd.data.latents import load_stats
+from sfd.files import remove_stale_temporaries, write_json_atomic
 from sfd.guidance import guidance_on, guidance_scales
+from sfd.runlock import lock_run_folder
 from sfd.samplers import SamplingPlan
 from sfd.visualize import save_png
 
@@ -87,7 +93,8 @@ class LatentDecoder:
         self.texture_chans = config.model.in_chans - config.model.semantic_chans
         self.multiplier = config.data.latent_multiplier
         if config.data.latent_norm:
-            mean, std = load_stats(config.data.data_path, "latents")
+            mean, std = load_stats(config.data.data_path, "latents", channels=self.texture_chans,
+                                   channels_of="the model's texture part (model.in_chans - model.semantic_chans)")
         else:
             mean, std = torch.zeros(1, self.texture_chans, 1, 1), torch.ones(1, self.texture_chans, 1, 1)
         self.mean, self.std = mean.to(device), std.to(device)
@@ -167,6 +174,86 @@ def generate_folder(
     return done
 
 
+SETTINGS_NAME = "settings.json"  # a sample folder's manifest
+
+
+class SampleFolderError(ValueError):
+    """A sample folder that holds images of other (or unknown) settings; the message names the differences."""
+
+
+def image_settings(sampler: ImageSampler, plan: LabelPlan, batch_size: int,
+                   provenance: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Every setting that changes a sample folder's images or their labels, as flat ``name: value`` pairs: the
+    folder's manifest. ``provenance`` adds what only the caller knows (checkpoint files, matmul precision). The
+    batch size and tolerances count only for an adaptive solver, whose step sizes are shared by a batch; the sample
+    count only for balanced labels, whose class of sample i depends on it."""
+    config, sampling = sampler.config, sampler.plan
+    settings: dict[str, Any] = {
+        "seed": sampler.seed, "model.model_type": config.model.model_type, **dict(provenance or {}),
+        "sampler.method": sampling.method, "sampler.sde": sampling.sde, "sampler.num_steps": sampling.num_steps,
+        "sampler.shift": sampling.shift, "time_split.delta_t": sampling.split.delta_t,
+        "time_split.semantic_chans": sampling.split.semantic_chans,
+        "labels.num_classes": plan.num_classes, "labels.balanced": plan.balanced, "labels.fixed": plan.fixed,
+        "labels.seed": plan.seed,
+        "decoder.latent_stats": config.data.data_path if config.data.latent_norm else None,
+        "decoder.latent_multiplier": config.data.latent_multiplier,
+        "decoder.texture_vae": config.vae.config_path,
+    }
+    guidance = sampling.guidance
+    if guidance is not None:
+        settings.update({"guidance.scale_tex": guidance.scale_tex, "guidance.scale_sem": guidance.scale_sem,
+                         "guidance.interval_start": guidance.interval_start,
+                         "guidance.interval_mode": guidance.interval_mode,
+                         "guidance.autoguidance": guidance.guide is not None})
+    if sampling.sde:
+        settings.update({"sampler.diffusion_form": sampling.diffusion_form,
+                         "sampler.diffusion_norm": sampling.diffusion_norm})
+    if sampling.batch_coupled:
+        settings.update({"sampler.rtol": sampling.rtol, "sampler.atol": sampling.atol, "batch_size": batch_size})
+    if plan.balanced and plan.fixed is None:
+        settings["labels.num_samples"] = plan.num_samples
+    return settings
+
+
+def check_folder_settings(folder: Path, settings: Mapping[str, Any]) -> None:
+    """Refuse a folder whose manifest names other settings, or that holds PNGs without one (their settings are
+    unknown): its images and the labels packed for ``settings`` would not describe each other."""
+    path = folder / SETTINGS_NAME
+    remedy = "choose another output folder (--output-dir) or delete this one"
+    if not path.exists():
+        if folder.is_dir() and any(folder.glob("[0-9]*.png")):
+            raise SampleFolderError(f"{folder}: holds PNGs but no {SETTINGS_NAME}, so the settings they were made "
+                                    f"with are unknown; {remedy}")
+        return
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise SampleFolderError(f"{path}: unreadable sample-folder manifest ({error}); {remedy}") from None
+    differing = [key for key in dict.fromkeys([*stored, *settings]) if stored.get(key) != settings.get(key)]
+    if differing:
+        shown = "; ".join(f"{key}: {stored.get(key)!r} there, {settings.get(key)!r} now" for key in differing[:4])
+        more = f"; and {len(differing) - 4} more" if len(differing) > 4 else ""
+        raise SampleFolderError(f"{folder}: holds samples made with other settings ({shown}{more}); {remedy}")
+
+
+def pack_folder(folder: Path, plan: LabelPlan) -> Path:
+    """``{folder}.npz`` from the images the folder holds, 000000.png … in index order, with the labels the plan
+    gives those indices; a missing image is an error, not a shorter set."""
+    from sfd.evaluation.npz import read_png, save_sample_npz
+
+    files = [folder / f"{i:06d}.png" for i in range(plan.num_samples)]
+    missing = [file.name for file in files if not file.exists()]
+    if missing:
+        raise SampleFolderError(f"{folder}: {len(missing)} of its {plan.num_samples} images are missing "
+                                f"(first {missing[0]}); rerun to complete it")
+    first = read_png(files[0])
+    images = np.stack([first, *(read_png(file, first.shape, files[0]) for file in files[1:])])
+    npz = folder.parent / f"{folder.name}.npz"  # not with_suffix: folder names hold dots (dt0.3, cfg1.50)
+    return save_sample_npz(npz, images, plan.labels(range(plan.num_samples)).numpy())
+
+
 def write_fid_set(
     sampler: ImageSampler,
     plan: LabelPlan,
@@ -175,20 +262,32 @@ def write_fid_set(
     batch_size: int,
     topology: distributed.Topology = distributed.Topology(),
     progress: Callable[[int], None] = lambda n: None,
+    provenance: Optional[Mapping[str, Any]] = None,
 ) -> Path:
-    """The FID-set recipe: every process writes its missing PNGs into ``folder``, then the main process packs the
-    first ``plan.num_samples`` images and their labels into ``{folder}.npz`` (arr_0 uint8 NHWC, arr_1 labels),
-    written atomically. Returns the .npz path (on every process, once it exists)."""
-    from sfd.evaluation.npz import load_images, save_sample_npz
-
-    generate_folder(sampler, plan, folder, batch_size=batch_size, rank=topology.rank,
-                    world_size=topology.world_size, progress=progress)
-    distributed.barrier()
-    npz = folder.parent / f"{folder.name}.npz"  # not with_suffix: folder names hold dots (dt0.3, cfg1.50)
-    if topology.is_main:
-        images = load_images(folder)[: plan.num_samples]
-        save_sample_npz(npz, images, plan.labels(range(plan.num_samples)).numpy())
-    distributed.barrier()
+    """The FID-set recipe: own the folder (:mod:`sfd.runlock`), check or write its manifest (:func:`image_settings`,
+    ``settings.json``), let every process write its missing PNGs, then the main process packs the first
+    ``plan.num_samples`` images and their labels into ``{folder}.npz`` (arr_0 uint8 NHWC, arr_1 labels), written
+    atomically. Returns the .npz path (on every process, once it exists)."""
+    settings = image_settings(sampler, plan, batch_size, provenance)
+    check_folder_settings(folder, settings)  # every process reads the same file: all refuse together
+    lock = lock_run_folder(folder, topology.is_main)
+    try:
+        if topology.is_main:
+            if lock.note:
+                print(f"warning: {folder}: {lock.note}", file=sys.stderr, flush=True)
+            remove_stale_temporaries(folder, older_than_s=0)  # PNGs half-written by a killed run (we hold the lock)
+            if not (folder / SETTINGS_NAME).exists():
+                write_json_atomic(folder / SETTINGS_NAME, settings)
+        distributed.barrier()
+        generate_folder(sampler, plan, folder, batch_size=batch_size, rank=topology.rank,
+                        world_size=topology.world_size, progress=progress)
+        distributed.barrier()
+        npz = folder.parent / f"{folder.name}.npz"
+        if topology.is_main:
+            pack_folder(folder, plan)
+        distributed.barrier()
+    finally:
+        lock.release()
     return npz
 
 

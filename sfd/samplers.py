@@ -23,6 +23,8 @@ from sfd.config import SFDConfig
 from sfd.guidance import Guidance, guided_velocity
 from sfd.schedule import TimeSplit
 
+FIXED_GRID_METHODS = ("euler", "heun")  # this module's explicit loops; every other method is torchdiffeq's
+
 Drift = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (τ [B], x) -> dx/dτ
 
 # SDE diffusion coefficients w(t) on the linear path (the release's `compute_diffusion`). "SBDM" (w = (1−t)/t) is
@@ -188,6 +190,12 @@ class SamplingPlan:
     sde: bool
     diffusion_form: str
     diffusion_norm: float
+
+    @property
+    def batch_coupled(self) -> bool:
+        """Whether a sample depends on its batch-mates: an adaptive solver (dopri5, ...) picks one step size for the
+        whole batch; the fixed grids (Euler, Heun, Euler–Maruyama) step every row alike."""
+        return not self.sde and self.method not in FIXED_GRID_METHODS
 
     @classmethod
     def from_config(cls, config: SFDConfig, guide: Optional[nn.Module] = None) -> "SamplingPlan":

@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 import torch
 
 from sfd.files import write_text_atomic
+from sfd.samplers import FIXED_GRID_METHODS
 
 SEMANTIC_SOURCES = ("none", "semvae", "pca")
-FIXED_GRID_METHODS = ("euler", "heun")  # sfd.samplers' explicit loops
 VARIANT_FIELDS = ("semantics", "repa", "delta_t", "semantic_weight", "repeat")
 SCORING_FIELDS = ("sampler", "conditioning")
 # Metrics a backend may report, in table order, with the direction that is better.
@@ -499,14 +499,16 @@ class LatentsSweep:
         if npz.exists():
             return npz, float("nan")
         model = build_model(config)
-        load_weights(model, self.output_dir / "runs" / variant.name / "checkpoints" / f"{step:07d}.pt", prefer="ema")
+        checkpoint = self.output_dir / "runs" / variant.name / "checkpoints" / f"{step:07d}.pt"
+        load_weights(model, checkpoint, prefer="ema")
         vae = load_texture_vae(resolve_path(config.vae.config_path, self.config_path), device=self.device)
         seed = self.seed + variant.repeat
         sampler = ImageSampler(model.to(self.device).eval(), config, LatentDecoder(vae, config, self.device),
                                device=self.device, seed=seed)
         plan = LabelPlan(self.samples, config.data.num_classes, balanced=config.sample.balanced_sampling, seed=seed,
                          fixed=None if scoring.conditional else config.data.num_classes)
-        write_fid_set(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size, topology=self.topology)
+        write_fid_set(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size, topology=self.topology,
+                      provenance={"checkpoint": str(checkpoint), "device": self.device.type})
         return npz, sampler.mean_nfe
 
     def feature_network(self):

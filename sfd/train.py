@@ -18,11 +18,12 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -31,10 +32,12 @@ from torch.utils.data import DataLoader, Sampler
 
 from sfd import distributed, rng
 from sfd.build import build_model
-from sfd.checkpoint import atomic_save, explain_mismatch, extract_state_dict, read_file
+from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, extract_state_dict, read_file
 from sfd.config import SFDConfig, config_to_dict, save_config
 from sfd.data.latents import InMemoryLatents, LatentShardDataset, collate_latents
+from sfd.files import remove_stale_temporaries
 from sfd.loss import FlowMatchingLoss
+from sfd.runlock import lock_run_folder
 
 CHECKPOINT_NAME = re.compile(r"^(\d+)\.pt$")
 
@@ -87,10 +90,16 @@ class StepBatchSampler(Sampler):
         return max(0, self.max_steps - self.start_step)
 
 
+def checkpoints_newest_first(folder: Path) -> list[Path]:
+    """The run's checkpoints ({step:07d}.pt), highest step first."""
+    steps = [(int(m.group(1)), p) for p in folder.glob("*.pt") if (m := CHECKPOINT_NAME.match(p.name))]
+    return [path for _, path in sorted(steps, reverse=True)]
+
+
 def latest_checkpoint(folder: Path) -> Optional[Path]:
     """The checkpoint with the highest step (by name, {step:07d}.pt), or None."""
-    steps = [(int(m.group(1)), p) for p in folder.glob("*.pt") if (m := CHECKPOINT_NAME.match(p.name))]
-    return max(steps)[1] if steps else None
+    found = checkpoints_newest_first(folder)
+    return found[0] if found else None
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -130,6 +139,7 @@ class Trainer:
         self.loss = FlowMatchingLoss.from_config(config)
         self.dataset = self._dataset(config.data.data_path, flip_prob=0.5) if with_data else None
         self.step, self.images_seen = 0, 0
+        self.skipped_checkpoints: list[str] = []  # why newer checkpoints could not resume this run
         resumed = self._resume() if with_data else None
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None) if self.topology.world_size > 1 else self.model)
@@ -145,7 +155,7 @@ class Trainer:
                                      latent_multiplier=data.latent_multiplier, semantic=model.semantic_chans > 0,
                                      with_dino=model.use_repa, flip_prob=flip_prob, seed=self.config.train.global_seed,
                                      stats_dir=data.data_path)
-        channels = dataset[0].latent.shape[0]
+        channels = dataset.channels  # from the shards' headers
         if channels != model.in_chans:
             raise TrainingError(f"{path}: shards give {channels}-channel latents, model.in_chans is {model.in_chans}")
         if model.use_repa and not dataset.with_dino:
@@ -160,21 +170,53 @@ class Trainer:
         self.model.load_state_dict(state)
 
     def _resume(self) -> Optional[Path]:
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
+        """Continue from the newest checkpoint that reads and fits this run; an unreadable or mismatched newer one
+        is reported (``skipped_checkpoints``, one line each on the main process) and passed over. Retraining from
+        an older checkpoint ends where an uninterrupted run would: every draw is a function of the step."""
+        candidates = checkpoints_newest_first(self.checkpoint_dir)
+        if not candidates:
             return None
         if self.config.train.resume is False:
             raise TrainingError(f"train.resume is false but {self.checkpoint_dir} holds checkpoints (latest "
-                                f"{path.name}): choose another train.exp_name, delete them, or drop train.resume to "
-                                "continue the run")
-        payload = torch.load(path, map_location=self.device, weights_only=True)
+                                f"{candidates[0].name}): choose another train.exp_name, delete them, or drop "
+                                "train.resume to continue the run")
+        for path in candidates:
+            try:
+                self._load_training_state(path)
+            except CheckpointError as error:
+                self.skipped_checkpoints.append(str(error))
+                if self.topology.is_main:
+                    print(f"warning: skipping checkpoint: {error}", file=sys.stderr, flush=True)
+                continue
+            if self.skipped_checkpoints and self.topology.is_main:
+                print(f"warning: resuming from the older checkpoint {path}", file=sys.stderr, flush=True)
+            return path
+        raise TrainingError(f"{self.checkpoint_dir}: none of its {len(candidates)} checkpoint(s) can resume this run "
+                            f"(newest: {self.skipped_checkpoints[0]}); move them away to start afresh")
+
+    def _load_training_state(self, path: Path) -> None:
+        """Model, EMA, optimizer, scaler and counters from one of this run's checkpoints (weights-only read); every
+        part is checked before any is loaded, so a rejected file leaves the trainer as it was."""
+        payload = read_file(path, required=("model", "ema", "opt", "step", "images_seen"))
+        for key in ("model", "ema", "opt"):
+            if not isinstance(payload[key], Mapping):
+                raise CheckpointError(f"{path}: its '{key}' entry is a {type(payload[key]).__name__}, not a state dict")
+        for key, module in (("model", self.model), ("ema", self.ema)):
+            problems = explain_mismatch(module, payload[key])
+            if problems:
+                raise CheckpointError(f"{path}: its '{key}' weights do not fit this model: " + "; ".join(problems[:3])
+                                      + (f"; … {len(problems) - 3} more" if len(problems) > 3 else ""))
+        saved_groups = [len(group["params"]) for group in payload["opt"].get("param_groups", [])]
+        groups = [len(group["params"]) for group in self.optimizer.param_groups]
+        if saved_groups != groups:
+            raise CheckpointError(f"{path}: its optimizer state has parameter groups of sizes {saved_groups}, this "
+                                  f"run's are {groups}")
         self.model.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["opt"])
         if "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
         self.step, self.images_seen = int(payload["step"]), int(payload["images_seen"])
-        return path
 
     # -- one step ----------------------------------------------------------------------------------------------
 
@@ -292,9 +334,19 @@ class Trainer:
         """Train to ``train.max_steps`` from the current step; returns the last step's loss terms."""
         if self.dataset is None:
             raise TrainingError("this trainer was built with_data=False; it can only take train_step calls")
+        lock = lock_run_folder(self.run_dir, self.topology.is_main)  # one run per folder (sfd/runlock.py)
+        try:
+            return self._run(progress, final_checkpoint, lock.note)
+        finally:
+            lock.release()
+
+    def _run(self, progress: bool, final_checkpoint: bool, lock_note: Optional[str]) -> dict:
         train = self.config.train
         if self.topology.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if lock_note:
+                print(f"warning: {self.run_dir}: {lock_note}", file=sys.stderr, flush=True)
+            remove_stale_temporaries(self.run_dir, older_than_s=0)  # a killed run's; the lock says no writer lives
+            remove_stale_temporaries(self.checkpoint_dir, older_than_s=0)
             save_config(self.config, self.run_dir / "config.yaml")
         distributed.barrier()
         self.writer = self._open_writer()

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from sfd.data.images import center_crop_arr, list_image_folder, read_file_list
 from sfd.data.latents import LatentShardDataset, collate_latents
-from sfd.data.shards import LATENT_KEYS, compute_stats
+from sfd.data.shards import LATENT_KEYS, ShardError, compute_stats
 from sfd.extract import shards_of_rank
 from sfd.tokenizers.semvae import SemanticVAE, SemVAEArgs
 from tests.conftest import DATA
@@ -155,7 +155,7 @@ def test_bad_shards_are_named(tmp_path, workspace):
 
     save_file({"latents": torch.zeros(2, 32, 4, 4), "latents_flip": torch.zeros(2, 32, 4, 4),
                "labels": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "latents_shard000000.safetensors"))
-    with pytest.raises(KeyError, match=r"latents_shard000000.safetensors: shard has no 'latents_sv'"):
+    with pytest.raises(ShardError, match=r"latents_shard000000.safetensors: shard has no 'latents_sv'"):
         open_latents(tmp_path, latent_norm=False, latent_sv_norm=False)
     save_file({"latents": torch.zeros(2, 32, 4, 4), "latents_flip": torch.zeros(3, 32, 4, 4),
                "labels": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "latents_shard000000.safetensors"))

@@ -1,5 +1,6 @@
 """Generation: labels, seeds, folder names; end to end with 2 processes, resume, npz, demo grid."""
 
+import json
 import os
 import subprocess
 import sys
@@ -88,15 +89,16 @@ def test_two_processes_resume_npz_and_evaluation(stats_dir, tmp_path, capsys):
     # two processes, with an interrupted folder: images 1 and 4 missing, a stale temporary file present
     two = tmp_path / "two" / "run" / name
     two.mkdir(parents=True)
-    for index in (0, 2, 3):
-        (two / f"{index:06d}.png").write_bytes((one / f"{index:06d}.png").read_bytes())
-    (two / ".000004.999.tmp.png").write_bytes(b"half")
+    for name_of_file in ("000000.png", "000002.png", "000003.png", "settings.json"):
+        (two / name_of_file).write_bytes((one / name_of_file).read_bytes())
+    stale = two / ".000004.png.otherhost.999.0123abcd.tmp"
+    stale.write_bytes(b"half")
     result = run(["bash", "run_inference.sh", config, "--no-progress", *overrides(stats_dir, tmp_path / "two")],
                  {"GPUS_PER_NODE": "2"})
     assert "5 samples" in result.stdout
     for index in range(5):
         assert (two / f"{index:06d}.png").read_bytes() == (one / f"{index:06d}.png").read_bytes(), index
-    assert sorted(p.name for p in two.glob("[!.]*.png")) == files  # the stale temporary file is not an image
+    assert sorted(p.name for p in two.glob("*.png")) == files and not stale.exists()  # the leftover is removed
 
     # the packed samples go straight into the evaluator (a small random feature network stands in for Inception)
     from sfd.evaluation import adm
@@ -190,3 +192,68 @@ def test_bench_sample_runs(capsys):
                               "--device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert "| euler-3 | cfg | 2 |" in table and "| heun-3 | none | 4 |" in table
+
+
+def folder_sampler(model, config, seed=0):
+    """An ImageSampler whose 'decoder' turns three latent channels into a small RGB image (no VAE needed)."""
+    from sfd.generate import ImageSampler
+
+    def decode(latents):
+        return ((latents[:, :3].clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+    return ImageSampler(model, config, decode, seed=seed)
+
+
+def test_a_sample_folder_belongs_to_one_set_of_settings(sfd_tiny, tmp_path):
+    from sfd.generate import SampleFolderError, write_fid_set
+
+    model, _ = sfd_tiny
+    euler = sfd.load_config(DATA / "sfd_tiny.yaml", ["sample.sampling_method=euler", "sample.num_sampling_steps=2"])
+    plan = LabelPlan(4, 1000, seed=0)
+    folder = tmp_path / "samples"
+    npz = write_fid_set(folder_sampler(model, euler), plan, folder, batch_size=2, provenance={"checkpoint": "a.pt"})
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["seed"] == 0 and settings["checkpoint"] == "a.pt" and "batch_size" not in settings
+    packed = np.load(npz)
+    assert packed["arr_1"].tolist() == plan.labels(range(4)).tolist()
+    assert all(np.array_equal(packed["arr_0"][i], np.asarray(Image.open(folder / f"{i:06d}.png"))) for i in range(4))
+
+    # the same settings: nothing to do; another batch size with a fixed-grid solver: the same images
+    write_fid_set(folder_sampler(model, euler), plan, folder, batch_size=3, provenance={"checkpoint": "a.pt"})
+    # the seed-7 rerun into the seed-0 folder refuses, naming the difference, and the npz is left as it was
+    with pytest.raises(SampleFolderError, match=r"other settings \(seed: 0 there, 7 now; labels.seed: 0 there, 7 now"):
+        write_fid_set(folder_sampler(model, euler, seed=7), LabelPlan(4, 1000, seed=7), folder, batch_size=2,
+                      provenance={"checkpoint": "a.pt"})
+    with pytest.raises(SampleFolderError, match="checkpoint: 'a.pt' there, 'b.pt' now"):
+        write_fid_set(folder_sampler(model, euler), plan, folder, batch_size=2, provenance={"checkpoint": "b.pt"})
+    assert np.load(npz)["arr_1"].tolist() == packed["arr_1"].tolist()
+
+    # an adaptive solver shares its step sizes within a batch: its batch size and tolerances are settings
+    dopri5 = sfd.load_config(DATA / "sfd_tiny.yaml", ["sample.sampling_method=dopri5"])
+    adaptive = tmp_path / "adaptive"
+    write_fid_set(folder_sampler(model, dopri5), LabelPlan(2, 1000), adaptive, batch_size=2)
+    with pytest.raises(SampleFolderError, match="batch_size: 2 there, 1 now"):
+        write_fid_set(folder_sampler(model, dopri5), LabelPlan(2, 1000), adaptive, batch_size=1)
+
+    # PNGs without a manifest have unknown settings; a folder missing an image is not packed short
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "000000.png").write_bytes((folder / "000000.png").read_bytes())
+    with pytest.raises(SampleFolderError, match="holds PNGs but no settings.json"):
+        write_fid_set(folder_sampler(model, euler), plan, tmp_path / "old", batch_size=2)
+    from sfd.generate import pack_folder
+
+    (folder / "000002.png").unlink()
+    with pytest.raises(SampleFolderError, match="1 of its 4 images are missing \\(first 000002.png\\)"):
+        pack_folder(folder, plan)
+
+
+def test_sample_py_refuses_a_rerun_with_another_seed(stats_dir, tmp_path):
+    config = str(DATA / "sfd_tiny.yaml")
+    settings = [*overrides(stats_dir, tmp_path), "sample.fid_num=2", "sample.autoguidance=false"]
+    run([sys.executable, "scripts/sample.py", "--config", config, "--no-progress", *settings])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "scripts/sample.py", "--config", config, "--no-progress", "--seed", "7",
+                             *settings], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "seed: 0 there, 7 now" in result.stderr
+    assert "Traceback" not in result.stderr

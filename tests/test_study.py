@@ -6,8 +6,16 @@ from dataclasses import replace
 
 import pytest
 
-from sfd.demo.study import (StudySettings, compare, convergence_lines, delta_t_verdict, speedup_verdict,
-                            steps_to_reach, table1_verdict, verdicts)
+from sfd.demo.study import (
+    StudySettings,
+    compare,
+    convergence_lines,
+    delta_t_verdict,
+    speedup_verdict,
+    steps_to_reach,
+    table1_verdict,
+    verdicts,
+)
 from sfd.sweep import Scoring, Variant, summarise
 
 MAIN = Scoring()

@@ -9,8 +9,18 @@ import pytest
 from sfd.config import load_config
 from sfd.data.synthetic import write_synthetic_shards
 from sfd.demo.pipeline import base_model
-from sfd.sweep import (LatentsSweep, Scoring, Variant, evaluation_steps, findings, grid, latent_channels,
-                       run_sweep, summarise, write_sweep_report)
+from sfd.sweep import (
+    LatentsSweep,
+    Scoring,
+    Variant,
+    evaluation_steps,
+    findings,
+    grid,
+    latent_channels,
+    run_sweep,
+    summarise,
+    write_sweep_report,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

@@ -1,6 +1,8 @@
 """The trainer on CPU: process-count independence, exact resume, learning, NaN stop, the launcher."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +196,73 @@ def test_in_memory_data_path_trains_identically(data, tmp_path):
         assert torch.equal(got, want)
     with pytest.raises(IndexError, match="out of range for 32 latents"):
         memory.batch([(32, 0)])
+
+
+class Evil:
+    """A pickle that would run a command when loaded by an unsafe reader."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def corrupt(path: Path, kind: str, data) -> None:
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "random":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "other model":  # a checkpoint of the texture-only baseline: other keys and shapes
+        other = Trainer(tiny_config(data, path.parent / "other", config="configs/tiny/baseline_tiny.yaml"))
+        torch.save({"model": other.model.state_dict(), "ema": other.ema.state_dict(),
+                    "opt": other.optimizer.state_dict(), "step": 6, "images_seen": 48}, path)
+    elif kind == "malicious":
+        torch.save({"model": Evil()}, path)
+    else:
+        torch.save({"weights": {}}, path)  # readable, but not a training checkpoint
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "other model", "malicious", "foreign"])
+def test_a_bad_latest_checkpoint_falls_back_to_the_previous_one(data, tmp_path, kind, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Trainer(tiny_config(data, tmp_path)).run(progress=False)
+    latest = tmp_path / "run" / "checkpoints" / "0000006.pt"
+    corrupt(latest, kind, data)
+    trainer = Trainer(tiny_config(data, tmp_path))
+    assert trainer.step == 3 and trainer.resumed_from.name == "0000003.pt"
+    assert len(trainer.skipped_checkpoints) == 1 and str(latest) in trainer.skipped_checkpoints[0]
+    assert "\n" not in trainer.skipped_checkpoints[0]
+    err = capsys.readouterr().err
+    assert f"warning: skipping checkpoint: {latest}" in err and "resuming from the older checkpoint" in err
+    assert not (tmp_path / "pwned").exists()
+    if kind == "truncated":  # retraining from step 3 ends where the uninterrupted run ended
+        straight = tmp_path / "straight"
+        Trainer(tiny_config(data, straight)).run(progress=False)
+        trainer.run(progress=False)
+        a, b = final_state(straight), final_state(tmp_path)
+        for part in ("model", "ema"):
+            assert all(torch.equal(a[part][key], b[part][key]) for key in a[part]), part
+
+
+def test_no_usable_checkpoint_stops_with_one_line(data, tmp_path):
+    Trainer(tiny_config(data, tmp_path, "train.max_steps=3")).run(progress=False)
+    (tmp_path / "run" / "checkpoints" / "0000003.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match=r"none of its 1 checkpoint\(s\) can resume this run \(newest: .*0000003"):
+        Trainer(tiny_config(data, tmp_path, "train.max_steps=3"))
+
+
+def test_a_second_trainer_on_a_locked_run_folder_refuses(data, tmp_path):
+    from sfd.runlock import LOCK_NAME, RunFolderBusy
+
+    owner = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / LOCK_NAME).write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname(),
+                                                               "started": 0}))
+        with pytest.raises(RunFolderBusy, match=f"in use by pid {owner.pid}"):
+            Trainer(tiny_config(data, tmp_path)).run(progress=False)
+        assert not (tmp_path / "run" / "checkpoints").exists()  # refused before writing anything
+    finally:
+        owner.kill()
+        owner.wait()
+    trainer = Trainer(tiny_config(data, tmp_path, "train.max_steps=3"))  # the owner is gone: the lock is stale
+    trainer.run(progress=False)
+    assert trainer.step == 3 and not (tmp_path / "run" / LOCK_NAME).exists()

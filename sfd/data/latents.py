@@ -4,6 +4,10 @@ Per item (docs/method.md §2.3; docs/formats.md §3): pick the unflipped or the 
 choice for texture, semantics and DINOv2 features), standardise texture and semantic latents with their own
 per-channel statistics, concatenate texture first and multiply by ``latent_multiplier``. The flip is drawn from a
 generator seeded by (seed, epoch, index), so an epoch's data is reproducible whatever the worker layout.
+
+Opening a folder reads every shard's header (not its tensors) and the statistics files, and checks them against
+each other before any item is read: a truncated shard, a missing key, shards of two kinds, or statistics of another
+channel count raise a one-line :class:`sfd.data.shards.ShardError` naming the file.
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
-from sfd.data.shards import STATS_FILES, shard_files
+from sfd.data.shards import (
+    STATS_FILES,
+    ShardError,
+    check_latent_shard,
+    check_shards_agree,
+    read_shard_header,
+    read_stats,
+    shard_files,
+)
 from sfd.rng import derive_seed
 
 
@@ -27,17 +39,21 @@ class LatentItem:
     dino: Optional[torch.Tensor]  # [D, H, W] float32, unnormalised (None when the shards have no features)
 
 
-def load_stats(data_dir: str | Path, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) [1, C, 1, 1] of ``latents`` or ``latents_sv`` from the shard folder."""
+def load_stats(data_dir: str | Path, key: str, channels: Optional[int] = None,
+               channels_of: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) [1, C, 1, 1] of ``latents`` or ``latents_sv`` from the shard folder, checked by
+    :func:`sfd.data.shards.read_stats`; with ``channels``, C must equal it (``channels_of`` names where that count
+    comes from, for the message)."""
     path = Path(data_dir) / STATS_FILES[key]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: latent statistics missing; copy the released file or run "
                                 "scripts/extract_latents.py --stats-only on this folder")
-    stats = torch.load(path, map_location="cpu", weights_only=True)
-    for name in ("mean", "std"):
-        if name not in stats:
-            raise KeyError(f"{path}: no '{name}' entry (expected {{'mean', 'std'}} of shape [1, C, 1, 1])")
-    return stats["mean"].float(), stats["std"].float()
+    mean, std = read_stats(path)
+    if channels is not None and mean.shape[1] != channels:
+        expected = f"{channels_of} has {channels}" if channels_of else f"{channels} are expected"
+        raise ShardError(f"{path}: statistics of {mean.shape[1]} channels, but {expected} "
+                         "(statistics of another latent folder?)")
+    return mean, std
 
 
 class LatentShardDataset(Dataset):
@@ -62,41 +78,29 @@ class LatentShardDataset(Dataset):
         self.flip_prob = flip_prob
         self.seed = seed
         self.epoch = 0
+        # Every check below reads safetensors headers only, so a bad folder fails here, before training or sampling.
+        headers = [read_shard_header(path) for path in self.files]
+        dino_keys = ["feats_dino", "feats_dino_flip"]
+        self.with_dino = with_dino and all(key in header.shapes for header in headers for key in dino_keys)
         keys = ["latents", "latents_flip", "labels"]
         keys += ["latents_sv", "latents_sv_flip"] if semantic else []
-        self.counts = [self._check_shard(path, keys) for path in self.files]
-        self.with_dino = with_dino and all(self._has(path, "feats_dino") for path in self.files)
+        keys += dino_keys if self.with_dino else []
+        self.counts = [check_latent_shard(header, keys) for header in headers]
+        check_shards_agree(headers, keys)
         self.starts = torch.tensor([0] + self.counts).cumsum(0)
-        self.texture_stats = load_stats(stats_dir, "latents") if latent_norm else None
-        self.semantic_stats = load_stats(stats_dir, "latents_sv") if semantic and latent_sv_norm else None
+        first = headers[0]
+        self.texture_chans = first.shapes["latents"][1]
+        self.semantic_chans = first.shapes["latents_sv"][1] if semantic else 0
+        self.texture_stats = (load_stats(stats_dir, "latents", self.texture_chans, f"'latents' of {first.path}")
+                              if latent_norm else None)
+        self.semantic_stats = (load_stats(stats_dir, "latents_sv", self.semantic_chans, f"'latents_sv' of {first.path}")
+                               if semantic and latent_sv_norm else None)
         self._handles: dict[Path, object] = {}
 
-    @staticmethod
-    def _has(path: Path, key: str) -> bool:
-        with safe_open(str(path), framework="pt") as handle:
-            return key in handle.keys()
-
-    @staticmethod
-    def _check_shard(path: Path, keys: list[str]) -> int:
-        """Number of items in a shard, after checking it has every key with one leading size."""
-        with safe_open(str(path), framework="pt") as handle:
-            present = set(handle.keys())
-            sizes = {}
-            for key in keys:
-                if key not in present:
-                    raise KeyError(f"{path}: shard has no '{key}' (has {', '.join(sorted(present))})")
-                sizes[key] = handle.get_slice(key).get_shape()
-        counts = {shape[0] for shape in sizes.values()}
-        if len(counts) != 1:
-            raise ValueError(f"{path}: keys disagree on the number of items: "
-                             + ", ".join(f"{key} {tuple(shape)}" for key, shape in sizes.items()))
-        if sizes["latents"] != sizes["latents_flip"]:
-            raise ValueError(f"{path}: latents {tuple(sizes['latents'])} and latents_flip "
-                             f"{tuple(sizes['latents_flip'])} differ in shape")
-        if "latents_sv" in sizes and sizes["latents_sv"][2:] != sizes["latents"][2:]:
-            raise ValueError(f"{path}: latents_sv grid {tuple(sizes['latents_sv'][2:])} differs from the texture "
-                             f"grid {tuple(sizes['latents'][2:])}")
-        return counts.pop()
+    @property
+    def channels(self) -> int:
+        """Channels of an item's latent (texture then semantic), known from the shard headers."""
+        return self.texture_chans + self.semantic_chans
 
     def set_epoch(self, epoch: int) -> None:
         """A new flip draw per epoch (call from the training loop)."""
