@@ -117,7 +117,7 @@ def write_json_atomic(path: str | Path, payload: Any, indent: int = 1) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=indent) + "\n")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine (True when it cannot be told)."""
     if os.name != "posix" or pid <= 0:
         return True
@@ -140,7 +140,7 @@ def _is_stale(entry: Path, match: re.Match, older_than_s: float, now: float) -> 
     except FileNotFoundError:  # renamed onto its target meanwhile
         return False
     pid = int(match["pid"])
-    return match["host"] == _host_tag() and pid != os.getpid() and not _process_alive(pid)
+    return match["host"] == _host_tag() and pid != os.getpid() and not process_alive(pid)
 
 
 def remove_stale_temporaries(folder: str | Path, older_than_s: float = 3600.0) -> list[Path]:

@@ -17,21 +17,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from sfd.files import process_alive
+
 LOCK_NAME = "lock.json"
 
 
 class RunFolderBusy(ValueError):
     """The folder is owned by another live run; the message names it and the lock file."""
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def _owner_text(owner: dict) -> str:
@@ -75,7 +67,7 @@ class RunFolderLock:
             # written by a run killed while creating it (the lock is created empty, then filled)
             self.path.unlink(missing_ok=True)
             return f"removed an unreadable stale lock {self.path}"
-        if owner_host != host or _pid_running(pid):
+        if owner_host != host or process_alive(pid):
             raise RunFolderBusy(f"{self.folder} is in use by {_owner_text(owner)} (lock {self.path}); wait for that "
                                 "run to end, or delete the lock file if it is dead")
         self.path.unlink(missing_ok=True)
