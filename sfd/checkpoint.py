@@ -9,6 +9,7 @@ required entry is reported in one line naming it (CheckpointError).
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -45,7 +46,9 @@ def describe_read_error(error: BaseException) -> str:
 
 
 def _load_payload(path: Path) -> Any:
-    """The file's contents: safetensors tensors, or a ``weights_only`` torch.load on CPU."""
+    """The file's contents: safetensors tensors, or a ``weights_only`` torch.load on CPU. torch.save's zip files are
+    memory-mapped: tensors are paged in as they are copied into a model, so loading an XL checkpoint does not hold
+    the whole state in memory twice (the release's legacy-format files cannot be mapped and are read whole)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -56,7 +59,7 @@ def _load_payload(path: Path) -> Any:
             raise CheckpointError(f"{path}: cannot be read as a safetensors file ({reason})") from None
     try:
         with torch.serialization.safe_globals(_omegaconf_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:  # torch raises UnpicklingError, RuntimeError or others on foreign files
         reason = describe_read_error(error)
         raise CheckpointError(f"{path}: cannot be read as a weights-only checkpoint ({reason})") from None

@@ -51,10 +51,20 @@ def shutdown() -> None:
 
 
 def broadcast_from_main(value):
-    """The main process's ``value`` on every process (a small picklable object: a decision, a message), so that a
-    check only the main process can make — e.g. taking a lock — ends the same way everywhere."""
+    """The main process's ``value`` on every process (any picklable object: a decision, a message, or a state dict
+    of CPU tensors for processes that cannot read a checkpoint file), so that a check only the main process makes —
+    taking a lock, choosing a checkpoint — ends the same way everywhere."""
     if not dist.is_initialized():
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (each process passes its own)."""
+    if not dist.is_initialized():
+        return flag
+    flags: list = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, bool(flag))
+    return all(flags)

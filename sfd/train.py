@@ -35,7 +35,7 @@ from sfd.build import build_model
 from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, extract_state_dict, read_file
 from sfd.config import SFDConfig, config_to_dict, save_config
 from sfd.data.latents import InMemoryLatents, LatentShardDataset, collate_latents
-from sfd.files import remove_stale_temporaries
+from sfd.files import remove_stale_temporaries, write_text_atomic
 from sfd.loss import FlowMatchingLoss
 from sfd.runlock import lock_run_folder
 
@@ -171,32 +171,53 @@ class Trainer:
 
     def _resume(self) -> Optional[Path]:
         """Continue from the newest checkpoint that reads and fits this run; an unreadable or mismatched newer one
-        is reported (``skipped_checkpoints``, one line each on the main process) and passed over. Retraining from
-        an older checkpoint ends where an uninterrupted run would: every draw is a function of the step."""
+        is reported (``skipped_checkpoints``, one line each) and passed over. Retraining from an older checkpoint
+        ends where an uninterrupted run would: every draw is a function of the step.
+
+        The main process chooses (it is the one that writes checkpoints, so its folder is the truth) and every
+        process follows: a process that can read the chosen file loads it itself; when any cannot (no shared
+        filesystem, e.g. node-local disks), the main process sends the state to all."""
+        outcome = self._choose_checkpoint() if self.topology.is_main else None
+        path, refusal = distributed.broadcast_from_main(outcome[:2] if outcome else None)
+        if refusal:
+            raise TrainingError(refusal)
+        if path is None:
+            return None
+        payload = outcome[2] if self.topology.is_main else None
+        if distributed.all_true(self.topology.is_main or Path(path).is_file()):
+            if payload is None:
+                payload = self._read_training_checkpoint(Path(path))
+        else:
+            payload = distributed.broadcast_from_main(payload)
+        self._apply_training_state(payload)
+        return Path(path)
+
+    def _choose_checkpoint(self) -> tuple[Optional[str], Optional[str], Optional[Mapping]]:
+        """(path, None, payload) of the checkpoint to resume from, (None, None, None) for a fresh run, or
+        (None, why, None) when the run must not start."""
         candidates = checkpoints_newest_first(self.checkpoint_dir)
         if not candidates:
-            return None
+            return None, None, None
         if self.config.train.resume is False:
-            raise TrainingError(f"train.resume is false but {self.checkpoint_dir} holds checkpoints (latest "
-                                f"{candidates[0].name}): choose another train.exp_name, delete them, or drop "
-                                "train.resume to continue the run")
+            return None, (f"train.resume is false but {self.checkpoint_dir} holds checkpoints (latest "
+                          f"{candidates[0].name}): choose another train.exp_name, delete them, or drop "
+                          "train.resume to continue the run"), None
         for path in candidates:
             try:
-                self._load_training_state(path)
+                payload = self._read_training_checkpoint(path)
             except CheckpointError as error:
                 self.skipped_checkpoints.append(str(error))
-                if self.topology.is_main:
-                    print(f"warning: skipping checkpoint: {error}", file=sys.stderr, flush=True)
+                print(f"warning: skipping checkpoint: {error}", file=sys.stderr, flush=True)
                 continue
-            if self.skipped_checkpoints and self.topology.is_main:
+            if self.skipped_checkpoints:
                 print(f"warning: resuming from the older checkpoint {path}", file=sys.stderr, flush=True)
-            return path
-        raise TrainingError(f"{self.checkpoint_dir}: none of its {len(candidates)} checkpoint(s) can resume this run "
-                            f"(newest: {self.skipped_checkpoints[0]}); move them away to start afresh")
+            return str(path), None, payload
+        return None, (f"{self.checkpoint_dir}: none of its {len(candidates)} checkpoint(s) can resume this run "
+                      f"(newest: {self.skipped_checkpoints[0]}); move them away to start afresh"), None
 
-    def _load_training_state(self, path: Path) -> None:
-        """Model, EMA, optimizer, scaler and counters from one of this run's checkpoints (weights-only read); every
-        part is checked before any is loaded, so a rejected file leaves the trainer as it was."""
+    def _read_training_checkpoint(self, path: Path) -> Mapping:
+        """One of this run's checkpoints (weights-only, memory-mapped on the CPU), after checking that every part
+        fits this trainer, so that a rejected file changes nothing."""
         payload = read_file(path, required=("model", "ema", "opt", "step", "images_seen"))
         for key in ("model", "ema", "opt"):
             if not isinstance(payload[key], Mapping):
@@ -211,6 +232,9 @@ class Trainer:
         if saved_groups != groups:
             raise CheckpointError(f"{path}: its optimizer state has parameter groups of sizes {saved_groups}, this "
                                   f"run's are {groups}")
+        return payload
+
+    def _apply_training_state(self, payload: Mapping) -> None:
         self.model.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["opt"])
@@ -309,6 +333,22 @@ class Trainer:
         return {f"valid_mse_t{t:g}": (sums[k] / sums[-1]).item()
                 for k, t in enumerate(self.config.train.valid_timesteps)}
 
+    def _forget_log_after(self, step: int) -> None:
+        """Drop ``log.jsonl`` records of steps after ``step`` (those a killed run logged after its last checkpoint,
+        which this run logs again), and a last line a kill cut short, so each step is logged once however often
+        the run is resumed."""
+        path = self.run_dir / "log.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+
     def log(self, record: dict) -> None:
         if not self.topology.is_main:
             return
@@ -347,6 +387,7 @@ class Trainer:
                 print(f"warning: {self.run_dir}: {lock_note}", file=sys.stderr, flush=True)
             remove_stale_temporaries(self.run_dir, older_than_s=0)  # a killed run's; the lock says no writer lives
             remove_stale_temporaries(self.checkpoint_dir, older_than_s=0)
+            self._forget_log_after(self.step)
             save_config(self.config, self.run_dir / "config.yaml")
         distributed.barrier()
         self.writer = self._open_writer()

@@ -266,3 +266,46 @@ def test_a_second_trainer_on_a_locked_run_folder_refuses(data, tmp_path):
     trainer = Trainer(tiny_config(data, tmp_path, "train.max_steps=3"))  # the owner is gone: the lock is stale
     trainer.run(progress=False)
     assert trainer.step == 3 and not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def train_two_ranks(data, folders, *overrides):
+    """scripts/train.py as ranks 0 and 1 of one group, each started in its own folder with a relative
+    train.output_dir: rank 1 cannot see the checkpoints rank 0 writes (node-local disks, no shared filesystem)."""
+    port = free_port()
+    processes = []
+    for rank, folder in enumerate(folders):
+        folder.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "SFD_DEVICE": "cpu"}
+        processes.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts/train.py"), "--config", str(ROOT / "configs/tiny/sfd_tiny.yaml"),
+             f"data.data_path={data / 'sfd'}", "train.output_dir=runs", "train.exp_name=run",
+             "train.global_batch_size=8", "train.ckpt_every=3", "train.log_every=1", "optimizer.lr=1e-3",
+             "train.tensorboard=false", "train.precision=fp32", *overrides, "--no-progress"],
+            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+
+
+def test_resume_without_a_shared_filesystem_and_a_log_without_repeats(data, tmp_path):
+    train_two_ranks(data, [tmp_path / "straight0", tmp_path / "straight1"], "train.max_steps=6")
+    split = [tmp_path / "node0", tmp_path / "node1"]
+    train_two_ranks(data, split, "train.max_steps=3")
+    assert not (split[1] / "runs" / "run" / "checkpoints").exists()  # only rank 0 writes
+    log = split[0] / "runs" / "run" / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 4, "loss": 1.0}\n{"step": 5, "lo')  # logged by a run killed at 5
+    train_two_ranks(data, split, "train.max_steps=6")  # rank 1 gets the state of step 3 from rank 0
+    a, b = final_state(tmp_path / "straight0" / "runs"), final_state(split[0] / "runs")
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][key], b[part][key]) for key in a[part]), part
+    for index, state in a["opt"]["state"].items():
+        assert all(torch.equal(value, b["opt"]["state"][index][name]) for name, value in state.items())
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4, 5, 6]  # each step once, the killed run's 4 and 5 replaced
