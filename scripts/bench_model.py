@@ -33,6 +33,7 @@ import torch
 
 import sfd
 from sfd import distributed
+from sfd.device import Accelerator, DeviceError, compile_module, default_device
 from sfd.files import write_json_atomic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,7 +42,7 @@ MIB = 2**20
 # Defaults that depend on the device: (batch sizes, warmup, timed iterations).
 CPU_DEFAULTS = ((1, 4), 1, 3)
 # 32 is the release's per-GPU batch (global batch 256 over 8 GPUs).
-CUDA_DEFAULTS = ((1, 32), 3, 10)
+ACCELERATOR_DEFAULTS = ((1, 32), 3, 10)
 
 
 def positive_int(text: str) -> int:
@@ -62,7 +63,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command line; device-dependent defaults (batch, warmup, iters) are filled in by ``resolve_defaults``."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Memory: on CUDA the peak of torch.cuda.max_memory_allocated (weights, optimizer state, activations); "
+        epilog="Memory: on accelerators the peak of the device allocator (torch.accelerator.max_memory_allocated: "
+               "weights, optimizer state, activations); "
                "on CPU the growth of the process's peak RSS during the row (see the note under the table).",
     )
     parser.add_argument("--config", default="configs/sfd/lightningdit_xl/train.yaml",
@@ -70,21 +72,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="config override such as model.depth=4 (repeatable)")
     parser.add_argument("--batch", action="extend", nargs="+", type=positive_int, metavar="N",
-                        help="batch size(s), repeatable or a list (default: %s on CPU, %s on CUDA)"
-                             % (" and ".join(map(str, CPU_DEFAULTS[0])), " and ".join(map(str, CUDA_DEFAULTS[0]))))
+                        help="batch size(s), repeatable or a list (default: %s on CPU, %s on accelerators)"
+                             % (" and ".join(map(str, CPU_DEFAULTS[0])),
+                                " and ".join(map(str, ACCELERATOR_DEFAULTS[0]))))
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
                         help="compute dtype; bf16/fp16 run under autocast with fp32 master weights "
                              "(very slow on CPU) (default: %(default)s)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model; compiling happens in the warm-up, so keep --warmup >= 1")
     parser.add_argument("--device", default=None,
-                        help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available, else cpu)")
+                        help="torch device, e.g. cuda, cuda:1, npu, xpu, mps, cpu (default: $SFD_DEVICE, else "
+                             "the machine's accelerator, else cpu)")
     parser.add_argument("--warmup", type=non_negative_int, default=None,
                         help=f"untimed iterations per row "
-                             f"(default: {CPU_DEFAULTS[1]} on CPU, {CUDA_DEFAULTS[1]} on CUDA)")
+                             f"(default: {CPU_DEFAULTS[1]} on CPU, {ACCELERATOR_DEFAULTS[1]} on accelerators)")
     parser.add_argument("--iters", type=positive_int, default=None,
                         help=f"timed iterations per row, the median is reported "
-                             f"(default: {CPU_DEFAULTS[2]} on CPU, {CUDA_DEFAULTS[2]} on CUDA)")
+                             f"(default: {CPU_DEFAULTS[2]} on CPU, {ACCELERATOR_DEFAULTS[2]} on accelerators)")
     parser.add_argument("--mode", choices=MODES, default="both",
                         help="eval forward, train step, or both (default: %(default)s)")
     parser.add_argument("--grad-checkpointing", action="store_true",
@@ -100,35 +104,33 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def resolve_device(name: Optional[str]) -> torch.device:
-    """The requested device, or CUDA when available; ValueError for an unknown or unavailable device."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The requested device, else the device layer's ($SFD_DEVICE, else the machine's accelerator, else the CPU);
+    ValueError for an unknown or unavailable device."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device: unknown device {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device: only cpu and cuda are supported (got {name!r})")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        device = default_device(name)
+        present = Accelerator.of(device).count()
+    except (DeviceError, ValueError) as error:  # unknown type, missing runtime, bad index
+        raise ValueError(f"--device {name}: {error}") from None
+    if present == 0:
+        raise ValueError(f"--device {name}: no {device.type} device is available on this machine")
+    if device.index is not None and device.index >= present:
+        raise ValueError(f"--device {name}: only {present} {device.type} device(s) present")
     return device
 
 
 def resolve_defaults(args: argparse.Namespace) -> None:
     """Fill in batch sizes, warmup and iterations that were not given, by device type."""
-    batches, warmup, iters = CUDA_DEFAULTS if args.device.type == "cuda" else CPU_DEFAULTS
+    batches, warmup, iters = CPU_DEFAULTS if Accelerator.of(args.device).is_cpu else ACCELERATOR_DEFAULTS
     args.batch = list(dict.fromkeys(args.batch or batches))  # keep order, drop repeats
     args.warmup = warmup if args.warmup is None else args.warmup
     args.iters = iters if args.iters is None else args.iters
 
 
 def device_name(device: torch.device) -> str:
-    """Human-readable name of the GPU, or of the CPU with the number of threads torch uses."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    """Human-readable name of the accelerator, or of the CPU with the number of threads torch uses."""
+    accelerator = Accelerator.of(device)
+    if not accelerator.is_cpu:
+        return accelerator.device_name(device)
     name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -139,23 +141,24 @@ def device_name(device: torch.device) -> str:
 
 
 def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    Accelerator.of(device).synchronize(device)
 
 
 class MemoryMeter:
     """Peak memory of one row, in MiB.
 
-    CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak. CPU: the process's peak RSS during the row
+    Accelerators: the device allocator's peak (``torch.accelerator.max_memory_allocated``) after resetting it; NaN
+    where the backend does not track one. CPU: the process's peak RSS during the row
     minus its value at the start; on Linux the peak (VmHWM) is reset per row through /proc/self/clear_refs, elsewhere
     the growth of ``ru_maxrss`` is used, which only counts memory above the highest earlier peak (a lower bound).
     Memory the allocator kept from earlier rows is not counted again on CPU."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.resettable = device.type == "cpu" and self._reset_rss_peak()
-        if device.type == "cuda":
-            self.method = "torch.cuda.max_memory_allocated (weights + optimizer state + activations)"
+        self.accelerator = Accelerator.of(device)
+        self.resettable = self.accelerator.is_cpu and self._reset_rss_peak()
+        if not self.accelerator.is_cpu:
+            self.method = "torch.accelerator.max_memory_allocated (weights + optimizer state + activations)"
         elif self.resettable:
             self.method = "peak RSS growth during the row (Linux VmHWM, reset per row); weights already resident " \
                           "are not counted"
@@ -183,18 +186,19 @@ class MemoryMeter:
 
     def start(self) -> None:
         gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
+        if not self.accelerator.is_cpu:
+            self.accelerator.synchronize(self.device)
+            self.accelerator.empty_cache()
+            self.accelerator.reset_peak_memory_stats(self.device)
             return
         if self.resettable:
             self._reset_rss_peak()
         self.start_bytes = self._rss_peak_bytes()
 
     def peak_mib(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / MIB
+        if not self.accelerator.is_cpu:
+            peak = self.accelerator.max_memory_allocated(self.device)
+            return peak / MIB if peak is not None else float("nan")
         return max(0, self._rss_peak_bytes() - self.start_bytes) / MIB
 
 
@@ -274,7 +278,7 @@ STEPS = {"forward": forward_step, "train": train_step}
 
 
 def time_step(step: Callable[[], None], warmup: int, iters: int, device: torch.device) -> list[float]:
-    """Run ``warmup`` untimed then ``iters`` timed calls; wall-clock ms of each timed call (CUDA synchronised)."""
+    """Run ``warmup`` untimed then ``iters`` timed calls; wall-clock ms of each timed call (device synchronised)."""
     for _ in range(warmup):
         step()
     synchronize(device)
@@ -288,7 +292,7 @@ def time_step(step: Callable[[], None], warmup: int, iters: int, device: torch.d
 
 
 def run_row(bench: Bench, meter: MemoryMeter, mode: str, batch: int, warmup: int, iters: int) -> dict:
-    """Time one (mode, batch) pair; a CUDA out-of-memory gives a row with ``error`` set instead of times."""
+    """Time one (mode, batch) pair; an accelerator out-of-memory gives a row with ``error`` set instead of times."""
     row = {"mode": mode, "batch": batch}
     cleanup = None
     try:
@@ -345,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model_args = model.args
     n_params = sum(p.numel() for p in model.parameters())
     if args.compile:
-        model = torch.compile(model)
+        model = compile_module(model, Accelerator.of(device))
     generator = torch.Generator(device=device).manual_seed(config.train.global_seed)
     bench = Bench(model, model_args, config, device, dtype, generator)
     meter = MemoryMeter(device)

@@ -21,6 +21,7 @@ import torch
 from sfd.build import build_model
 from sfd.checkpoint import load_weights
 from sfd.config import ConfigError, load_config
+from sfd.device import Accelerator, DeviceError, default_device
 from sfd.guidance import Guidance
 from sfd.samplers import sample
 from sfd.schedule import TimeSplit
@@ -36,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, nargs="+", default=[50, 100], help="grid points for Euler and Heun")
     parser.add_argument("--scale", type=float, default=1.5, help="guidance scale of the guided rows")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="torch device, e.g. cuda, cuda:1, npu, mps, cpu (default: $SFD_DEVICE, "
+                                         "else the machine's accelerator, else cpu)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     return parser.parse_args(argv)
 
@@ -55,19 +57,21 @@ def network(config_path: str, ckpt: str | None, device: torch.device, seed: int)
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+    """The accelerator's peak tensor memory, or the process's peak RSS where the device does not track one."""
+    peak = Accelerator.of(device).max_memory_allocated(device)
+    if peak is not None:
+        return peak / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
     try:
+        device = default_device(args.device)
         config = load_config(args.config)
         model = network(args.config, args.ckpt, device, seed=0)
         guide = network(args.guide_config, args.guide_ckpt, device, seed=1) if args.guide_config else None
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, DeviceError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     split = TimeSplit.from_config(config)
@@ -77,23 +81,23 @@ def main(argv=None) -> int:
     methods = [("dopri5", config.sample.num_sampling_steps)]
     methods += [(name, steps) for steps in args.steps for name in ("euler", "heun")]
     guidances = [("none", None), ("autoguidance" if guide else "cfg", Guidance(args.scale, args.scale, guide=guide))]
+    accelerator = Accelerator.of(device)
+    # An explicit benchmark setting: bf16 autocasts on the CPU too (unlike training and sampling, which keep it fp32).
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     rows = []
     for method, steps in methods:
         for label, guidance in guidances:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                torch.cuda.synchronize(device)
+            accelerator.reset_peak_memory_stats(device)
+            accelerator.synchronize(device)
             start = time.perf_counter()
             with autocast:
                 result = sample(model, z, y, split, method=method, num_steps=steps, atol=config.sample.atol,
                                 rtol=config.sample.rtol, guidance=guidance)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            accelerator.synchronize(device)
             seconds = time.perf_counter() - start
             name = method if method == "dopri5" else f"{method}-{steps}"
             rows.append((name, label, result.nfe, seconds / args.batch, peak_memory_mib(device)))
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    where = accelerator.device_name(device)
     print(f"# {where} | torch {torch.__version__} | {args.config} ({config.model.model_type}) | batch {args.batch} | "
           f"{args.dtype} | weights: {'checkpoint' if args.ckpt else 'random'}\n")
     print("| sampler | guidance | NFE | s/image | peak mem (MiB) |\n|---|---|---:|---:|---:|")

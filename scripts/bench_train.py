@@ -22,6 +22,7 @@ import torch
 
 from sfd.config import ConfigError, load_config
 from sfd.data.synthetic import write_synthetic_shards
+from sfd.device import Accelerator, default_device
 from sfd.lightningdit import REPA_TARGET_DIMS
 from sfd.train import Trainer
 
@@ -33,14 +34,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, nargs="+", default=[8], help="global batch sizes")
     parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up step")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--device", help="torch device, e.g. cuda, npu, mps, cpu (default: $SFD_DEVICE, else the "
+                                         "machine's accelerator, else cpu)")
     parser.add_argument("--data", nargs="+", choices=["shards", "memory"], default=["shards", "memory"],
                         help="data paths to time: per-item shard reads and/or data.in_memory (default: both)")
     return parser.parse_args(argv)
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+    """The accelerator's peak tensor memory, or the process's peak RSS where the device does not track one."""
+    peak = Accelerator.of(device).max_memory_allocated(device)
+    if peak is not None:
+        return peak / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process peak
 
 
@@ -70,29 +75,32 @@ def main(argv=None) -> int:
             config.train.output_dir = str(Path(scratch) / f"runs{batch}_{data_path}")
             config.train.max_steps, config.train.ckpt_every = args.steps + 1, 10**9
             config.train.log_every, config.train.tensorboard = 10**9, False
-            trainer = Trainer(config)
-            if trainer.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(trainer.device)
+            trainer = Trainer(config, device=default_device(args.device))
+            accelerator = trainer.accelerator
+            accelerator.reset_peak_memory_stats(trainer.device)
             config.train.max_steps = 1
             trainer.run(progress=False, final_checkpoint=False)  # warm-up step (allocations, kernels, compilation)
             config.train.max_steps = args.steps + 1
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize(trainer.device)
+            accelerator.synchronize(trainer.device)
             start = time.perf_counter()
             trainer.run(progress=False, final_checkpoint=False)
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize(trainer.device)
+            accelerator.synchronize(trainer.device)
             seconds = (time.perf_counter() - start) / args.steps
-            rows.append((batch, data_path, seconds * 1000, batch / seconds, peak_memory_mib(trainer.device)))
-            device = torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "CPU"
+            rows.append((batch, data_path, seconds * 1000, batch / seconds, peak_memory_mib(trainer.device),
+                         trainer.throughput(batch / seconds).get("mfu")))
+            device = accelerator.device_name(trainer.device)
     print(f"# {device} | torch {torch.__version__} | {args.config} | {config.model.model_type} | "
           f"precision {args.precision} (CPU runs fp32) | {args.steps} timed steps incl. data loading and EMA\n")
-    print("| global batch | data path | ms/step | steps/s | img/s | speed-up vs shards | peak mem (MiB) |\n"
-          "|---:|---|---:|---:|---:|---:|---:|")
-    shard_ms = {batch: ms for batch, path, ms, _, _ in rows if path == "shards"}
-    for batch, path, ms, rate, memory in rows:
+    flops = trainer.flops_per_image
+    peak = f"{trainer.peak_flops / 1e12:g} TFLOP/s peak" if trainer.peak_flops else "peak unknown: set SFD_PEAK_TFLOPS"
+    print(f"# training FLOPs per image {flops / 1e9:.2f} G (3 × forward); MFU against {peak}\n")
+    print("| global batch | data path | ms/step | steps/s | img/s (one device) | MFU | speed-up vs shards | "
+          "peak mem (MiB) |\n|---:|---|---:|---:|---:|---:|---:|---:|")
+    shard_ms = {row[0]: row[2] for row in rows if row[1] == "shards"}
+    for batch, path, ms, rate, memory, utilisation in rows:
         ratio = f"{shard_ms[batch] / ms:.2f}×" if batch in shard_ms else "–"
-        print(f"| {batch} | {path} | {ms:.1f} | {1000 / ms:.1f} | {rate:.1f} | {ratio} | {memory:.0f} |")
+        mfu = f"{100 * utilisation:.1f} %" if utilisation is not None else "–"
+        print(f"| {batch} | {path} | {ms:.1f} | {1000 / ms:.1f} | {rate:.1f} | {mfu} | {ratio} | {memory:.0f} |")
     return 0
 
 

@@ -6,7 +6,7 @@ mode, the error of the forward pass, CFG, AutoGuidance, the training loss and th
 the official tensors (max|Δ| / max|golden|), and the dopri5 NFE. Reduced precision is expected to deviate; the
 table shows by how much.
 
-    python scripts/check_device.py --device cuda
+    python scripts/check_device.py --device cuda     (or npu, xpu, mps; default: $SFD_DEVICE, else the accelerator)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import sfd
+from sfd.device import Accelerator, compile_module, default_device, set_matmul_precision
 from sfd.guidance import Guidance, guided_velocity
 from sfd.samplers import sample
 from sfd.schedule import TimeSplit
@@ -40,7 +41,8 @@ def check(device: torch.device, dtype: torch.dtype, compile_model: bool) -> dict
     model, config = sfd.load_model(DATA / "sfd_tiny.yaml", device=device)
     guide, _ = sfd.load_model(DATA / "sfd_tiny_guide.yaml", device=device)
     if compile_model:
-        model, guide = torch.compile(model), torch.compile(guide)
+        accelerator = Accelerator.of(device)
+        model, guide = compile_module(model, accelerator), compile_module(guide, accelerator)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     split = TimeSplit.from_config(config)  # Δt 0.3, 16 semantic channels
     results = {}
@@ -73,19 +75,18 @@ def check(device: torch.device, dtype: torch.dtype, compile_model: bool) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="torch device (default: $SFD_DEVICE, else the machine's accelerator, "
+                                         "else cpu)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        # Golden numerics are full fp32; TF32 would hide real differences behind its own rounding.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    device = default_device(args.device)
+    # Golden numerics are full fp32; TF32 (HF32 on NPUs) would hide real differences behind its own rounding.
+    set_matmul_precision("fp32")
     modes = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False)}
     if not args.no_compile:
         modes["bf16+compile"] = (torch.bfloat16, True)
     columns = {name: check(device, dtype, compiled) for name, (dtype, compiled) in modes.items()}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = Accelerator.of(device).device_name(device)
     print(f"# {name} | torch {torch.__version__} | error = max|ours - golden| / max|golden|\n")
     print("| case | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from sfd import distributed
 from sfd.data.images import list_image_folder, read_file_list
 from sfd.data.shards import compute_stats
+from sfd.device import DEVICE_ENV, DEVICE_TYPES, DeviceError
 from sfd.extract import LatentEncoders, extract_dino_features, extract_latents, shards_of_rank
 from sfd.files import WriteError
 from sfd.tokenizers.dinov2 import TIMM_NAMES, build_dinov2, tiny_dinov2
@@ -54,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dino-only", action="store_true", help="write DINOv2 patch tokens for SemVAE training")
     parser.add_argument("--stats-only", action="store_true", help="only (re)compute missing statistics files")
     parser.add_argument("--no-stats", action="store_true", help="skip the statistics files")
+    parser.add_argument("--device", choices=DEVICE_TYPES,
+                        help=f"accelerator type (default: ${DEVICE_ENV}, else the machine's accelerator, else cpu)")
     args = parser.parse_args(argv)
     if not args.stats_only and not (args.images or args.file_list):
         parser.error("give --images or --file-list")
@@ -72,8 +75,12 @@ def build_dino(args: argparse.Namespace, device: torch.device):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    topology = distributed.init()
-    device = topology.device
+    try:
+        topology = distributed.init(args.device)
+        device = topology.device
+    except DeviceError as error:  # an unknown SFD_DEVICE, a missing device runtime
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         if not args.stats_only:
             items = read_file_list(args.file_list) if args.file_list else list_image_folder(args.images)[0]

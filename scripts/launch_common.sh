@@ -58,21 +58,65 @@ add_flag cfg_scale_tex "${CFG_SCALE_TEX:-}"
 add_flag fid_num "${FID_NUM:-}"
 add_flag num_sampling_steps "${NUM_SAMPLING_STEPS:-}"
 
-# torchrun with the release's topology variables, as the array `torchrun`: GPUS_PER_NODE (default: the GPUs seen, or
-# 1 process on a CPU), WORLD_SIZE or NNODES (nodes, default 1), RANK or NODE_RANK (this node, default 0),
-# MASTER_ADDR (127.0.0.1), MASTER_PORT (1235).
+# torchrun for one node or many, as the array `torchrun`. GPUS_PER_NODE: processes per node (default: the
+# accelerators seen, of any type, or 1 on a CPU). NNODES or WORLD_SIZE: nodes (default 1). On one node torchrun runs
+# --standalone, on a free port, so two jobs on one host never collide (MASTER_PORT pins a port, on 127.0.0.1 unless
+# MASTER_ADDR is set). On several nodes every node joins a c10d rendezvous at MASTER_ADDR (required):MASTER_PORT
+# (29500) named RDZV_ID (default SLURM_JOB_ID, else "sfd"); the rendezvous numbers the nodes, and NODE_RANK (or RANK),
+# when given, only says which node hosts it (node 0; otherwise torch matches MASTER_ADDR to this host). MAX_RESTARTS:
+# how often a failed worker group is restarted (resuming from the newest checkpoint): default 0 on one node, where a
+# failure is a bug or bad input that a rerun repeats, and 3 on several, where a lost node or link is the usual cause.
+# Exit codes 2 (bad input) and 3 (a run that cannot continue) are never retried (sfd/torchrun.py).
 set_torchrun() {
-    local gpus nproc nnodes node_rank
-    gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())')
-    nproc=${GPUS_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}
-    nnodes=${NNODES:-${WORLD_SIZE:-1}}
-    node_rank=${NODE_RANK:-${RANK:-0}}
-    # torchrun sets WORLD_SIZE/RANK for the workers itself; the node-level values must not leak into them.
-    unset WORLD_SIZE RANK
-    if [[ $gpus -eq 0 ]]; then
+    local nnodes=${NNODES:-${WORLD_SIZE:-1}} node_rank=${NODE_RANK:-${RANK:-}} accelerators device_type nproc
+    # Checked before anything starts: a node would otherwise wait out the rendezvous timeout (minutes).
+    if [[ ! $nnodes =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: NNODES (or WORLD_SIZE) must be a number of nodes, got '$nnodes'" >&2
+        return 2
+    fi
+    if (( nnodes > 1 )) && [[ -z ${MASTER_ADDR:-} ]]; then
+        echo "error: NNODES=$nnodes needs MASTER_ADDR, the address of the node hosting the rendezvous (node 0)" >&2
+        return 2
+    fi
+    # One process per accelerator of the type the device layer picks (sfd/device.py: SFD_DEVICE, else CUDA, Ascend
+    # NPU, XPU or MPS, else the CPU), so SFD_DEVICE=cpu on a GPU node starts one CPU process, not one per GPU.
+    read -r device_type accelerators < <(cd "$repo" && "$python" -c 'from sfd.device import resolve
+accelerator = resolve()
+print(accelerator.type, 0 if accelerator.is_cpu else accelerator.count())')
+    nproc=${GPUS_PER_NODE:-$(( accelerators > 0 ? accelerators : 1 ))}
+    if [[ $device_type == cpu ]]; then
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     fi
+    # torchrun sets WORLD_SIZE/RANK for the workers itself; the node-level values must not leak into them.
+    unset WORLD_SIZE RANK
     # sfd.torchrun is torchrun ending a failed run with the worker's own message and exit code, not torchrun's dump.
-    torchrun=("$python" -m sfd.torchrun --nnodes "$nnodes" --node_rank "$node_rank" --nproc_per_node "$nproc"
-              --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-1235}")
+    torchrun=("$python" -m sfd.torchrun --nproc-per-node "$nproc")
+    if (( nnodes == 1 )) && [[ -z ${MASTER_PORT:-} ]]; then
+        torchrun+=(--standalone --max-restarts "${MAX_RESTARTS:-0}")
+        return 0
+    fi
+    torchrun+=(--nnodes "$nnodes" --rdzv-backend c10d --rdzv-endpoint "${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}"
+               --rdzv-id "${RDZV_ID:-${SLURM_JOB_ID:-sfd}}")
+    if [[ -n $node_rank ]]; then
+        torchrun+=(--rdzv-conf "is_host=$([[ $node_rank == 0 ]] && echo true || echo false)")
+    fi
+    torchrun+=(--max-restarts "${MAX_RESTARTS:-$(( nnodes > 1 ? 3 : 0 ))}")
+}
+
+# The launchers' --dry-run, taken out of their arguments: sets `dry_run` (0 or 1) and the array `launch_arguments`.
+take_dry_run() {
+    local argument
+    dry_run=0
+    launch_arguments=()
+    for argument in "$@"; do
+        if [[ $argument == --dry-run ]]; then dry_run=1; else launch_arguments+=("$argument"); fi
+    done
+    return 0
+}
+
+# A command as one line a shell can run again from the repository (what --dry-run shows): "# torchrun: ...".
+show_command() {
+    local line
+    printf -v line ' %q' "$@"
+    echo "# torchrun:$line"
 }

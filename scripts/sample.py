@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from tqdm import tqdm
 
 from sfd import distributed
@@ -29,6 +28,7 @@ from sfd.build import guide_checkpoint, load_guide, load_model
 from sfd.checkpoint import CheckpointError
 from sfd.cli import add_overrides_argument, parse_with_overrides
 from sfd.config import ConfigError, resolve_path
+from sfd.device import DEVICE_ENV, DEVICE_TYPES, PRECISIONS, DeviceError, set_matmul_precision
 from sfd.files import WriteError
 from sfd.generate import (
     DEMO_LABELS,
@@ -58,8 +58,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="sampling seed (default: train.global_seed)")
     parser.add_argument("--ckpt", help="checkpoint overriding the config's ckpt_path")
     parser.add_argument("--output-dir", help="parent of the sample folder (default: {output_dir}/{exp_name})")
-    parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="tf32",
-                        help="GPU matmul precision: tf32 is the release's setting (default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="tf32",
+                        help="no/fp32: exact float32; tf32: float32 with TF32 matmuls, the release's sampling "
+                             "numerics; bf16/fp16: autocast sampling, fastest, not the release's FID setting. "
+                             "CPUs always sample in fp32 (default: %(default)s)")
+    parser.add_argument("--device", choices=DEVICE_TYPES,
+                        help=f"accelerator type (default: ${DEVICE_ENV}, else the machine's accelerator, else cpu)")
     for flag, kind in (("cfg_scale", float), ("cfg_interval_start", float), ("timestep_shift", float),
                        ("cfg_scale_sem", float), ("cfg_scale_tex", float), ("num_sampling_steps", int),
                        ("autoguidance_model_size", str), ("autoguidance_ckpt_iter", int)):
@@ -89,11 +93,14 @@ def release_overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    topology = distributed.init()
-    device = topology.device
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+    try:
+        topology = distributed.init(args.device)
+        device = topology.device
+    except DeviceError as error:  # e.g. SFD_DEVICE=npu without torch_npu
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    precision = topology.accelerator.effective_precision(args.precision)  # what runs here: on a CPU always fp32
+    set_matmul_precision(precision)
     try:
         model, config = load_model(args.config, [*release_overrides(args), *args.overrides], args.ckpt, device)
         ag_iter = args.autoguidance_ckpt_iter[0] if args.autoguidance_ckpt_iter else None
@@ -102,6 +109,8 @@ def main(argv=None) -> int:
 
         vae = load_texture_vae(resolve_path(config.vae.config_path, args.config), device=device)
         decoder = LatentDecoder(vae, config, device)
+        seed = config.train.global_seed if args.seed is None else args.seed
+        sampler = ImageSampler(model, config, decoder, guide=guide, device=device, seed=seed, precision=precision)
     except (ConfigError, CheckpointError, FileNotFoundError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         distributed.shutdown()
@@ -113,8 +122,6 @@ def main(argv=None) -> int:
                   f"{config.data.num_classes}; {config.data.num_classes} is the null label)", file=sys.stderr)
             distributed.shutdown()
             return 2
-    seed = config.train.global_seed if args.seed is None else args.seed
-    sampler = ImageSampler(model, config, decoder, guide=guide, device=device, seed=seed)
     try:
         if args.demo:
             if topology.is_main:
@@ -136,7 +143,7 @@ def main(argv=None) -> int:
         guide_file = guide_checkpoint(config, args.config, ag_iter)
         provenance = {"checkpoint": str(args.ckpt or resolve_path(config.ckpt_path, args.config)),
                       "guide_checkpoint": str(guide_file) if guide_file else None,
-                      "device": device.type, "precision": args.precision if device.type == "cuda" else "fp32"}
+                      "device": device.type}
         npz = write_fid_set(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size, topology=topology,
                             progress=bar.update, provenance=provenance)
         bar.close()

@@ -22,6 +22,7 @@ import yaml
 from sfd import distributed
 from sfd.cli import add_overrides_argument, parse_with_overrides
 from sfd.config import ConfigError, config_to_dict, load_config
+from sfd.device import DEVICE_ENV, DEVICE_TYPES, DeviceError
 from sfd.files import WriteError
 from sfd.train import Trainer, TrainingError
 
@@ -33,6 +34,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_overrides_argument(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+    parser.add_argument("--device", choices=DEVICE_TYPES,
+                        help=f"accelerator type (default: ${DEVICE_ENV}, else the machine's accelerator, else cpu)")
     return parse_with_overrides(parser, argv)
 
 
@@ -46,7 +49,11 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
         return 0
-    topology = distributed.init()
+    try:
+        topology = distributed.init(args.device)
+    except DeviceError as error:  # an unknown SFD_DEVICE, a missing device runtime
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         trainer = Trainer(config, topology)
         if topology.is_main:
@@ -57,7 +64,7 @@ def main(argv=None) -> int:
         last = trainer.run(progress=not args.no_progress)
         if topology.is_main and last:
             print("done: step {} loss {:.5f}".format(trainer.step, last["loss"]), flush=True)
-    except (TrainingError, FileNotFoundError, KeyError, ValueError, WriteError) as error:
+    except (TrainingError, DeviceError, FileNotFoundError, KeyError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 3 if isinstance(error, TrainingError) else 2
     finally:

@@ -15,6 +15,7 @@ import sys
 
 from sfd.checkpoint import CheckpointError
 from sfd.config import ConfigError
+from sfd.device import DeviceError
 from sfd.files import WriteError
 from sfd.tokenizers.semvae_train import DataError, load_train_config, train
 
@@ -41,8 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                          "configs/semvae/ch16.yaml")
     parser.add_argument("overrides", metavar="key=value", nargs="*",
                         help="config overrides in dotted form, e.g. data.batch_size=32 training.seed=1")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu); bf16 "
-                                                       "autocast is used on CUDA only")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, npu, mps, cpu (default: "
+                                                       "$SFD_DEVICE, else the machine's accelerator, else cpu); bf16 "
+                                                       "autocast is used on accelerators only")
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                         help="stop after this many steps in this run, writing a checkpoint (for time-limited jobs; "
                              "rerun the same command to continue)")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_train_config(args.config, args.overrides)
         result = train(config, device=args.device, stop_after=args.stop_after, progress=not args.no_progress)
-    except (ConfigError, DataError, CheckpointError, WriteError) as error:
+    except (ConfigError, DataError, CheckpointError, DeviceError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     where = result.final or result.checkpoint

@@ -129,7 +129,7 @@ class TrainConfig:
     load_ckpt: Any = None  # read by no code of the release; warns when set (INERT_RELEASE_KEYS)
     weight_init: Optional[str] = None  # initialise from another checkpoint (every key and shape must match)
     use_checkpoint: bool = True  # only logged by the release (gradient checkpointing is model.use_checkpoint)
-    precision: str = "bf16"  # fp32 | bf16 | fp16 autocast on GPUs (CPU runs in fp32); run_train.sh sets PRECISION
+    precision: str = "bf16"  # fp32 (or no) | bf16 | fp16 autocast on accelerators (CPU runs in fp32); PRECISION
     ema_decay: float = 0.9999  # EMA of the weights, updated after every optimizer step
     compile: bool = False  # torch.compile the model (GPU)
     tensorboard: bool = True  # also log to {run}/tensorboard when tensorboard is installed
@@ -249,6 +249,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if path is not None and Path(path).is_file() and not read_yaml(path):
         raise ConfigError(f"{path}: the file is empty (for the defaults alone, load no file: load_config(None))")
     config = load_structured(SFDConfig, path, overrides)
+    if config.train.precision == "False":  # YAML reads a bare `no` (train.precision=no) as false, stored as "False"
+        config.train.precision = "no"
     validate(config, source=str(path) if path is not None else "config")
     warn_inert_keys(config, source=str(path) if path is not None else "config")
     return config
@@ -368,8 +370,8 @@ def validate(config: SFDConfig, source: str = "config") -> None:
           "sample.autoguidance is true but no guide config is given")
     train = config.train
     check(train.global_batch_size > 0, "train.global_batch_size", "must be positive")
-    check(train.precision in ("fp32", "bf16", "fp16"), "train.precision",
-          f"expected fp32, bf16 or fp16 (got {train.precision!r})")
+    check(train.precision in ("no", "fp32", "bf16", "fp16"), "train.precision",
+          f"expected fp32 (or no), bf16 or fp16 (got {train.precision!r})")
     check(0 <= train.ema_decay <= 1, "train.ema_decay", f"must be in [0, 1] (got {train.ema_decay})")
     for key in ("max_steps", "log_every", "ckpt_every", "valid_every"):
         check(getattr(train, key) > 0, f"train.{key}", f"must be positive (got {getattr(train, key)})")

@@ -1,17 +1,21 @@
 """The one distributed layer: torch.distributed from torchrun's environment, or a single process without it.
 
-Launch several processes with ``torchrun --nproc_per_node N script.py`` (gloo on CPU, NCCL on GPUs). With no
-launcher every helper degrades to one process. Only the global main process (rank 0, not a node's local rank 0)
+Launch several processes with ``torchrun --nproc_per_node N script.py``; the backend is the device layer's
+(``sfd/device.py``: gloo on CPU, NCCL on CUDA, HCCL on Ascend NPUs, XCCL on XPUs). With no launcher every helper
+degrades to one process. Only the global main process (rank 0, not a node's local rank 0)
 writes shared files.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from sfd.device import Accelerator, resolve
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,7 @@ class Topology:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    accelerator: Accelerator = field(default_factory=resolve)  # $SFD_DEVICE, else the machine's accelerator, else CPU
 
     @property
     def is_main(self) -> bool:
@@ -26,17 +31,18 @@ class Topology:
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        return self.accelerator.device(self.local_rank)
 
 
-def init() -> Topology:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); one process when absent."""
+def init(device: Optional[str] = None) -> Topology:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); one process when absent.
+    ``device`` (a ``--device`` value) overrides the accelerator type :func:`sfd.device.resolve` would pick."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    topology = Topology(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    topology = Topology(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")),
+                        resolve(device))
     if world_size > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(topology.local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        topology.accelerator.set_device_index(topology.local_rank)
+        dist.init_process_group(topology.accelerator.backend)
     return topology
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from sfd import distributed, rng
 from sfd.config import SFDConfig
 from sfd.data.latents import load_stats
+from sfd.device import Accelerator
 from sfd.files import remove_stale_temporaries, write_json_atomic
 from sfd.guidance import guidance_on, guidance_scales
 from sfd.runlock import lock_run_folder
@@ -116,6 +117,7 @@ class ImageSampler:
     guide: Optional[nn.Module] = None
     device: torch.device = torch.device("cpu")
     seed: int = 0
+    precision: str = "fp32"  # no | fp32 | tf32 | bf16 | fp16; bf16/fp16 autocast the sampling on accelerators
     nfe: list[int] = field(default_factory=list)  # drift evaluations of every batch sampled so far, in order
     plan: SamplingPlan = field(init=False)  # the config's sampling settings, decided once for every batch
 
@@ -126,14 +128,16 @@ class ImageSampler:
 
     def __post_init__(self) -> None:
         self.plan = SamplingPlan.from_config(self.config, self.guide)
+        self.plan.check_device(self.device)
 
     def latents(self, indices: Sequence[int], labels: torch.Tensor) -> torch.Tensor:
         args = self.model.args
         side = args.input_size
         z = initial_noise(self.seed, indices, (args.in_chans, side, side), self.device)
-        result = self.plan(self.model, z, labels.to(self.device),
-                           generator=rng.SampleGenerators([rng.derive_seed(self.seed, i, 2) for i in indices],
-                                                          self.device))
+        with Accelerator.of(self.device).autocast(self.precision):
+            result = self.plan(self.model, z, labels.to(self.device),
+                               generator=rng.SampleGenerators([rng.derive_seed(self.seed, i, 2) for i in indices],
+                                                              self.device))
         self.nfe.append(result.nfe)
         return result.x
 
@@ -184,12 +188,13 @@ class SampleFolderError(ValueError):
 def image_settings(sampler: ImageSampler, plan: LabelPlan, batch_size: int,
                    provenance: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Every setting that changes a sample folder's images or their labels, as flat ``name: value`` pairs: the
-    folder's manifest. ``provenance`` adds what only the caller knows (checkpoint files, matmul precision). The
+    folder's manifest. ``provenance`` adds what only the caller knows (checkpoint files, the device). The
     batch size and tolerances count only for an adaptive solver, whose step sizes are shared by a batch; the sample
     count only for balanced labels, whose class of sample i depends on it."""
     config, sampling = sampler.config, sampler.plan
     settings: dict[str, Any] = {
         "seed": sampler.seed, "model.model_type": config.model.model_type, **dict(provenance or {}),
+        "sampler.precision": sampler.precision,  # bf16/fp16 autocast the network; fp32/tf32 set the matmuls
         "sampler.method": sampling.method, "sampler.sde": sampling.sde, "sampler.num_steps": sampling.num_steps,
         "sampler.shift": sampling.shift, "time_split.delta_t": sampling.split.delta_t,
         "time_split.semantic_chans": sampling.split.semantic_chans,

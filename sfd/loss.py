@@ -22,6 +22,7 @@ from torch import nn
 
 from sfd import rng
 from sfd.config import SFDConfig
+from sfd.device import has_float64
 from sfd.schedule import TimeSplit
 
 
@@ -73,7 +74,9 @@ class FlowMatchingLoss:
 
     def sample_time(self, batch: int, generator: rng.Generator, device: torch.device) -> torch.Tensor:
         """Training time t ∈ [0, 1]: logit-normal (sigmoid computed in float64, then float32, as the release) or
-        uniform."""
+        uniform. MPS has no float64: there the normals are drawn in float32 and the sigmoid runs on the CPU."""
+        if self.use_lognorm and not has_float64(device):
+            return torch.sigmoid(rng.randn(generator, (batch,), device).cpu().double()).float().to(device)
         if self.use_lognorm:
             return torch.sigmoid(rng.randn(generator, (batch,), device, torch.float64)).float()
         return rng.rand(generator, (batch,), device)

@@ -20,10 +20,13 @@ from torch import nn
 from torchdiffeq import odeint
 
 from sfd.config import SFDConfig
+from sfd.device import has_float64
 from sfd.guidance import Guidance, guided_velocity
 from sfd.schedule import TimeSplit
 
 FIXED_GRID_METHODS = ("euler", "heun")  # this module's explicit loops; every other method is torchdiffeq's
+# torchdiffeq's adaptive solvers keep step sizes, tolerances and the error norm in float64 on the state's device.
+FLOAT64_METHODS = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 
 Drift = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (τ [B], x) -> dx/dτ
 
@@ -51,7 +54,8 @@ def make_drift(model: nn.Module, split: TimeSplit, y: torch.Tensor, guidance: Op
 
     def drift(tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         t_tex, t_sem = split.times(tau)
-        velocity = guided_velocity(model, x, t_tex, t_sem, y, guidance, split.semantic_chans)
+        # Under bf16/fp16 autocast the network returns half-precision velocities; the state stays in its dtype.
+        velocity = guided_velocity(model, x, t_tex, t_sem, y, guidance, split.semantic_chans).to(x.dtype)
         mask = split.active_mask(tau, x.shape[1])
         return velocity if mask is None else velocity * mask
 
@@ -79,9 +83,17 @@ def heun(drift: Drift, x: torch.Tensor, grid: torch.Tensor) -> list[torch.Tensor
     return states
 
 
+def check_method_device(method: str, device: torch.device) -> None:
+    """A one-line ValueError when ODE ``method`` cannot run on ``device`` (the adaptive solvers need float64)."""
+    if method in FLOAT64_METHODS and not has_float64(device):
+        raise ValueError(f"{method} needs float64, which {device.type.upper()} lacks; use "
+                         f"sample.sampling_method=euler/heun or SFD_DEVICE=cpu")
+
+
 def solve_ode(drift: Drift, x: torch.Tensor, grid: torch.Tensor, method: str, atol: float, rtol: float
               ) -> list[torch.Tensor]:
     """torchdiffeq ``odeint`` (dopri5 by default in configs). Adaptive methods use the grid only as output points."""
+    check_method_device(method, x.device)
 
     def func(tau: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         return drift(torch.ones(state.shape[0], device=state.device) * tau, state)
@@ -196,6 +208,11 @@ class SamplingPlan:
         """Whether a sample depends on its batch-mates: an adaptive solver (dopri5, ...) picks one step size for the
         whole batch; the fixed grids (Euler, Heun, Euler–Maruyama) step every row alike."""
         return not self.sde and self.method not in FIXED_GRID_METHODS
+
+    def check_device(self, device: torch.device) -> None:
+        """Refuse, before any work, a plan whose solver cannot run on ``device`` (see :func:`check_method_device`)."""
+        if not self.sde:
+            check_method_device(self.method, device)
 
     @classmethod
     def from_config(cls, config: SFDConfig, guide: Optional[nn.Module] = None) -> "SamplingPlan":

@@ -6,18 +6,48 @@ whatever the worker's code was. Here that exception becomes one line and the wor
 workers print is touched: their stdout and stderr go straight to the terminal (torchrun redirects nothing by
 default), so a worker's traceback from a real bug is still shown in full. torchrun's own errors (a rendezvous that
 fails, a bad option) keep their tracebacks too.
+
+torch elastic restarts the worker group after any failure, up to --max-restarts times. A worker exiting with a
+code of NOT_RETRIED (bad input, a run that cannot continue) would fail the same way on every restart, so here it
+ends the run at once, with its one line, instead of repeating it max-restarts + 1 times.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from typing import Sequence
 
 from torch.distributed import run as torch_run
+from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup
+from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher import api as launcher_api
+
+# Exit codes that a restart would only repeat: 2, bad input (a config error, a missing or corrupt file; also
+# argparse's usage error), and 3, a run that cannot continue (scripts/train.py's TrainingError: a non-finite loss,
+# a batch larger than the dataset).
+NOT_RETRIED = frozenset({2, 3})
+
+
+class NoRetryAgent(LocalElasticAgent):
+    """torchrun's agent, except that a failure with an exit code of NOT_RETRIED leaves no restarts.
+
+    Each node's agent decides by itself. That suffices: a config error and a non-finite loss (the loss is all-reduced
+    before the check) fail every rank alike, and an agent that ends this way closes the rendezvous, so the other
+    nodes' agents end at their next rendezvous instead of waiting for this node.
+    """
+
+    def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
+        result = super()._monitor_workers(worker_group)
+        # _invoke_run restarts the group while _remaining_restarts > 0; at 0 it stops the workers and returns the
+        # failure, which launch_agent raises as ChildFailedError (torch has no option or hook for this choice).
+        if result.is_failed() and any(failure.exitcode in NOT_RETRIED for failure in result.failures.values()):
+            self._remaining_restarts = 0
+        return result
 
 
 class _WithoutFailureLine(logging.Filter):
@@ -46,6 +76,12 @@ def failure_line(error: ChildFailedError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run torchrun with ``argv`` (default: sys.argv[1:]); the workers' exit status, or 128 + N on signal N."""
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_WithoutFailureLine())
+    launcher_api.LocalElasticAgent = NoRetryAgent  # the class launch_agent instantiates, looked up when called
+    # Restarted workers must not meet their predecessors' keys. When the workers share the agent's rendezvous store
+    # (torch's default for c10d), the process group's keys are not namespaced per attempt, so a restarted rank can
+    # read a dead rank's address and fail to connect ("Gloo connectFullMesh failed … Connection refused"; seen in
+    # tests/test_train.py's killed-worker run). Unshared, rank 0 of each attempt hosts a fresh store on a fresh port.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     try:
         # torchrun's own main, not run(): its @record decorator copies the failed worker's error file to the
         # launcher's (TORCHELASTIC_ERROR_FILE, read by schedulers) before re-raising; it prints nothing itself.

@@ -20,7 +20,6 @@ import json
 import re
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional
@@ -35,9 +34,11 @@ from sfd.build import build_model
 from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, extract_state_dict, read_file
 from sfd.config import SFDConfig, config_to_dict, save_config
 from sfd.data.latents import InMemoryLatents, LatentShardDataset, collate_latents
+from sfd.device import Accelerator, compile_module, float64_device
 from sfd.files import remove_stale_temporaries, write_text_atomic
 from sfd.loss import FlowMatchingLoss
 from sfd.runlock import lock_run_folder
+from sfd.throughput import model_flop_utilisation, peak_flops, training_flops_per_image
 
 CHECKPOINT_NAME = re.compile(r"^(\d+)\.pt$")
 
@@ -103,10 +104,9 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
 
 
 def autocast_for(precision: str, device: torch.device):
-    """bf16/fp16 autocast on GPUs; CPUs train in fp32 (their bf16 matmuls are ~100× slower, docs/environment.md §2)."""
-    if device.type != "cuda" or precision == "fp32":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    """bf16/fp16 autocast on accelerators; CPUs train in fp32 (their bf16 matmuls are ~100× slower,
+    docs/environment.md §2). The device layer decides (``Accelerator.autocast``)."""
+    return Accelerator.of(device).autocast(precision)
 
 
 class Trainer:
@@ -119,6 +119,7 @@ class Trainer:
         self.config = config
         self.topology = topology or distributed.Topology()
         self.device = device or self.topology.device
+        self.accelerator = Accelerator.of(self.device)
         train = config.train
         if train.global_batch_size % self.topology.world_size:
             raise TrainingError(f"train.global_batch_size={train.global_batch_size} is not divisible by the "
@@ -135,15 +136,17 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=optimizer.lr,
             betas=(optimizer.beta1, optimizer.beta2), eps=optimizer.eps, weight_decay=optimizer.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and train.precision == "fp16")
+        self.scaler = self.accelerator.grad_scaler(train.precision)
         self.loss = FlowMatchingLoss.from_config(config)
         self.dataset = self._dataset(config.data.data_path, flip_prob=0.5) if with_data else None
         self.step, self.images_seen = 0, 0
         self.skipped_checkpoints: list[str] = []  # why newer checkpoints could not resume this run
+        self.flops_per_image: Optional[float] = None  # training FLOPs per image and the device's peak, for MFU
+        self.peak_flops: Optional[float] = None
         resumed = self._resume() if with_data else None
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if not self.accelerator.is_cpu
                                             else None) if self.topology.world_size > 1 else self.model)
-        self.forward_model = torch.compile(self.ddp) if train.compile else self.ddp
+        self.forward_model = compile_module(self.ddp, self.accelerator) if train.compile else self.ddp
         self.resumed_from = resumed
 
     # -- setup -------------------------------------------------------------------------------------------------
@@ -313,7 +316,8 @@ class Trainer:
         count = min(len(dataset), self.config.train.valid_items)
         mine = range(self.topology.rank, count, self.topology.world_size)
         loss = FlowMatchingLoss.from_config(self.config, class_dropout_prob=0.0)
-        sums = torch.zeros(len(self.config.train.valid_timesteps) + 1, device=self.device, dtype=torch.float64)
+        sums = torch.zeros(len(self.config.train.valid_timesteps) + 1, device=float64_device(self.device),
+                           dtype=torch.float64)  # on the CPU for MPS, which has no float64
         self.model.eval()
         batch = self.config.sample.per_proc_batch_size * 4
         for start in range(0, len(mine), batch):
@@ -326,12 +330,23 @@ class Trainer:
                                                    for i in indices], self.device)
                 noise = generators.randn(latents.shape)
                 terms = loss(self.model, latents, labels, dino, t=torch.full((len(indices),), t), noise=noise)
-                sums[k] += terms.mse.double().sum()
+                sums[k] += terms.mse.to(sums.device).double().sum()
             sums[-1] += len(indices)
         if dist.is_initialized():
             dist.all_reduce(sums)
         return {f"valid_mse_t{t:g}": (sums[k] / sums[-1]).item()
                 for k, t in enumerate(self.config.train.valid_timesteps)}
+
+    def throughput(self, images_per_s: float) -> dict[str, float]:
+        """Images/s per device and, where the device's peak is known (sfd/throughput.py), the model FLOP
+        utilisation of the training step."""
+        if self.flops_per_image is None:  # counted once, on the meta device
+            self.flops_per_image = training_flops_per_image(self.config)
+            self.peak_flops = peak_flops(self.accelerator.device_name(self.device),
+                                         self.accelerator.effective_precision(self.config.train.precision))
+        per_device = images_per_s / self.topology.world_size
+        utilisation = model_flop_utilisation(per_device, self.flops_per_image, self.peak_flops)
+        return {"images_per_s_per_device": per_device, **({"mfu": utilisation} if utilisation is not None else {})}
 
     def _forget_log_after(self, step: int) -> None:
         """Drop ``log.jsonl`` records of steps after ``step`` (those a killed run logged after its last checkpoint,
@@ -400,8 +415,9 @@ class Trainer:
             loader: Iterable = (memory.batch(keys) for keys in sampler)
         else:
             loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate_latents,
-                                num_workers=self.config.data.num_workers if self.device.type == "cuda" else 0,
-                                pin_memory=self.device.type == "cuda")
+                                # workers only beside an accelerator: on a CPU they would compete with the step
+                                num_workers=self.config.data.num_workers if not self.accelerator.is_cpu else 0,
+                                pin_memory=self.accelerator.pin_memory)
         bar = None
         if progress and self.topology.is_main:
             from tqdm import tqdm
@@ -424,7 +440,7 @@ class Trainer:
                 means = {key: value / window_steps for key, value in window.items()}
                 self.log({"step": self.step, **means, "lr": self.learning_rate(self.step - 1),
                           "steps_per_s": rate, "images_per_s": rate * train.global_batch_size,
-                          "images_seen": self.images_seen})
+                          **self.throughput(rate * train.global_batch_size), "images_seen": self.images_seen})
                 window, window_start, window_steps = {}, time.perf_counter(), 0
             if self.valid_dataset is not None and self.step % train.valid_every == 0:
                 self.log({"step": self.step, **self.validation_loss()})

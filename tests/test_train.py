@@ -309,3 +309,56 @@ def test_resume_without_a_shared_filesystem_and_a_log_without_repeats(data, tmp_
         assert all(torch.equal(value, b["opt"]["state"][index][name]) for name, value in state.items())
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if "loss" in json.loads(line)]
     assert steps == [1, 2, 3, 4, 5, 6]  # each step once, the killed run's 4 and 5 replaced
+
+
+def test_the_log_reports_throughput_per_device_and_mfu(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("SFD_PEAK_TFLOPS", "1")  # a CPU has no datasheet peak; give one
+    trainer = Trainer(tiny_config(data, tmp_path, "train.max_steps=2"))
+    trainer.run(progress=False)
+    record = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()][-1]
+    from sfd.throughput import training_flops_per_image
+
+    assert record["images_per_s_per_device"] == record["images_per_s"]  # one process
+    expected = record["images_per_s_per_device"] * training_flops_per_image(trainer.config) / 1e12
+    assert record["mfu"] == pytest.approx(expected)
+
+
+# Loaded by every Python process of the run below through PYTHONPATH (site imports a sitecustomize module at start):
+# the rank-1 worker of the first attempt kills itself with SIGKILL before step 4, after the checkpoint of step 3.
+KILL_RANK_1 = '''
+import os
+if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+    import signal
+    import sfd.train
+    original = sfd.train.Trainer.train_step
+    def killed_before_step_4(self, *args):
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, *args)
+    sfd.train.Trainer.train_step = killed_before_step_4
+'''
+
+
+def test_an_elastic_run_survives_a_killed_worker(data, tmp_path):
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "hooks" / "sitecustomize.py").write_text(KILL_RANK_1)
+    overrides = [f"data.data_path={data / 'sfd'}", "train.exp_name=run", "train.global_batch_size=8",
+                 "train.max_steps=6", "train.ckpt_every=3", "train.log_every=1", "optimizer.lr=1e-3",
+                 "train.tensorboard=false", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PRECISION": "fp32", "PYTHON": sys.executable,
+           "GPUS_PER_NODE": "2", "SFD_DEVICE": "cpu"}
+    for name, extra in (("straight", {}), ("killed", {"MAX_RESTARTS": "1"})):
+        hooks = f"{tmp_path / 'hooks'}:" if name == "killed" else ""
+        result = subprocess.run(["bash", "run_train.sh", "configs/tiny/sfd_tiny.yaml",
+                                 f"train.output_dir={tmp_path / name}", *overrides], cwd=ROOT,
+                                env={**env, **extra, "PYTHONPATH": f"{hooks}{ROOT}"}, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout and "0000003.pt" in result.stdout  # the restart, after the kill
+    a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "killed")
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][key], b[part][key]) for key in a[part]), part
+    for index, state in a["opt"]["state"].items():
+        assert all(torch.equal(value, b["opt"]["state"][index][name]) for name, value in state.items())
+    log = (tmp_path / "killed" / "run" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log if "loss" in json.loads(line)] == [1, 2, 3, 4, 5, 6]

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from sfd.data.images import list_image_folder, load_image
+from sfd.device import DeviceError, default_device, float64_device
 from sfd.files import write_json_atomic
 from sfd.tokenizers.dinov2 import TIMM_NAMES, build_dinov2, extraction_preprocess, tiny_dinov2
 from sfd.tokenizers.evaluation import feature_errors, psnr, ssim
@@ -33,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="torch device, e.g. cuda, cuda:1, npu, mps, cpu (default: $SFD_DEVICE, "
+                                         "else the machine's accelerator, else cpu)")
     args = parser.parse_args(argv)
     if not (args.texture_vae or args.semvae):
         parser.error("give --texture-vae and/or --semvae")
@@ -45,8 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 @torch.no_grad()
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
     try:
+        device = default_device(args.device)
         items = list_image_folder(args.images)[0][: args.limit]
         vae = semvae = dino = None
         if args.texture_vae:
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
             semvae = load_semvae(args.semvae, device=device)
             dino = tiny_dinov2().to(device) if args.dino_model == "tiny-random" else build_dinov2(
                 args.dino_model, args.dino_weights).to(device)
-    except (FileNotFoundError, KeyError, ValueError) as error:
+    except (DeviceError, FileNotFoundError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     scores: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "feature_mse": [], "feature_cosine": []}
@@ -69,6 +71,7 @@ def main(argv=None) -> int:
         if vae is not None:
             original = vae.to_uint8(images).permute(0, 3, 1, 2).float()
             recon = vae.to_uint8(vae.decode(vae.encode(images).mode())).permute(0, 3, 1, 2).float()
+            original, recon = original.to(float64_device(device)), recon.to(float64_device(device))  # in float64
             scores["psnr"].append(psnr(original, recon).cpu())
             scores["ssim"].append(ssim(original, recon).cpu())
         if semvae is not None:

@@ -28,6 +28,7 @@ import scipy
 import torch
 from tqdm import tqdm
 
+from sfd.device import DeviceError, default_device
 from sfd.evaluation.inception import WEIGHTS_ENV, WEIGHTS_SHA256, InceptionFeatures, file_sha256, load_inception
 from sfd.evaluation.metrics import (PR_MODES, FeatureStatistics, feature_statistics, frechet_distance, full_fp32,
                                     inception_score, precision_recall, softmax_float32)
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"local weights-inception-2015-12-05-6726825d.pth (default: ${WEIGHTS_ENV})")
     parser.add_argument("--weights-sha256", action="append", default=None,
                         help="allowed SHA-256 of the weights file (repeatable; default: the standard file's hash)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, npu, cpu (default: "
+                                                       "$SFD_DEVICE, else the machine's accelerator, else cpu)")
     parser.add_argument("--batch-size", type=int, default=NPZ_BATCH, help="images per forward pass (ADM: 64)")
     parser.add_argument("--pr-mode", choices=PR_MODES, default="tf16",
                         help="P/R distances: tf16 emulates ADM's float16 path (default), fp32 is exact float32")
@@ -204,9 +206,9 @@ def main(argv: Optional[list[str]] = None, network: Optional[FeatureNetwork] = N
          network_id: Optional[str] = None) -> int:
     """CLI entry point. ``network``/``network_id`` replace the Inception weights (tests, other feature nets)."""
     args = build_parser().parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = None
     try:
+        device = default_device(args.device)
         if network is None:
             network, network_id = load_inception(args.inception_weights, args.weights_sha256 or (WEIGHTS_SHA256,),
                                                   device)
@@ -214,7 +216,8 @@ def main(argv: Optional[list[str]] = None, network: Optional[FeatureNetwork] = N
         results, report = evaluate(args.ref_batch, args.sample_batch, network, device=device,
                                    batch_size=args.batch_size, pr_mode=args.pr_mode,
                                    cache_dir=None if args.no_cache else Path(args.cache_dir), network_id=network_id)
-    except ValueError as error:  # bad inputs and missing/unknown weights (InceptionWeightsError is a ValueError)
+    except (ValueError, DeviceError) as error:  # bad inputs, missing/unknown weights (InceptionWeightsError is a
+        # ValueError), a device that cannot be used
         print(f"error: {error}", file=sys.stderr)
         return 2
     for line in results.lines():

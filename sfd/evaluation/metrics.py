@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from scipy import linalg
+
+from sfd.device import matmul_precision
 
 PRMode = Literal["tf16", "fp32"]
 PR_MODES: tuple[str, ...] = ("tf16", "fp32")
@@ -97,16 +99,11 @@ def inception_score(probabilities: np.ndarray, split_size: int = IS_SPLIT_SIZE) 
     return float(np.mean(scores))
 
 
-@contextlib.contextmanager
-def full_fp32() -> Iterator[None]:
-    """Turn TF32 off for CUDA matmuls and convolutions (docs/evaluator.md §9.3: TF32 moves Inception features by ~1e-3
-    and would truncate the fp16-valued operands of the P/R distances), restoring the previous settings afterwards."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+def full_fp32() -> contextlib.AbstractContextManager:
+    """Turn TF32 (and the NPU's HF32) off for matmuls and convolutions (docs/evaluator.md §9.3: TF32 moves Inception
+    features by ~1e-3 and would truncate the fp16-valued operands of the P/R distances), restoring the previous
+    settings afterwards."""
+    return matmul_precision("fp32")
 
 
 def _squared_distances_fp32(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Training the Semantic VAE on pre-extracted DINOv2 patch tokens (docs/semvae.md §2).
 
 The recipe is the release's: AdamW (lr 5e-5, weight decay 0.01), warm-up / constant / cosine learning rate,
-loss = MSE + cosine + 1e-7·KL on the reconstruction of a posterior *sample*, bf16 autocast on CUDA, batch 64.
+loss = MSE + cosine + 1e-7·KL on the reconstruction of a posterior *sample*, bf16 autocast on accelerators, batch 64.
 What the release leaves to chance is made reproducible here: the weight init, the posterior noise and the data
 order come from seeded ``torch.Generator``s, and a checkpoint holds everything a run depends on (weights, optimizer,
 step, noise-generator state, data position, loss averages), so rerunning the same command after a crash continues
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import json
 import math
 import re
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, read_file
 from sfd.config import ConfigError, load_structured
+from sfd.device import Accelerator, default_device
 from sfd.files import write_text_atomic
 from sfd.rng import derive_seed
 from sfd.tokenizers.semvae import SemanticVAE, SemVAEArgs, grid_side, init_weights
@@ -129,7 +131,7 @@ class LogSection:
 
 @dataclass
 class TrainingSection:
-    mixed_precision: str = "bf16"  # bf16: autocast on CUDA (CPU runs fp32, bf16 is far slower there) | no
+    mixed_precision: str = "bf16"  # bf16: autocast on accelerators (CPU runs fp32, bf16 is far slower there) | no
     max_epochs: int = 10_000_000_000
     total_iterations: int = 1_000_000  # optimizer steps
     checkpoint_path: str = ""  # start from this checkpoint (official or ours) when checkpoint_dir holds none
@@ -653,7 +655,7 @@ def train(config: SemVAETrainConfig, device: str | torch.device | None = None, s
     after that many steps with a checkpoint (for time-limited jobs); rerunning continues."""
     from tqdm import tqdm
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     training, log = config.training, config.training.log
     train_set, eval_set, input_dim = _open_data(config)
     model, optimizer = _build(config, input_dim, device)
@@ -662,9 +664,10 @@ def train(config: SemVAETrainConfig, device: str | torch.device | None = None, s
     checkpoint_dir = Path(training.checkpointing.checkpoint_dir)
     start = latest_checkpoint(checkpoint_dir) or (Path(training.checkpoint_path) if training.checkpoint_path else None)
     state = restore(start, model, optimizer, noise) if start else TrainState()
-    # bf16 autocast on CUDA only (the release's Accelerate bf16); the loss runs in fp32 on the fp32-cast outputs.
-    use_bf16 = training.mixed_precision == "bf16" and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    # bf16 autocast on accelerators only (the release's Accelerate bf16); the loss runs in fp32 on the fp32-cast
+    # outputs.
+    accelerator = Accelerator.of(device)
+    autocast = functools.partial(accelerator.autocast, training.mixed_precision)  # a fresh context per use
     write_text_atomic(Path(log.log_dir) / "config.yaml", config_yaml(config))
     writer = _tensorboard(config)
 
