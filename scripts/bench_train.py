@@ -33,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--batch", type=int, nargs="+", default=[8], help="global batch sizes")
     parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up step")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--precision", choices=["no", "fp32", "bf16", "fp16"], default="fp32",
+                        help="train.precision: no|fp32 (exact), bf16|fp16 (autocast); CPUs always run fp32")
     parser.add_argument("--device", help="torch device, e.g. cuda, npu, mps, cpu (default: $SFD_DEVICE, else the "
                                          "machine's accelerator, else cpu)")
     parser.add_argument("--data", nargs="+", choices=["shards", "memory"], default=["shards", "memory"],

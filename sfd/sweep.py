@@ -490,6 +490,7 @@ class LatentsSweep:
         from sfd.build import build_model
         from sfd.checkpoint import load_weights
         from sfd.config import resolve_path
+        from sfd.device import Accelerator, set_matmul_precision
         from sfd.generate import ImageSampler, LabelPlan, LatentDecoder, write_fid_set
         from sfd.tokenizers.texture_vae import load_texture_vae
 
@@ -503,8 +504,11 @@ class LatentsSweep:
         load_weights(model, checkpoint, prefer="ema")
         vae = load_texture_vae(resolve_path(config.vae.config_path, self.config_path), device=self.device)
         seed = self.seed + variant.repeat
+        # the release's sampling numerics (fp32 with TF32 matmuls on CUDA; plain fp32 where no such switch exists)
+        precision = Accelerator.of(self.device).effective_precision("tf32")
+        set_matmul_precision(precision)
         sampler = ImageSampler(model.to(self.device).eval(), config, LatentDecoder(vae, config, self.device),
-                               device=self.device, seed=seed)
+                               device=self.device, seed=seed, precision=precision)
         plan = LabelPlan(self.samples, config.data.num_classes, balanced=config.sample.balanced_sampling, seed=seed,
                          fixed=None if scoring.conditional else config.data.num_classes)
         write_fid_set(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size, topology=self.topology,
