@@ -117,19 +117,41 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        # F.rms_norm without a weight is the release's x·rsqrt(mean(x²) + eps) in one call (bit-identical in fp32,
+        # tests/test_lightningdit.py); the weight stays outside so that, under bf16, the normalised value is rounded
+        # to the input dtype before it is scaled, as the release does (quirk 6 of docs/method.md §9.2).
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 def block_norm(dim: int, use_rmsnorm: bool) -> nn.Module:
     return RMSNorm(dim) if use_rmsnorm else nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
 
 
+def add_product(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """base + a·b in one pass over the tensors (``torch.addcmul``) instead of two (a product, then a sum).
+
+    Where the hardware contracts this into a fused multiply-add (AVX-512 CPUs, CUDA) the result is rounded once instead
+    of twice: within 1 ulp of the release's two-step formula, far inside the golden tolerances (docs/goldens.md §5;
+    tests/test_lightningdit.py). When a·b would be formed in a narrower dtype than ``base`` (bf16 autocast: a bf16
+    gate times a bf16 branch output added to the fp32 residual stream) the release rounds the product to that dtype
+    first, while addcmul would keep it in the wider one; the two-step formula is kept there so that bf16 training
+    stays the release's arithmetic (docs/method.md §4.4)."""
+    product_dtype = torch.promote_types(a.dtype, b.dtype)
+    if torch.promote_types(product_dtype, base.dtype) != product_dtype:
+        return base + a * b
+    return torch.addcmul(base, a, b)
+
+
 def modulate(x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation x·(1 + scale) + shift, broadcast over tokens."""
-    x = x * (1 + scale.unsqueeze(1))
-    return x if shift is None else x + shift.unsqueeze(1)
+    """adaLN modulation x·(1 + scale) + shift, broadcast over tokens (docs/method.md §4.4)."""
+    if shift is None:
+        return x * (1 + scale.unsqueeze(1))
+    return add_product(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """The adaLN-Zero residual x + gate·update, the gate [B, D] broadcast over tokens (docs/method.md §4.4)."""
+    return add_product(x, gate.unsqueeze(1), update)
 
 
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
@@ -163,11 +185,28 @@ class RotaryEmbedding2D(nn.Module):
         table = torch.cat([row, col], dim=-1).reshape(grid * grid, head_dim)
         self.register_buffer("freqs_cos", table.cos())
         self.register_buffer("freqs_sin", table.sin())
+        # freqs_sin with the rotation's sign folded in (−sin on even, +sin on odd features), so that forward only
+        # swaps the pair members instead of also negating one. Derived, so not in the state dict; refreshed
+        # whenever freqs_sin is loaded.
+        self.register_buffer("signed_sin", self.fold_rotation_sign(self.freqs_sin), persistent=False)
+        self.register_load_state_dict_post_hook(RotaryEmbedding2D.after_load)
+
+    @staticmethod
+    def fold_rotation_sign(freqs_sin: torch.Tensor) -> torch.Tensor:
+        sign = torch.ones(freqs_sin.shape[-1], dtype=freqs_sin.dtype, device=freqs_sin.device)
+        sign[0::2] = -1
+        return freqs_sin * sign  # multiplying by ±1 is exact
+
+    def after_load(self, _incompatible_keys: object) -> None:
+        """load_state_dict post-hook (also with ``assign=True``): derive ``signed_sin`` from the loaded table."""
+        with torch.no_grad():
+            self.signed_sin = self.fold_rotation_sign(self.freqs_sin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pairs = x.unflatten(-1, (-1, 2))
-        rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # (x0, x1) -> (-x1, x0)
-        return x * self.freqs_cos + rotated * self.freqs_sin
+        # (x0, x1)·cos + (−x1, x0)·sin  ==  (x0, x1)·cos + (x1, x0)·(−sin, sin): bit-identical, since IEEE
+        # products only change sign when one factor does (tests/test_lightningdit.py checks it with torch.equal).
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        return x * self.freqs_cos + swapped * self.signed_sin
 
 
 class Attention(nn.Module):
@@ -241,8 +280,8 @@ class LightningDiTBlock(nn.Module):
             shift_msa = shift_mlp = None
         else:
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = gated_residual(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope))
+        return gated_residual(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
 
 class FinalLayer(nn.Module):

@@ -141,11 +141,27 @@ class FlowMatchingLoss:
 
     def repa_alignment(self, projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-sample REPA loss between projector tokens [B, T, D] and a target map [B, D, h, w] whose tokens are
-        taken in row-major order (token = w_index + h_index·w)."""
+        taken in row-major order (token = w_index + h_index·w). Only ``repa_mode``'s variant is computed, so the
+        ``cos`` mode of every released config never forms the [B, T, D] squared error; each variant is the same
+        expression as when all three were computed and one kept (tests/test_loss.py checks equality)."""
         target_tokens = target.flatten(2).transpose(1, 2).to(projected.dtype)
         if target_tokens.shape != projected.shape:
             raise ValueError(f"REPA target has {tuple(target_tokens.shape)} tokens×features, "
                              f"the projector gives {tuple(projected.shape)}")
-        cos = (1 - F.cosine_similarity(target_tokens, projected, dim=-1)).mean(1)
-        mse = ((target_tokens - projected) ** 2).flatten(1).mean(1)
-        return {"cos": cos, "mse": mse, "cos_mse": (cos + mse) / 2}[self.repa_mode]
+        if self.repa_mode == "cos":
+            return repa_cosine(projected, target_tokens)
+        if self.repa_mode == "mse":
+            return repa_mse(projected, target_tokens)
+        if self.repa_mode == "cos_mse":
+            return (repa_cosine(projected, target_tokens) + repa_mse(projected, target_tokens)) / 2
+        raise ValueError(f"model.repa_mode: expected cos, mse or cos_mse (got {self.repa_mode!r})")
+
+
+def repa_cosine(projected: torch.Tensor, target_tokens: torch.Tensor) -> torch.Tensor:
+    """[B]: mean over tokens of 1 − cos over the features (docs/method.md §3.2)."""
+    return (1 - F.cosine_similarity(target_tokens, projected, dim=-1)).mean(1)
+
+
+def repa_mse(projected: torch.Tensor, target_tokens: torch.Tensor) -> torch.Tensor:
+    """[B]: mean squared error over tokens × features (docs/method.md §3.2)."""
+    return ((target_tokens - projected) ** 2).flatten(1).mean(1)

@@ -27,6 +27,14 @@ from sfd.schedule import TimeSplit
 FIXED_GRID_METHODS = ("euler", "heun")  # this module's explicit loops; every other method is torchdiffeq's
 # torchdiffeq's adaptive solvers keep step sizes, tolerances and the error norm in float64 on the state's device.
 FLOAT64_METHODS = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+# torchdiffeq methods whose steps do not depend on the output times asked for, so that asking only for the end time
+# gives the same final state bit for bit (tests/test_samplers.py): the adaptive Runge–Kutta solvers choose every step
+# from their error estimate alone and interpolate the outputs (torchdiffeq/_impl/rk_common.py, `_advance`); the
+# fixed-grid ones step on the grid returned by their `grid_constructor` option, which we set to the full grid
+# (torchdiffeq/_impl/solvers.py, `FixedGridODESolver.integrate`). Any other method gets every grid time.
+ADAPTIVE_RK_METHODS = FLOAT64_METHODS
+TORCHDIFFEQ_FIXED_GRID_METHODS = ("midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
+                                  "fixed_adams")
 
 Drift = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (τ [B], x) -> dx/dτ
 
@@ -46,7 +54,7 @@ DIFFUSION_FORMS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
 class SampleResult:
     x: torch.Tensor  # final state at τ_max, [B, C, H, W]
     nfe: int  # number of drift evaluations (a guided evaluation counts once)
-    trajectory: Optional[torch.Tensor] = None  # [steps, B, C, H, W] for the fixed-step methods
+    trajectory: Optional[torch.Tensor] = None  # [grid points, B, C, H, W], only with keep_trajectory=True
 
 
 def make_drift(model: nn.Module, split: TimeSplit, y: torch.Tensor, guidance: Optional[Guidance] = None) -> Drift:
@@ -62,24 +70,34 @@ def make_drift(model: nn.Module, split: TimeSplit, y: torch.Tensor, guidance: Op
     return drift
 
 
-def euler(drift: Drift, x: torch.Tensor, grid: torch.Tensor) -> list[torch.Tensor]:
-    """x_{k+1} = x_k + (τ_{k+1} − τ_k)·f(τ_k, x_k); returns every grid state."""
+def record(states: list[torch.Tensor], x: torch.Tensor, keep_trajectory: bool) -> None:
+    """Append the new state ``x``, or, when the trajectory is not wanted, let it replace the previous one so that a
+    sampler holds a single state and earlier ones can be freed."""
+    if keep_trajectory:
+        states.append(x)
+    else:
+        states[-1] = x
+
+
+def euler(drift: Drift, x: torch.Tensor, grid: torch.Tensor, keep_trajectory: bool = True) -> list[torch.Tensor]:
+    """x_{k+1} = x_k + (τ_{k+1} − τ_k)·f(τ_k, x_k); returns every grid state, or only the final one."""
     states = [x]
     for tau, tau_next in zip(grid[:-1], grid[1:]):
         x = x + (tau_next - tau) * drift(tau.expand(x.shape[0]), x)
-        states.append(x)
+        record(states, x, keep_trajectory)
     return states
 
 
-def heun(drift: Drift, x: torch.Tensor, grid: torch.Tensor) -> list[torch.Tensor]:
-    """Second-order Heun (trapezoidal predictor-corrector), two evaluations per step."""
+def heun(drift: Drift, x: torch.Tensor, grid: torch.Tensor, keep_trajectory: bool = True) -> list[torch.Tensor]:
+    """Second-order Heun (trapezoidal predictor-corrector), two evaluations per step; every grid state or only the
+    final one."""
     states = [x]
     for tau, tau_next in zip(grid[:-1], grid[1:]):
         step = tau_next - tau
         slope = drift(tau.expand(x.shape[0]), x)
         predicted = x + step * slope
         x = x + step * 0.5 * (slope + drift(tau_next.expand(x.shape[0]), predicted))
-        states.append(x)
+        record(states, x, keep_trajectory)
     return states
 
 
@@ -90,15 +108,27 @@ def check_method_device(method: str, device: torch.device) -> None:
                          f"sample.sampling_method=euler/heun or SFD_DEVICE=cpu")
 
 
-def solve_ode(drift: Drift, x: torch.Tensor, grid: torch.Tensor, method: str, atol: float, rtol: float
-              ) -> list[torch.Tensor]:
-    """torchdiffeq ``odeint`` (dopri5 by default in configs). Adaptive methods use the grid only as output points."""
+def solve_ode(drift: Drift, x: torch.Tensor, grid: torch.Tensor, method: str, atol: float, rtol: float,
+              keep_trajectory: bool = True) -> list[torch.Tensor]:
+    """torchdiffeq ``odeint`` (dopri5 by default in configs). Adaptive methods use the grid only as output points.
+    Returns the state at every grid point, or, without ``keep_trajectory``, only the final one; then torchdiffeq is
+    asked for the two end times alone where that leaves every step unchanged (see ADAPTIVE_RK_METHODS), instead of
+    holding all grid states (250 in the released setting) at once."""
     check_method_device(method, x.device)
 
     def func(tau: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         return drift(torch.ones(state.shape[0], device=state.device) * tau, state)
 
-    return list(odeint(func, x, grid.to(x.device), method=method, atol=[atol], rtol=[rtol]))
+    grid = grid.to(x.device)
+    times, options = grid, None
+    only_end_time = not keep_trajectory and len(grid) > 2
+    if only_end_time and method in ADAPTIVE_RK_METHODS:
+        times = grid[[0, -1]]
+    elif only_end_time and method in TORCHDIFFEQ_FIXED_GRID_METHODS:
+        times, options = grid[[0, -1]], {"grid_constructor": lambda _func, _y0, _t: grid}
+    solution = odeint(func, x, times, method=method, atol=[atol], rtol=[rtol], options=options)
+    # clone: a view would keep the whole solution tensor (every requested time) alive and be saved with it.
+    return list(solution) if keep_trajectory else [solution[-1].clone()]
 
 
 def euler_maruyama(
@@ -109,10 +139,12 @@ def euler_maruyama(
     diffusion: Callable[[torch.Tensor], torch.Tensor],
     generator: Optional[torch.Generator],
     eps: float = 1e-3,
+    keep_trajectory: bool = True,
 ) -> list[torch.Tensor]:
     """SDE sampler with the same marginals as the ODE: dx = [v + w(t)·s(x, t)] dτ + sqrt(2 w(t)) dW, with the
     score of the linear path s = (t·v − x)/(1 − t) and each channel group at its own time. Noise enters only the
-    groups that move at τ. The last step is the noise-free mean step (the release's default last step)."""
+    groups that move at τ. The last step is the noise-free mean step (the release's default last step). Returns
+    every grid state, or only the final one."""
     states = [x]
     num_chans = x.shape[1]
     for index, (tau, tau_next) in enumerate(zip(grid[:-1], grid[1:])):
@@ -128,7 +160,7 @@ def euler_maruyama(
         if index < len(grid) - 2:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + mask * torch.sqrt(2 * w * step) * noise
-        states.append(x)
+        record(states, x, keep_trajectory)
     return states
 
 
@@ -153,7 +185,8 @@ def sample(
     """Integrate from noise ``z`` [B, C, H, W] at τ = 0 to τ_max with labels ``y`` [B].
 
     ``method``: ``euler`` | ``heun`` | any torchdiffeq method (ODE); with ``sde=True`` Euler–Maruyama is used and
-    ``generator`` supplies its noise. Returns the final state and the number of drift evaluations."""
+    ``generator`` supplies its noise. Returns the final state and the number of drift evaluations, and the state at
+    every grid point only with ``keep_trajectory`` (otherwise no earlier state is kept)."""
     calls = 0
 
     def counted(fn: Drift) -> Drift:
@@ -173,15 +206,16 @@ def sample(
             form = DIFFUSION_FORMS[diffusion_form]
             velocity = counted(lambda tau, x: guided_velocity(model, x, *split.times(tau), y, guidance,
                                                               split.semantic_chans))
-            states = euler_maruyama(velocity, z, grid, split, lambda t: form(t, diffusion_norm), generator)
+            states = euler_maruyama(velocity, z, grid, split, lambda t: form(t, diffusion_norm), generator,
+                                    keep_trajectory=keep_trajectory)
         else:
             drift = counted(make_drift(model, split, y, guidance))
             if method == "euler":
-                states = euler(drift, z, grid)
+                states = euler(drift, z, grid, keep_trajectory)
             elif method == "heun":
-                states = heun(drift, z, grid)
+                states = heun(drift, z, grid, keep_trajectory)
             else:
-                states = solve_ode(drift, z, grid, method, atol, rtol)
+                states = solve_ode(drift, z, grid, method, atol, rtol, keep_trajectory)
     trajectory = torch.stack(states) if keep_trajectory else None
     return SampleResult(x=states[-1], nfe=calls, trajectory=trajectory)
 

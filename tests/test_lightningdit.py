@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import sfd
-from sfd.lightningdit import SIZES, LightningDiT, LightningDiTArgs, RotaryEmbedding2D, TimestepEmbedder, sincos_pos_embed
+from sfd.lightningdit import (SIZES, LightningDiT, LightningDiTArgs, RMSNorm, RotaryEmbedding2D, TimestepEmbedder,
+                              gated_residual, modulate, sincos_pos_embed)
 from tests.conftest import DATA, TOL_FORWARD, golden, rel_error, tiny_model_args
 
 
@@ -161,3 +162,108 @@ def test_initialisation_zeroes_the_output():
     out = model(torch.randn(2, 48, 16, 16), torch.rand(2), torch.rand(2), torch.tensor([1, 2]))
     assert torch.equal(out.velocity, torch.zeros_like(out.velocity))
     assert not model.pos_embed.requires_grad
+
+
+# The release's element-wise formulas, written out as it writes them (docs/method.md §4.4, §4.5), to check the
+# fused versions in sfd/lightningdit.py against.
+def release_rms_norm(x, weight, eps=1e-6):
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
+
+
+def release_rope(x, freqs_cos, freqs_sin):
+    pairs = x.unflatten(-1, (-1, 2))
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+    return x * freqs_cos + rotated * freqs_sin
+
+
+def release_modulate(x, shift, scale):
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def release_gated_residual(x, gate, update):
+    return x + gate.unsqueeze(1) * update
+
+
+RMS_SHAPES = [(2, 256, 64), (3, 7, 33), (2, 256, 1152), (5, 17, 72)]
+
+
+@pytest.mark.parametrize("shape", RMS_SHAPES)
+def test_rmsnorm_is_the_release_formula(shape):
+    """F.rms_norm keeps the release's numbers: bit-identical in fp32; in bf16 the cast-then-weight order stays
+    (quirk 6), so the output dtype matches and the values agree to within one bf16 rounding."""
+    generator = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(shape, generator=generator)
+    norm = RMSNorm(shape[-1])
+    norm.weight.data.normal_(generator=generator)
+    with torch.no_grad():
+        assert torch.equal(norm(x), release_rms_norm(x, norm.weight))
+        ours, release = norm(x.bfloat16()), release_rms_norm(x.bfloat16(), norm.weight)
+    assert ours.dtype == release.dtype
+    torch.testing.assert_close(ours, release, rtol=2**-8, atol=0)
+
+
+def test_rmsnorm_on_the_attention_layout_is_the_release_formula():
+    """The QK-norm sees q and k as permuted (non-contiguous) views of the qkv output."""
+    generator = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 256, 3, 2, 32, generator=generator).permute(2, 0, 3, 1, 4)[0]  # [B, heads, T, head_dim]
+    norm = RMSNorm(32)
+    norm.weight.data.normal_(generator=generator)
+    with torch.no_grad():
+        assert torch.equal(norm(q), release_rms_norm(q, norm.weight))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_with_sign_folded_sin_is_the_release_rotation(dtype):
+    """Swapping pair members against a sign-folded sin table gives the release's (−x1, x0) rotation bit for bit."""
+    rope = RotaryEmbedding2D(head_dim=72, grid=16)
+    x = torch.randn(2, 3, 256, 72, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert torch.equal(rope(x), release_rope(x, rope.freqs_cos, rope.freqs_sin))
+
+
+def test_rope_sign_folded_table_is_derived_and_follows_loading():
+    """The derived table is not in the state dict (released checkpoints load strictly) and is rebuilt from whatever
+    freqs_sin a state dict brings."""
+    rope = RotaryEmbedding2D(head_dim=8, grid=4)
+    assert set(rope.state_dict()) == {"freqs_cos", "freqs_sin"}
+    state = {"freqs_cos": torch.rand(16, 8), "freqs_sin": torch.rand(16, 8)}
+    for assign in (False, True):
+        rope.load_state_dict(state, strict=True, assign=assign)
+        x = torch.randn(1, 1, 16, 8)
+        assert torch.equal(rope(x), release_rope(x, state["freqs_cos"], state["freqs_sin"]))
+    model = LightningDiT(tiny_model_args())
+    model.load_state_dict({**model.state_dict(), "feat_rope.freqs_sin": torch.ones(16, 8)}, strict=True)
+    assert torch.equal(model.feat_rope.signed_sin[:, 0], -torch.ones(16))
+
+
+def fused_or_release(ours, release, exact):
+    """Each element equals the release's two roundings (no fused multiply-add on this machine) or the single rounding
+    of the exact value (a fused multiply-add, e.g. AVX-512 or CUDA): never anything else."""
+    return bool(((ours == release) | (ours == exact.float())).all())
+
+
+@pytest.mark.parametrize("shape", [(2, 256, 64), (3, 7, 33), (2, 256, 1152)])
+def test_addcmul_modulation_and_residual_round_at_most_as_the_release(shape):
+    """modulate and gated_residual are one torch.addcmul each. With a fused multiply-add that is not bit-identical to
+    the release's product-then-sum (one rounding instead of two, ≤ 1 ulp); the golden tests bound the effect on the
+    network (docs/goldens.md §5)."""
+    generator = torch.Generator().manual_seed(0)
+    x, update = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+    shift, scale, gate = (torch.randn(shape[0], shape[-1], generator=generator) for _ in range(3))
+    exact = x.double() * (1 + scale.unsqueeze(1)).double() + shift.unsqueeze(1).double()
+    assert fused_or_release(modulate(x, shift, scale), release_modulate(x, shift, scale), exact)
+    exact = x.double() + gate.unsqueeze(1).double() * update.double()
+    assert fused_or_release(gated_residual(x, gate, update), release_gated_residual(x, gate, update), exact)
+    assert torch.equal(modulate(x, None, scale), x * (1 + scale.unsqueeze(1)))
+
+
+def test_bf16_branch_output_is_rounded_before_the_residual_as_in_the_release():
+    """Under bf16 autocast the gate and the branch output are bf16 and the residual stream fp32: the release rounds
+    their product to bf16 before adding it, and so do we (addcmul would keep it in fp32)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 64, generator=generator)
+    gate = torch.randn(2, 64, generator=generator).bfloat16()
+    update = torch.randn(2, 16, 64, generator=generator).bfloat16()
+    ours = gated_residual(x, gate, update)
+    assert ours.dtype == torch.float32 and torch.equal(ours, release_gated_residual(x, gate, update))
+    assert not torch.equal(ours, torch.addcmul(x, gate.unsqueeze(1), update))

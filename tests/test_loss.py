@@ -143,3 +143,36 @@ def test_per_sample_generators_make_the_loss_independent_of_the_batch_split():
     assert torch.allclose(whole.mse, torch.cat([h.mse for h in halves]), atol=1e-6)
     assert torch.equal(whole.t_tex, torch.cat([h.t_tex for h in halves]))
     assert torch.allclose(whole.total, torch.stack([h.total for h in halves]).mean(), atol=1e-6)
+
+
+def release_repa_variants(projected, target):
+    """The three REPA variants as computed before: all of them on every call, one kept."""
+    tokens = target.flatten(2).transpose(1, 2).to(projected.dtype)
+    cos = (1 - torch.nn.functional.cosine_similarity(tokens, projected, dim=-1)).mean(1)
+    mse = ((tokens - projected) ** 2).flatten(1).mean(1)
+    return {"cos": cos, "mse": mse, "cos_mse": (cos + mse) / 2}
+
+
+def test_each_repa_mode_gives_the_same_value_as_computing_all_three():
+    generator = torch.Generator().manual_seed(0)
+    projected = torch.randn(3, 256, 768, generator=generator)
+    target = torch.randn(3, 768, 16, 16, generator=generator)
+    expected = release_repa_variants(projected, target)
+    for mode in ("cos", "mse", "cos_mse"):
+        ours = make_loss(TimeSplit(0.3, 16), use_repa=True, repa_mode=mode).repa_alignment(projected, target)
+        assert torch.equal(ours, expected[mode]), mode
+    with pytest.raises(ValueError, match="repa_mode"):
+        make_loss(TimeSplit(0.3, 16), use_repa=True, repa_mode="l1").repa_alignment(projected, target)
+
+
+def test_cos_mode_does_not_compute_the_squared_error(monkeypatch):
+    """The released `cos` mode never forms the [B, T, D] squared error."""
+    import sfd.loss
+
+    def forbidden(*_args):
+        raise AssertionError("repa_mse computed in cos mode")
+
+    monkeypatch.setattr(sfd.loss, "repa_mse", forbidden)
+    projected, target = torch.randn(2, 16, 8), torch.randn(2, 8, 4, 4)
+    loss = make_loss(TimeSplit(0.3, 2), use_repa=True, repa_mode="cos")
+    assert torch.equal(loss.repa_alignment(projected, target), release_repa_variants(projected, target)["cos"])

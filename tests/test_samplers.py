@@ -6,6 +6,7 @@ import torch
 import sfd
 from sfd.guidance import Guidance
 from sfd.lightningdit import LightningDiT
+from sfd import samplers
 from sfd.samplers import sample
 from sfd.schedule import TimeSplit
 from tests.conftest import TOL_DOPRI5, TOL_EULER, golden, rel_error, tiny_model_args
@@ -141,3 +142,66 @@ def test_sde_without_noise_is_euler_and_is_seeded(split):
     assert torch.isfinite(noisy[0]).all()
     with pytest.raises(ValueError, match="diffusion_form"):
         sample(model, z, y, split, sde=True, num_steps=4, diffusion_form="SBDM")
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_fixed_step_samplers_hold_only_the_final_state_unless_asked(method):
+    model = tiny_model()
+    z, y = torch.randn(2, 6, 4, 4), torch.tensor([0, 2])
+    split = TimeSplit(0.3, 2)
+    full = sample(model, z, y, split, method=method, num_steps=9, keep_trajectory=True)
+    final = sample(model, z, y, split, method=method, num_steps=9)
+    assert full.trajectory.shape == (9, 2, 6, 4, 4) and final.trajectory is None
+    assert torch.equal(final.x, full.x) and final.nfe == full.nfe
+    drift = samplers.make_drift(model, split, y)
+    with torch.no_grad():
+        states = getattr(samplers, method)(drift, z, split.grid(9), keep_trajectory=False)
+    assert len(states) == 1 and torch.equal(states[0], full.x)
+
+
+def test_sde_holds_only_the_final_state_unless_asked():
+    model = tiny_model()
+    z, y = torch.randn(2, 6, 4, 4), torch.tensor([0, 2])
+    runs = [sample(model, z, y, TimeSplit(0.3, 2), sde=True, num_steps=9, keep_trajectory=keep,
+                   generator=torch.Generator().manual_seed(0)) for keep in (True, False)]
+    assert runs[0].trajectory.shape[0] == 9 and runs[1].trajectory is None
+    assert torch.equal(runs[0].x, runs[1].x)
+
+
+def record_odeint_times(monkeypatch):
+    """Wrap the odeint the samplers call, recording how many output times each call asks for."""
+    asked = []
+
+    def recording_odeint(func, y0, t, **kwargs):
+        asked.append(len(t))
+        return samplers_odeint(func, y0, t, **kwargs)
+
+    samplers_odeint = samplers.odeint
+    monkeypatch.setattr(samplers, "odeint", recording_odeint)
+    return asked
+
+
+def test_dopri5_asks_only_for_the_end_time_and_gets_the_same_steps(sfd_tiny, monkeypatch):
+    """dopri5 picks its steps from the error estimate alone and interpolates the outputs, so asking torchdiffeq for
+    the end time only gives the golden case's final state bit for bit, with the same 26 model calls (rejected steps
+    included)."""
+    model, _ = sfd_tiny
+    case = golden("sample_dopri5_cfg_sfd_tiny")
+    z, y = case["z"][:2], case["y"][:2]
+    asked = record_odeint_times(monkeypatch)
+    runs = [sample(model, z, y, SFD_SPLIT, method="dopri5", num_steps=250, atol=1e-6, rtol=1e-3,
+                   guidance=Guidance(scale_tex=1.5, scale_sem=1.5), keep_trajectory=keep) for keep in (True, False)]
+    assert asked == [250, 2]
+    assert runs[0].trajectory.shape[0] == 250 and runs[1].trajectory is None
+    assert torch.equal(runs[0].x, runs[1].x) and runs[0].nfe == runs[1].nfe == 26
+    assert runs[1].x.untyped_storage().nbytes() == runs[1].x.numel() * runs[1].x.element_size()
+
+
+def test_torchdiffeq_fixed_grid_method_steps_on_the_full_grid_without_keeping_it(monkeypatch):
+    model = tiny_model()
+    z, y = torch.randn(2, 6, 4, 4), torch.tensor([0, 2])
+    asked = record_odeint_times(monkeypatch)
+    full = sample(model, z, y, TimeSplit(0.3, 2), method="rk4", num_steps=12, keep_trajectory=True)
+    final = sample(model, z, y, TimeSplit(0.3, 2), method="rk4", num_steps=12)
+    assert asked == [12, 2] and final.trajectory is None
+    assert torch.equal(final.x, full.x) and final.nfe == full.nfe == 4 * 11
