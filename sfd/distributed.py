@@ -74,3 +74,12 @@ def all_true(flag: bool) -> bool:
     flags: list = [None] * dist.get_world_size()
     dist.all_gather_object(flags, bool(flag))
     return all(flags)
+
+
+def all_gather(value) -> list:
+    """Every process's ``value`` (any picklable object), in rank order, on every process."""
+    if not dist.is_initialized():
+        return [value]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

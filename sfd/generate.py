@@ -160,8 +160,10 @@ def generate_folder(
     rank: int = 0,
     world_size: int = 1,
     progress: Callable[[int], None] = lambda n: None,
+    nfe_by_batch: Optional[dict[int, int]] = None,
 ) -> int:
-    """Write this process's missing PNGs ``{i:06d}.png``; returns how many batches were (re)generated."""
+    """Write this process's missing PNGs ``{i:06d}.png``; returns how many batches were (re)generated and records
+    in ``nfe_by_batch`` the drift evaluations each of them took, by the index of its first sample."""
     folder.mkdir(parents=True, exist_ok=True)
     done = 0
     for indices in batches_of_rank(plan.num_samples, batch_size, rank, world_size):
@@ -173,6 +175,8 @@ def generate_folder(
         for path, image in zip(paths, sampler.images(indices, labels)):
             if not path.exists():
                 save_png(image, path)
+        if nfe_by_batch is not None:
+            nfe_by_batch[indices.start] = sampler.nfe[-1]
         done += 1
         progress(len(indices))
     return done
@@ -243,6 +247,30 @@ def check_folder_settings(folder: Path, settings: Mapping[str, Any]) -> None:
         raise SampleFolderError(f"{folder}: holds samples made with other settings ({shown}{more}); {remedy}")
 
 
+NFE_NAME = "nfe.json"  # the drift evaluations each batch of a sample folder took
+
+
+def record_nfe(folder: Path, nfe_by_batch: Mapping[int, int], batch_size: int) -> dict[str, Any]:
+    """Merge the NFE of newly generated batches into the folder's ``nfe.json`` (batches of earlier, interrupted runs
+    keep theirs) with the mean over all recorded batches: what the set cost, next to the images it bought.
+    ``batch_size`` is that of the run that last added batches (it matters for adaptive solvers only, and those
+    refuse another batch size: :func:`image_settings`)."""
+    path = folder / NFE_NAME
+    recorded: dict[str, int] = {}
+    if path.exists():
+        try:
+            recorded = dict(json.loads(path.read_text())["nfe_per_batch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = {}  # unreadable: rebuilt from what this run measured
+    recorded.update({str(start): int(nfe) for start, nfe in nfe_by_batch.items()})
+    ordered = dict(sorted(recorded.items(), key=lambda item: int(item[0])))
+    summary = {"batch_size": batch_size, "batches": len(ordered),
+               "mean_nfe_per_batch": sum(ordered.values()) / len(ordered) if ordered else None,
+               "nfe_per_batch": ordered}
+    write_json_atomic(path, summary)
+    return summary
+
+
 def pack_folder(folder: Path, plan: LabelPlan) -> Path:
     """``{folder}.npz`` from the images the folder holds, 000000.png … in index order, with the labels the plan
     gives those indices; a missing image is an error, not a shorter set."""
@@ -284,11 +312,15 @@ def write_fid_set(
             if not (folder / SETTINGS_NAME).exists():
                 write_json_atomic(folder / SETTINGS_NAME, settings)
         distributed.barrier()
+        nfe_by_batch: dict[int, int] = {}
         generate_folder(sampler, plan, folder, batch_size=batch_size, rank=topology.rank,
-                        world_size=topology.world_size, progress=progress)
-        distributed.barrier()
+                        world_size=topology.world_size, progress=progress, nfe_by_batch=nfe_by_batch)
+        gathered = distributed.all_gather(nfe_by_batch)
         npz = folder.parent / f"{folder.name}.npz"
         if topology.is_main:
+            generated = {start: nfe for part in gathered for start, nfe in part.items()}
+            if generated or not (folder / NFE_NAME).exists():
+                record_nfe(folder, generated, batch_size)
             pack_folder(folder, plan)
         distributed.barrier()
     finally:

@@ -218,8 +218,11 @@ def test_a_sample_folder_belongs_to_one_set_of_settings(sfd_tiny, tmp_path):
     assert packed["arr_1"].tolist() == plan.labels(range(4)).tolist()
     assert all(np.array_equal(packed["arr_0"][i], np.asarray(Image.open(folder / f"{i:06d}.png"))) for i in range(4))
 
+    nfe = json.loads((folder / "nfe.json").read_text())  # what each batch cost, beside the images
+    assert nfe["batches"] == 2 and list(nfe["nfe_per_batch"]) == ["0", "2"] and nfe["mean_nfe_per_batch"] > 0
     # the same settings: nothing to do; another batch size with a fixed-grid solver: the same images
     write_fid_set(folder_sampler(model, euler), plan, folder, batch_size=3, provenance={"checkpoint": "a.pt"})
+    assert json.loads((folder / "nfe.json").read_text())["nfe_per_batch"] == nfe["nfe_per_batch"]
     # the seed-7 rerun into the seed-0 folder refuses, naming the difference, and the npz is left as it was
     with pytest.raises(SampleFolderError, match=r"other settings \(seed: 0 there, 7 now; labels.seed: 0 there, 7 now"):
         write_fid_set(folder_sampler(model, euler, seed=7), LabelPlan(4, 1000, seed=7), folder, batch_size=2,
