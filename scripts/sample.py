@@ -24,7 +24,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from sfd import distributed
-from sfd.build import guide_checkpoint, load_guide, load_model
+from sfd.build import guide_checkpoint, load_guide, load_model, model_checkpoint
 from sfd.checkpoint import CheckpointError
 from sfd.cli import add_overrides_argument, parse_with_overrides
 from sfd.config import ConfigError, resolve_path
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         bar = tqdm(total=mine, desc=f"sampling {name}", unit="img",
                    disable=args.no_progress or not topology.is_main)
         guide_file = guide_checkpoint(config, args.config, ag_iter)
-        provenance = {"checkpoint": str(args.ckpt or resolve_path(config.ckpt_path, args.config)),
+        provenance = {"checkpoint": str(model_checkpoint(config, args.config, args.ckpt)),
                       "guide_checkpoint": str(guide_file) if guide_file else None,
                       "device": device.type}
         npz = write_fid_set(sampler, plan, folder, batch_size=config.sample.per_proc_batch_size, topology=topology,

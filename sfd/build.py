@@ -29,9 +29,13 @@ def load_model(
     Relative checkpoint paths are resolved against the working directory, then against the config's folder."""
     config = load_config(config_path, overrides)
     model = build_model(config)
-    path = Path(ckpt_path) if ckpt_path is not None else resolve_path(config.ckpt_path, config_path)
-    load_weights(model, path)
+    load_weights(model, model_checkpoint(config, config_path, ckpt_path))
     return model.to(device).eval(), config
+
+
+def model_checkpoint(config: SFDConfig, config_path: str | Path, ckpt_path: Optional[str | Path] = None) -> Path:
+    """The weights file :func:`load_model` reads: ``ckpt_path`` when given, else the config's ``ckpt_path``."""
+    return Path(ckpt_path) if ckpt_path is not None else resolve_path(config.ckpt_path, config_path)
 
 
 def guide_checkpoint_for_iteration(path: str | Path, iteration_k: int) -> Path:

@@ -69,11 +69,7 @@ def broadcast_from_main(value):
 
 def all_true(flag: bool) -> bool:
     """Whether ``flag`` holds on every process (each process passes its own)."""
-    if not dist.is_initialized():
-        return flag
-    flags: list = [None] * dist.get_world_size()
-    dist.all_gather_object(flags, bool(flag))
-    return all(flags)
+    return all(all_gather(bool(flag)))
 
 
 def all_gather(value) -> list:
