@@ -131,7 +131,9 @@ class TrainConfig:
     use_checkpoint: bool = True  # only logged by the release (gradient checkpointing is model.use_checkpoint)
     precision: str = "bf16"  # fp32 (or no) | bf16 | fp16 autocast on accelerators (CPU runs in fp32); PRECISION
     ema_decay: float = 0.9999  # EMA of the weights, updated after every optimizer step
-    compile: bool = False  # torch.compile the model (GPU)
+    # Regional torch.compile of the repeated blocks (sfd.device.compile_module); None = auto: on for accelerators,
+    # off on the CPU.
+    compile: Optional[bool] = None
     tensorboard: bool = True  # also log to {run}/tensorboard when tensorboard is installed
     valid_every: int = 10_000  # validation-loss interval in steps (needs data.valid_path)
     valid_items: int = 1000  # held-out latents used for the validation loss

@@ -123,6 +123,18 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
+def inverse_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """1/sqrt(mean(x²) + eps) over the last dimension, from one reading pass (``vector_norm``) instead of squaring
+    into a new tensor and summing it (the same value within rounding: docs/goldens.md §5)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return torch.rsqrt(norm.square() / x.shape[-1] + eps)
+
+
+def swap_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, …) -> (x1, x0, x3, x2, …): the partner of each interleaved RoPE pair."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
 def block_norm(dim: int, use_rmsnorm: bool) -> nn.Module:
     return RMSNorm(dim) if use_rmsnorm else nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
 
@@ -147,6 +159,17 @@ def modulate(x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor
     if shift is None:
         return x * (1 + scale.unsqueeze(1))
     return add_product(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+def norm_modulate(norm: nn.Module, x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+    """modulate(norm(x), shift, scale). For float32 RMSNorm in three passes instead of six: the norm's weight is
+    folded into the per-sample scale (w·(1 + scale) is [B, D], not [B, T, D]) and the mean square comes from one
+    reading pass (:func:`inverse_rms`). Other dtypes keep the release's order of roundings (docs/method.md §4.4)."""
+    if not isinstance(norm, RMSNorm) or x.dtype != torch.float32:
+        return modulate(norm(x), shift, scale)
+    normalized = x * inverse_rms(x, norm.eps)
+    factor = norm.weight * (1 + scale.unsqueeze(1))
+    return normalized * factor if shift is None else torch.addcmul(shift.unsqueeze(1), normalized, factor)
 
 
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
@@ -205,8 +228,7 @@ class RotaryEmbedding2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (x0, x1)·cos + (−x1, x0)·sin  ==  (x0, x1)·cos + (x1, x0)·(−sin, sin): bit-identical, since IEEE
         # products only change sign when one factor does (tests/test_lightningdit.py checks it with torch.equal).
-        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-        return x * self.freqs_cos + swapped * self.signed_sin
+        return x * self.freqs_cos + swap_pairs(x) * self.signed_sin
 
 
 class Attention(nn.Module):
@@ -227,12 +249,27 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: Optional[RotaryEmbedding2D]) -> torch.Tensor:
         batch, tokens, dim = x.shape
         # qkv features are [q of all heads | k | v], head h at slice [h*hd, (h+1)*hd) of each.
-        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = rope(q), rope(k)
-        out = F.scaled_dot_product_attention(q, k, v)
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # [B, T, 3, H, hd]
+        if rope is not None and isinstance(self.q_norm, RMSNorm) and x.dtype == torch.float32:
+            qk = self.normalize_rotate(qkv[:, :, :2], rope)
+            q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
+        else:
+            q, k = self.q_norm(qkv[:, :, 0].transpose(1, 2)), self.k_norm(qkv[:, :, 1].transpose(1, 2))
+            if rope is not None:
+                q, k = rope(q), rope(k)
+        out = F.scaled_dot_product_attention(q, k, qkv[:, :, 2].transpose(1, 2))
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+    def normalize_rotate(self, qk: torch.Tensor, rope: RotaryEmbedding2D) -> torch.Tensor:
+        """rope(q_norm(q)) and rope(k_norm(k)) for q and k together ([B, T, 2, H, hd]) in five passes instead of
+        sixteen: the RMSNorm weights are folded into the RoPE tables, rope(n·w) = n·(w·cos) + swap(n)·(swap(w)·sin)
+        (the tables are [T, 2, 1, hd], so folding costs nothing per sample), and the mean square is one reading
+        pass. Equal to the two-module path within rounding (tests/test_lightningdit.py)."""
+        weight = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None, :]  # [2, 1, hd]
+        cos = rope.freqs_cos[:, None, None, :] * weight  # [T, 2, 1, hd]
+        sin = rope.signed_sin[:, None, None, :] * swap_pairs(weight)
+        normalized = qk * inverse_rms(qk, self.q_norm.eps)
+        return torch.addcmul(normalized * cos, swap_pairs(normalized), sin)
 
 
 class SwiGLU(nn.Module):
@@ -245,7 +282,10 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.w12(x).chunk(2, dim=-1)
-        return self.w3(F.silu(gate) * value)
+        hidden = F.silu(gate)
+        # Without autograd the product can overwrite SiLU's output instead of allocating a third [B, T, hidden].
+        hidden = hidden * value if torch.is_grad_enabled() else hidden.mul_(value)
+        return self.w3(hidden)
 
 
 class GeluMlp(nn.Module):
@@ -280,8 +320,8 @@ class LightningDiTBlock(nn.Module):
             shift_msa = shift_mlp = None
         else:
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = gated_residual(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope))
-        return gated_residual(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        x = gated_residual(x, gate_msa, self.attn(norm_modulate(self.norm1, x, shift_msa, scale_msa), rope))
+        return gated_residual(x, gate_mlp, self.mlp(norm_modulate(self.norm2, x, shift_mlp, scale_mlp)))
 
 
 class FinalLayer(nn.Module):
@@ -295,7 +335,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return self.linear(norm_modulate(self.norm_final, x, shift, scale))
 
 
 class TimestepEmbedder(nn.Module):

@@ -34,7 +34,7 @@ from sfd.build import build_model
 from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, extract_state_dict, read_file
 from sfd.config import SFDConfig, config_to_dict, save_config
 from sfd.data.latents import InMemoryLatents, LatentShardDataset, collate_latents
-from sfd.device import Accelerator, compile_module, float64_device
+from sfd.device import Accelerator, compile_by_default, compile_module, float64_device
 from sfd.files import remove_stale_temporaries, write_text_atomic
 from sfd.loss import FlowMatchingLoss
 from sfd.runlock import lock_run_folder
@@ -109,6 +109,20 @@ def autocast_for(precision: str, device: torch.device):
     return Accelerator.of(device).autocast(precision)
 
 
+def build_optimizer(model: torch.nn.Module, config: SFDConfig, accelerator: Accelerator) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters with the config's settings (the release's optimizer). Where torch has a
+    fused AdamW kernel for the device (CPU, CUDA, XPU, MPS) it is used: one pass per parameter instead of a dozen
+    element-wise passes over all of them, the same update within rounding (3× faster on a 130M-parameter model on
+    this project's CPU; scripts/bench_vs_release.py)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    settings = config.optimizer
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr,
+                             betas=(settings.beta1, settings.beta2), eps=settings.eps,
+                             weight_decay=settings.weight_decay,
+                             fused=accelerator.type in _get_fused_kernels_supported_devices() or None)
+
+
 class Trainer:
     def __init__(self, config: SFDConfig, topology: Optional[distributed.Topology] = None,
                  run_dir: Optional[Path] = None, with_data: bool = True,
@@ -132,10 +146,7 @@ class Trainer:
         if train.weight_init:
             self._initialise_from(Path(train.weight_init))
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        optimizer = config.optimizer
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=optimizer.lr,
-            betas=(optimizer.beta1, optimizer.beta2), eps=optimizer.eps, weight_decay=optimizer.weight_decay)
+        self.optimizer = build_optimizer(self.model, config, self.accelerator)
         self.scaler = self.accelerator.grad_scaler(train.precision)
         self.loss = FlowMatchingLoss.from_config(config)
         self.dataset = self._dataset(config.data.data_path, flip_prob=0.5) if with_data else None
@@ -146,7 +157,8 @@ class Trainer:
         resumed = self._resume() if with_data else None
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if not self.accelerator.is_cpu
                                             else None) if self.topology.world_size > 1 else self.model)
-        self.forward_model = compile_module(self.ddp, self.accelerator) if train.compile else self.ddp
+        compiled = compile_by_default(train.compile, self.accelerator)
+        self.forward_model = compile_module(self.ddp, self.accelerator) if compiled else self.ddp
         self.resumed_from = resumed
 
     # -- setup -------------------------------------------------------------------------------------------------

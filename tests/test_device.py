@@ -15,6 +15,7 @@ import torch.distributed as dist
 import sfd
 from sfd import device as layer
 from sfd import distributed
+from tests.conftest import DATA
 from sfd.device import Accelerator, DeviceError
 
 ROOT = Path(__file__).parent.parent
@@ -271,3 +272,53 @@ def test_compile_names_the_device_when_its_compiler_is_missing(monkeypatch):
     monkeypatch.setitem(layer.COMPILER_PACKAGES, "cuda", "surely_not_installed_compiler")
     with pytest.raises(DeviceError, match="^torch.compile on cuda: surely_not_installed_compiler is not installed"):
         layer.compile_module(torch.nn.Linear(2, 2), Accelerator("cuda"))
+
+
+def test_regional_compilation_shares_one_graph_per_grad_mode_across_train_eval_train():
+    """The blocks compile once (not once per block), keep their state-dict keys and outputs, and a train -> eval
+    -> train cycle compiles nothing new the second time (docs/environment.md §2)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from sfd.build import build_model
+    from sfd.config import load_config
+
+    torch._dynamo.reset()
+    config = load_config(DATA / "sfd_tiny.yaml", ["model.depth=3"])
+    torch.manual_seed(0)
+    model = build_model(config)
+    keys = list(model.state_dict())
+    side = sfd.config.model_args(config).input_size
+    x, t, y = torch.randn(2, config.model.in_chans, side, side), torch.rand(2), torch.tensor([1, 2])
+    with torch.no_grad():
+        eager = model.eval()(x, t, t, y, repa=False).velocity
+    counter = CompileCounter()
+    for block in model.blocks:
+        block.compile(backend=counter)
+
+    def train_step():
+        model.train()
+        model(x, t, t, y).velocity.square().mean().backward()
+
+    def eval_call():
+        model.eval()
+        with torch.no_grad():
+            return model(x, t, t, y, repa=False).velocity
+
+    train_step()
+    after_train = counter.frame_count
+    compiled = eval_call()
+    after_eval = counter.frame_count
+    train_step()
+    eval_call()
+    assert after_train == 1  # one graph for all three blocks
+    assert after_eval <= 2  # at most one more for no-grad inference
+    assert counter.frame_count == after_eval  # the cycle recompiles nothing
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
+
+
+def test_compile_is_on_by_default_only_on_accelerators():
+    assert layer.compile_by_default(None, Accelerator("cuda")) is True
+    assert layer.compile_by_default(None, Accelerator("cpu")) is False
+    assert layer.compile_by_default(True, Accelerator("cpu")) is True
+    assert layer.compile_by_default(False, Accelerator("cuda")) is False
