@@ -184,6 +184,10 @@ class SampleConfig:
     class_label: Optional[int] = None  # fixed label for all samples (num_classes = unconditional)
     diffusion_form: str = "sigma"  # SDE diffusion coefficient w(t)
     diffusion_norm: float = 1.0  # SDE diffusion scale
+    # sfd extension: restart the ODE solver where the three-phase drift jumps (τ = Δt and τ = 1). Adaptive solvers
+    # integrate each phase separately; fixed grids (euler, heun) put grid points on both boundaries. Off reproduces
+    # the release (docs/method.md §5.3).
+    phase_split: bool = False
 
 
 @dataclass

@@ -92,6 +92,13 @@ def guided_velocity(
     """Velocity of ``model`` at (x, t_tex, t_sem, y), guided when ``guidance`` is given."""
     if guidance is None or guidance.is_identity:
         return model(x, t_tex, t_sem, y, repa=False).velocity
+    mode = guidance.interval_mode
+    unguided_tex = _outside_interval(t_tex, guidance, mode in ("both", "tex"))
+    unguided_sem = _outside_interval(t_sem, guidance, mode in ("both", "sem"))
+    if _all_unguided(unguided_tex, guidance.scale_tex) and _all_unguided(unguided_sem, guidance.scale_sem):
+        # Outside the guidance interval for every sample and group: the guided velocity is the conditional one,
+        # so the reference (guide or null-label) evaluation is skipped.
+        return model(x, t_tex, t_sem, y, repa=False).velocity
     if guidance.guide is None:
         null = torch.full_like(y, model.null_label)
         both = model(torch.cat([x, x]), torch.cat([t_tex, t_tex]), torch.cat([t_sem, t_sem]),
@@ -102,9 +109,11 @@ def guided_velocity(
         ref = guidance.guide(x, t_tex, t_sem, y, repa=False).velocity
     texture = slice(0, x.shape[1] - semantic_chans)
     semantic = slice(x.shape[1] - semantic_chans, x.shape[1])
-    mode = guidance.interval_mode
-    out_tex = _extrapolate(cond[:, texture], ref[:, texture], guidance.scale_tex,
-                           _outside_interval(t_tex, guidance, mode in ("both", "tex")))
-    out_sem = _extrapolate(cond[:, semantic], ref[:, semantic], guidance.scale_sem,
-                           _outside_interval(t_sem, guidance, mode in ("both", "sem")))
+    out_tex = _extrapolate(cond[:, texture], ref[:, texture], guidance.scale_tex, unguided_tex)
+    out_sem = _extrapolate(cond[:, semantic], ref[:, semantic], guidance.scale_sem, unguided_sem)
     return torch.cat([out_tex, out_sem], dim=1)
+
+
+def _all_unguided(unguided: Optional[torch.Tensor], scale: float) -> bool:
+    """Whether a group's guided velocity equals the conditional one for the whole batch."""
+    return scale == 1.0 or (unguided is not None and bool(unguided.all()))

@@ -57,14 +57,16 @@ class SampleResult:
     trajectory: Optional[torch.Tensor] = None  # [grid points, B, C, H, W], only with keep_trajectory=True
 
 
-def make_drift(model: nn.Module, split: TimeSplit, y: torch.Tensor, guidance: Optional[Guidance] = None) -> Drift:
-    """dx/dτ: the guided velocity at split(τ), masked to the channel groups that move at τ."""
+def make_drift(model: nn.Module, split: TimeSplit, y: torch.Tensor, guidance: Optional[Guidance] = None,
+               phase: Optional[int] = None) -> Drift:
+    """dx/dτ: the guided velocity at split(τ), masked to the channel groups that move at τ, or, with ``phase``,
+    to the groups that move inside that phase (see :meth:`TimeSplit.phase_mask`)."""
 
     def drift(tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         t_tex, t_sem = split.times(tau)
         # Under bf16/fp16 autocast the network returns half-precision velocities; the state stays in its dtype.
         velocity = guided_velocity(model, x, t_tex, t_sem, y, guidance, split.semantic_chans).to(x.dtype)
-        mask = split.active_mask(tau, x.shape[1])
+        mask = split.active_mask(tau, x.shape[1]) if phase is None else split.phase_mask(phase, x)
         return velocity if mask is None else velocity * mask
 
     return drift
@@ -181,12 +183,16 @@ def sample(
     diffusion_norm: float = 1.0,
     generator: Optional[torch.Generator] = None,
     keep_trajectory: bool = False,
+    phase_split: bool = False,
 ) -> SampleResult:
     """Integrate from noise ``z`` [B, C, H, W] at τ = 0 to τ_max with labels ``y`` [B].
 
     ``method``: ``euler`` | ``heun`` | any torchdiffeq method (ODE); with ``sde=True`` Euler–Maruyama is used and
     ``generator`` supplies its noise. Returns the final state and the number of drift evaluations, and the state at
-    every grid point only with ``keep_trajectory`` (otherwise no earlier state is kept)."""
+    every grid point only with ``keep_trajectory`` (otherwise no earlier state is kept). ``phase_split`` (ODE,
+    semantic-first models) solves the three phases one after the other, each with its own fixed channel mask, so
+    that no step straddles the jumps of the drift at τ = Δt and τ = 1: adaptive solvers restart at both
+    boundaries, fixed grids get points on them (:meth:`TimeSplit.phase_grid`; no timestep shift)."""
     calls = 0
 
     def counted(fn: Drift) -> Drift:
@@ -208,16 +214,48 @@ def sample(
                                                               split.semantic_chans))
             states = euler_maruyama(velocity, z, grid, split, lambda t: form(t, diffusion_norm), generator,
                                     keep_trajectory=keep_trajectory)
+        elif phase_split and split.semantic_first:
+            if shift > 0 and method in FIXED_GRID_METHODS:
+                raise ValueError("sample.phase_split: a fixed grid with phase boundaries has no timestep shift "
+                                 "(set sample.timestep_shift=0)")
+            if method in FIXED_GRID_METHODS:
+                grid = split.phase_grid(num_steps).to(z.device)
+            states, x = [z], z
+            for phase, times in enumerate(phase_segments(grid, split)):
+                drift = counted(make_drift(model, split, y, guidance, phase=phase))
+                segment = integrate(drift, x, times, method, atol, rtol, keep_trajectory)
+                x = segment[-1]
+                if keep_trajectory:  # grid points only (a boundary that is not a grid point is left out)
+                    states += [state for time, state in zip(times[1:], segment[1:]) if bool((grid == time).any())]
+                else:
+                    states = [x]
         else:
             drift = counted(make_drift(model, split, y, guidance))
-            if method == "euler":
-                states = euler(drift, z, grid, keep_trajectory)
-            elif method == "heun":
-                states = heun(drift, z, grid, keep_trajectory)
-            else:
-                states = solve_ode(drift, z, grid, method, atol, rtol, keep_trajectory)
+            states = integrate(drift, z, grid, method, atol, rtol, keep_trajectory)
     trajectory = torch.stack(states) if keep_trajectory else None
     return SampleResult(x=states[-1], nfe=calls, trajectory=trajectory)
+
+
+def integrate(drift: Drift, x: torch.Tensor, grid: torch.Tensor, method: str, atol: float, rtol: float,
+              keep_trajectory: bool) -> list[torch.Tensor]:
+    """One ODE solve over ``grid`` with the named method (see :func:`sample`)."""
+    if method == "euler":
+        return euler(drift, x, grid, keep_trajectory)
+    if method == "heun":
+        return heun(drift, x, grid, keep_trajectory)
+    return solve_ode(drift, x, grid, method, atol, rtol, keep_trajectory)
+
+
+def phase_segments(grid: torch.Tensor, split: TimeSplit) -> list[torch.Tensor]:
+    """The grid cut at the phase boundaries: three time tensors, each from one boundary (or end) to the next, with
+    the grid points strictly between them."""
+    edges = torch.tensor([0.0, *split.phase_boundaries, split.tau_max], dtype=grid.dtype, device=grid.device)
+    edges[0], edges[-1] = grid[0], grid[-1]
+    segments = []
+    for start, end in zip(edges[:-1], edges[1:]):
+        inside = grid[(grid > start) & (grid < end)]
+        segments.append(torch.cat([start[None], inside, end[None]]))
+    return segments
 
 
 @dataclass(frozen=True)
@@ -236,6 +274,7 @@ class SamplingPlan:
     sde: bool
     diffusion_form: str
     diffusion_norm: float
+    phase_split: bool
 
     @property
     def batch_coupled(self) -> bool:
@@ -256,14 +295,14 @@ class SamplingPlan:
                    num_steps=settings.num_sampling_steps, atol=settings.atol, rtol=settings.rtol,
                    shift=settings.timestep_shift, guidance=Guidance.from_config(config, guide),
                    sde=settings.mode == "SDE", diffusion_form=settings.diffusion_form,
-                   diffusion_norm=settings.diffusion_norm)
+                   diffusion_norm=settings.diffusion_norm, phase_split=settings.phase_split)
 
     def __call__(self, model: nn.Module, z: torch.Tensor, y: torch.Tensor,
                  generator: Optional[torch.Generator] = None, keep_trajectory: bool = False) -> SampleResult:
         return sample(model, z, y, self.split, method=self.method, num_steps=self.num_steps, atol=self.atol,
                       rtol=self.rtol, shift=self.shift, guidance=self.guidance, sde=self.sde,
                       diffusion_form=self.diffusion_form, diffusion_norm=self.diffusion_norm, generator=generator,
-                      keep_trajectory=keep_trajectory)
+                      keep_trajectory=keep_trajectory, phase_split=self.phase_split)
 
 
 def sample_from_config(

@@ -70,3 +70,32 @@ class TimeSplit:
             warped = shift * scaled / (1 + (shift - 1) * scaled)
             grid = warped * self.tau_max if self.semantic_first else warped
         return grid
+
+    @property
+    def phase_boundaries(self) -> tuple[float, ...]:
+        """The global times where the sampling drift jumps (a channel group starts or stops moving): (Δt, 1) for
+        the semantic-first model, none for the synchronous one."""
+        return (self.delta_t, 1.0) if self.semantic_first else ()
+
+    def phase_grid(self, num_steps: int) -> torch.Tensor:
+        """float32 grid of ``num_steps`` points over [0, τ_max] with a point on every phase boundary: the intervals
+        are shared out in proportion to each phase's length (at least one each) and are uniform within a phase."""
+        edges = [0.0, *self.phase_boundaries, self.tau_max]
+        lengths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+        intervals = num_steps - 1
+        if intervals < len(lengths):
+            raise ValueError(f"sample.num_sampling_steps: {num_steps} grid points cannot put a point on both phase "
+                             f"boundaries (need at least {len(lengths) + 1})")
+        counts = [max(1, round(intervals * length / self.tau_max)) for length in lengths]
+        counts[counts.index(max(counts))] += intervals - sum(counts)  # the longest phase absorbs the rounding
+        pieces = [torch.linspace(a, b, n + 1, dtype=torch.float64)[:-1] for a, b, n in zip(edges[:-1], edges[1:], counts)]
+        return torch.cat([*pieces, torch.tensor([self.tau_max], dtype=torch.float64)]).float()
+
+    def phase_mask(self, phase: int, like: torch.Tensor) -> torch.Tensor:
+        """[B, C, 1, 1] 0/1 mask of the groups that move inside phase 0 (semantics only), 1 (both) or 2 (texture
+        only), for a state shaped like ``like``: the mask :meth:`active_mask` gives strictly inside the phase, also
+        at its edges, so a solver restarted at a boundary sees one smooth drift per phase."""
+        batch = like.shape[0]
+        texture_on = torch.full((batch,), float(phase > 0), dtype=like.dtype, device=like.device)
+        semantic_on = torch.full((batch,), float(phase < 2), dtype=like.dtype, device=like.device)
+        return self.per_channel(texture_on, semantic_on, like.shape[1])

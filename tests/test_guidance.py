@@ -81,3 +81,37 @@ def test_from_config_follows_the_release():
     guide = torch.nn.Identity()
     ag = Guidance.from_config(config, guide=guide)
     assert (ag.scale_tex, ag.scale_sem, ag.guide) == (1.5, 2.0, guide)
+
+
+class CountingGuide(torch.nn.Module):
+    """A guide that counts its calls (and predicts like the main model)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.model(*args, **kwargs)
+
+
+def test_reference_evaluation_is_skipped_outside_the_interval(sfd_tiny):
+    """Where every sample and group is before the interval the guided velocity is the conditional one, so neither
+    the guide nor the null-label half of CFG is evaluated; inside it the guide runs."""
+    model, _ = sfd_tiny
+    x = golden("forward_sfd_tiny")["x"][:2]
+    y = torch.tensor([3, 4])
+    guide = CountingGuide(model)
+    early_tex, early_sem = torch.tensor([0.0, 0.1]), torch.tensor([0.3, 0.4])
+    with torch.no_grad():
+        cond = model(x, early_tex, early_sem, y, repa=False).velocity
+        for reference in (guide, None):
+            out = guided_velocity(model, x, early_tex, early_sem, y, Guidance(2.0, 2.0, reference, 0.5), 16)
+            assert torch.equal(out, cond)
+        assert guide.calls == 0
+        # texture-only interval: the semantic group is always guided, so the guide is needed
+        guided_velocity(model, x, early_tex, early_sem, y, Guidance(2.0, 2.0, guide, 0.5, interval_mode="tex"), 16)
+        assert guide.calls == 1
+        guided_velocity(model, x, torch.tensor([0.6, 0.7]), torch.tensor([0.9, 1.0]), y,
+                        Guidance(2.0, 2.0, guide, 0.5), 16)
+    assert guide.calls == 2
