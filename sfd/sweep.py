@@ -131,6 +131,7 @@ class Scoring:
     rtol: float = 1e-3
     atol: float = 1e-6
     conditional: bool = True
+    phases: bool = False  # phase-aware integration (sample.phase_split)
 
     def __post_init__(self) -> None:
         if not self.method:
@@ -152,9 +153,8 @@ class Scoring:
 
     @property
     def sampler(self) -> str:
-        if not self.fixed_grid:
-            return f"dopri5 rtol {self.rtol:g}"
-        return f"{self.method}-{self.steps}"
+        base = f"{self.method} rtol {self.rtol:g}" if not self.fixed_grid else f"{self.method}-{self.steps}"
+        return base + (" phases" if self.phases else "")
 
     @property
     def conditioning(self) -> str:
@@ -167,7 +167,7 @@ class Scoring:
 
     def overrides(self) -> list[str]:
         return [f"sample.sampling_method={self.method}", f"sample.num_sampling_steps={self.steps}",
-                f"sample.rtol={self.rtol}", f"sample.atol={self.atol}"]
+                f"sample.rtol={self.rtol}", f"sample.atol={self.atol}", f"sample.phase_split={self.phases}"]
 
     def tighter(self) -> "Scoring":
         """The same scoring with a ten times tighter tolerance (adaptive) or twice the intervals (fixed grid): the

@@ -368,6 +368,10 @@ class DemoPipeline:
     def samples_file(self, variant: Variant, step: int, scoring: Scoring) -> Path:
         return self.run_dir / "samples" / f"{self.run_name(variant)}_{step:07d}_{scoring.name}.npz"
 
+    def checkpoint_path(self, variant: Variant, step: int) -> Path:
+        """The training checkpoint of ``variant`` at ``step`` (its EMA weights are scored)."""
+        return self.run_dir / "runs" / self.run_name(variant) / "checkpoints" / f"{step:07d}.pt"
+
     def evaluate(self, variant: Variant, step: int, scoring: Optional[Scoring] = None) -> dict:
         """FID of ``samples`` images of the EMA weights at ``step`` against the test images, the mean NFE per batch
         and, when conditional, the class accuracy of the samples. Sample i has the same noise in every model of a
@@ -383,8 +387,7 @@ class DemoPipeline:
         def work() -> dict:
             config = self.diffusion_config(variant, scoring=scoring)
             model = build_model(config)
-            load_weights(model, self.run_dir / "runs" / self.run_name(variant) / "checkpoints" / f"{step:07d}.pt",
-                         prefer="ema")
+            load_weights(model, self.checkpoint_path(variant, step), prefer="ema")
             sampler = ImageSampler(model.eval(), config, LatentDecoder(self.vae, config, torch.device("cpu")),
                                    seed=self.settings.seed + variant.repeat + 1000)
             plan = LabelPlan(count, 10, balanced=True, fixed=None if scoring.conditional else 10)
