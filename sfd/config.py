@@ -186,7 +186,7 @@ class SampleConfig:
     diffusion_norm: float = 1.0  # SDE diffusion scale
     # sfd extension: restart the ODE solver where the three-phase drift jumps (τ = Δt and τ = 1). Adaptive solvers
     # integrate each phase separately; fixed grids (euler, heun) put grid points on both boundaries. Off reproduces
-    # the release (docs/method.md §5.3).
+    # the release (docs/method.md §5.5).
     phase_split: bool = False
 
 

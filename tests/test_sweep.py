@@ -70,7 +70,10 @@ def test_scorings_name_their_sampler_and_tighten():
     assert Scoring("euler", 25, conditional=False).name == "euler-25_uncond"
     assert Scoring().tighter() == Scoring(rtol=1e-4) and Scoring("euler", 25).tighter() == Scoring("euler", 49)
     assert Scoring("heun", 7).overrides() == ["sample.sampling_method=heun", "sample.num_sampling_steps=7",
-                                              "sample.rtol=0.001", "sample.atol=1e-06"]
+                                              "sample.rtol=0.001", "sample.atol=1e-06", "sample.phase_split=False"]
+    phased = Scoring("heun", 9, phases=True)
+    assert phased.sampler == "heun-9 phases" and phased.name == "heun-9phases"
+    assert phased.overrides()[-1] == "sample.phase_split=True"
     with pytest.raises(ValueError, match="steps: 1 must be at least 2"):
         Scoring("euler", 1)
 

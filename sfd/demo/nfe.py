@@ -8,6 +8,12 @@ The reference is the release's sampler, dopri5 at rtol 1e-3 (the default of ever
 setting is compared to it per seed (paired: same model, same noise). A setting *matches* the reference when its mean
 paired FID difference is at most the standard deviation of the reference's FID over the seeds (the seed spread);
 the issue asks for one that matches at no more than half the reference's NFE.
+
+Added after the first seed's scores were seen: on these models the release's dopri5 at rtol 1e-3 has not
+converged (the tenfold tighter tolerance moves FID by more than the seed spread, as the long study's solver check
+found), so its FID includes solver error. The report therefore also compares every setting with the converged
+reference, dopri5 at rtol 1e-4, where a difference in either direction is solver error (|paired difference| at
+most that reference's seed spread).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from sfd.files import write_text_atomic
 from sfd.sweep import Scoring, Variant
 
 REFERENCE = Scoring()  # the release's dopri5, rtol 1e-3
+CONVERGED = Scoring(rtol=1e-4)  # its tenfold tighter tolerance
 
 
 def default_scorings() -> tuple[Scoring, ...]:
@@ -45,44 +52,49 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(rows: Sequence[dict]) -> list[dict]:
-    """One entry per sampler: NFE and FID mean ± std over seeds, and the paired difference to the reference."""
-    reference = {row["repeat"]: row["fid"] for row in rows if row["sampler"] == REFERENCE.sampler}
+def summarise(rows: Sequence[dict], reference: Scoring = REFERENCE) -> list[dict]:
+    """One entry per sampler: NFE and FID mean ± std over seeds, and the paired difference to ``reference``."""
+    reference_fid = {row["repeat"]: row["fid"] for row in rows if row["sampler"] == reference.sampler}
     entries = []
     for sampler in dict.fromkeys(row["sampler"] for row in rows):
         mine = [row for row in rows if row["sampler"] == sampler]
         fid, fid_std = mean_std([row["fid"] for row in mine])
         nfe, _ = mean_std([row["nfe"] for row in mine])
-        paired = [row["fid"] - reference[row["repeat"]] for row in mine if row["repeat"] in reference]
+        paired = [row["fid"] - reference_fid[row["repeat"]] for row in mine if row["repeat"] in reference_fid]
         diff, diff_std = mean_std(paired) if paired else (float("nan"), float("nan"))
         entries.append({"sampler": sampler, "nfe": nfe, "fid": fid, "fid_std": fid_std, "diff": diff,
                         "diff_std": diff_std, "seeds": len(mine)})
     return entries
 
 
-def verdict(summary: Sequence[dict]) -> str:
-    """The cheapest setting that matches the reference at no more than half its NFE, or why there is none."""
-    reference = next(entry for entry in summary if entry["sampler"] == REFERENCE.sampler)
-    spread = reference["fid_std"]
-    matching = [entry for entry in summary if entry is not reference and entry["diff"] <= spread]
-    cheap = sorted((entry for entry in matching if entry["nfe"] <= reference["nfe"] / 2), key=lambda e: e["nfe"])
-    head = (f"The release's sampler ({REFERENCE.sampler}) needs {reference['nfe']:.1f} NFE for FID "
-            f"{reference['fid']:.2f} ± {spread:.2f}. ")
+def verdict(summary: Sequence[dict], reference: Scoring = REFERENCE, two_sided: bool = False) -> str:
+    """The cheapest setting that matches ``reference`` at no more than half its NFE, or why there is none. A match
+    is a paired difference of at most the reference's seed spread (in absolute value when ``two_sided``)."""
+    ref = next(entry for entry in summary if entry["sampler"] == reference.sampler)
+    spread = ref["fid_std"]
+    matching = [entry for entry in summary if entry is not ref
+                and (abs(entry["diff"]) if two_sided else entry["diff"]) <= spread]
+    cheap = sorted((entry for entry in matching if entry["nfe"] <= ref["nfe"] / 2), key=lambda e: e["nfe"])
+    head = f"{reference.sampler} needs {ref['nfe']:.1f} NFE for FID {ref['fid']:.2f} ± {spread:.2f}. "
     if cheap:
         best = cheap[0]
-        return head + (f"**{best['sampler']}** matches it (paired difference {best['diff']:+.2f} ± {best['diff_std']:.2f}, "
-                       f"within the seed spread {spread:.2f}) at {best['nfe']:.1f} NFE, "
-                       f"{best['nfe'] / reference['nfe']:.2f}× the cost.")
+        return head + (f"**{best['sampler']}** matches it (paired difference {best['diff']:+.2f} ± "
+                       f"{best['diff_std']:.2f}, within the seed spread {spread:.2f}) at {best['nfe']:.1f} NFE, "
+                       f"{best['nfe'] / ref['nfe']:.2f}× the cost; also matching at ≤ ½ NFE: "
+                       + (", ".join(e["sampler"] for e in cheap[1:]) or "none") + ".")
     return head + "No setting tried matches it at half its NFE or less."
 
 
-def table(summary: Sequence[dict]) -> list[str]:
-    lines = ["| sampler | NFE | FID (mean ± std) | FID − reference (paired, mean ± std) | NFE / reference |",
-             "|---|---:|---|---|---:|"]
+def table(summary: Sequence[dict], converged: Sequence[dict]) -> list[str]:
+    lines = [f"| sampler | NFE | NFE / {REFERENCE.sampler} | FID (mean ± std) | FID − {REFERENCE.sampler} "
+             f"(paired) | FID − {CONVERGED.sampler} (paired) |", "|---|---:|---:|---|---|---|"]
     reference_nfe = next(entry["nfe"] for entry in summary if entry["sampler"] == REFERENCE.sampler)
+    against_converged = {entry["sampler"]: entry for entry in converged}
     for entry in sorted(summary, key=lambda e: e["nfe"]):
-        lines.append(f"| {entry['sampler']} | {entry['nfe']:.1f} | {entry['fid']:.2f} ± {entry['fid_std']:.2f} | "
-                     f"{entry['diff']:+.2f} ± {entry['diff_std']:.2f} | {entry['nfe'] / reference_nfe:.2f} |")
+        other = against_converged[entry["sampler"]]
+        lines.append(f"| {entry['sampler']} | {entry['nfe']:.1f} | {entry['nfe'] / reference_nfe:.2f} | "
+                     f"{entry['fid']:.2f} ± {entry['fid_std']:.2f} | {entry['diff']:+.2f} ± {entry['diff_std']:.2f} | "
+                     f"{other['diff']:+.2f} ± {other['diff_std']:.2f} |")
     return lines
 
 
@@ -110,14 +122,22 @@ def write_nfe_report(rows: Sequence[dict], folder: Path, setup: Sequence[str] = 
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "results.json", json.dumps(list(rows), indent=1) + "\n")
     summary = summarise(rows)
-    rows_table = table(summary)
+    converged = summarise(rows, CONVERGED)
+    rows_table = table(summary, converged)
     write_text_atomic(folder / "table.md", "\n".join(["# FID vs NFE", "", *rows_table, ""]))
     fid_vs_nfe_plot(summary, folder / "fid_vs_nfe.png")
-    lines = ["# Sampler cost against quality on the demo's SFD models", "", "## Verdict", "", verdict(summary), "",
-             "A setting matches the reference when its FID, paired per seed with the reference's (same model, same "
-             "noise), is at most the reference's seed spread (standard deviation over seeds) above it. "
+    has_converged = any(row["sampler"] == CONVERGED.sampler for row in rows)
+    lines = ["# Sampler cost against quality on the demo's SFD models", "", "## Verdicts", "",
+             f"* Against the release's sampler (the stated reference): {verdict(summary)}",
+             *([f"* Against the converged solver (added after seeing the first seed; see below): "
+                f"{verdict(converged, CONVERGED, two_sided=True)}"] if has_converged else []), "",
+             "A setting matches the release's sampler when its FID, paired per seed with the reference's (same "
+             "model, same noise), is at most the reference's seed spread (standard deviation over seeds) above it; "
+             "it matches the converged solver when it is within that solver's spread in either direction (there a "
+             "lower FID is solver error too). "
              "'phases' is phase-aware integration (`sample.phase_split`): the solver restarts at τ = Δt and τ = 1, "
              "where the three-phase drift jumps.", "", "![FID vs NFE](fid_vs_nfe.png)", "", *rows_table, ""]
+    lines += ["## Why two references", "", " ".join(__doc__.split("\n\n")[2].split("\n")), ""]
     if setup:
         lines += ["## Setup", "", *[f"* {line}" for line in setup], ""]
     lines += ["Raw rows (one per seed and sampler): results.json.", ""]
