@@ -21,7 +21,9 @@ this project's ``sfd.train.build_optimizer``, fused where torch has the kernel);
 Compilation: by default both sides run eagerly (the release's ``@torch.compile`` decorators are switched off with
 ``torch._dynamo.config.disable``). ``--compiled`` adds the compiled comparison: the release as shipped (its
 decorated blocks, embedders and final layer) against this project's regional compilation
-(``sfd.device.compile_module``), with the first call's time, compilation included, reported for each.
+(``sfd.device.compile_module``), with the first call's time, compilation included, reported for each (inductor's
+on-disk caches are switched off so that both compile cold), and the first forward of this project's network compiled
+whole for comparison.
 
 Example (run on an otherwise idle machine; two jobs at once make every ratio meaningless):
     git clone https://github.com/yuemingPAN/SFD ../SFD-release
@@ -402,15 +404,37 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     with dynamo_disabled(True):
         rows += [measure(pair, path, "eager", args) for path in args.paths]
+    whole_model_compile_ms = None
     if args.compiled:
+        import torch._inductor.config
+
+        # Cold compilation on both sides: inductor's on-disk caches would otherwise hand one side kernels an
+        # earlier run compiled.
+        torch._inductor.config.force_disable_caches = True
         torch._dynamo.reset()
         compiled = copy.copy(pair)
         compiled.ours = compile_module(pair.ours, Accelerator.of("cpu"))
         with dynamo_disabled(False):
             rows += [measure(compiled, path, "compiled", args) for path in args.paths]
+            whole_model_compile_ms = whole_model_first_call(pair)
     return {"config": str(args.config), "overrides": args.override, "batch": args.batch,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": args.repeats,
-            "sample_steps": args.sample_steps, "rows": rows}
+            "sample_steps": args.sample_steps, "rows": rows, "whole_model_compile_first_forward_ms":
+            whole_model_compile_ms}
+
+
+def whole_model_first_call(pair: Pair) -> float:
+    """Milliseconds of the first eval forward of this project's network compiled whole (``torch.compile(model)``),
+    for comparison with the regional compilation's first call."""
+    torch._dynamo.reset()
+    whole = torch.compile(copy.deepcopy(pair.ours).eval())
+    t_tex, t_sem = pair.split.times(pair.inputs.tau)
+
+    def forward() -> None:
+        with torch.no_grad():
+            whole(pair.inputs.x, t_tex, t_sem, pair.inputs.y, repa=False)
+
+    return 1e3 * timed(forward)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -423,6 +447,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"# {result['config']} batch {result['batch']}, {result['threads']} threads, torch {result['torch']}, "
           f"{result['repeats']} interleaved repetitions")
     print(markdown_table(result["rows"]))
+    if result["whole_model_compile_first_forward_ms"] is not None:
+        regional = next(row for row in result["rows"] if row["mode"] == "compiled")
+        print(f"\nfirst compiled {regional['path']} (compilation included): sfd regional "
+              f"{regional['first_call_ms']['sfd'] / 1e3:.1f} s, release as shipped "
+              f"{regional['first_call_ms']['release'] / 1e3:.1f} s; first eval forward of sfd compiled whole "
+              f"{result['whole_model_compile_first_forward_ms'] / 1e3:.1f} s (inductor caches off)")
     if args.json:
         write_json_atomic(args.json, result)
     return 0

@@ -212,6 +212,9 @@ class RotaryEmbedding2D(nn.Module):
         # swaps the pair members instead of also negating one. Derived, so not in the state dict; refreshed
         # whenever freqs_sin is loaded.
         self.register_buffer("signed_sin", self.fold_rotation_sign(self.freqs_sin), persistent=False)
+        # The rotation as one complex factor per pair, cos + i·sin ([T, hd/2] complex64): rotating a pair (x0, x1)
+        # is multiplying x0 + i·x1 by it (the fused q/k path of Attention). Derived and refreshed like signed_sin.
+        self.register_buffer("rotation", self.pair_rotation(self.freqs_cos, self.freqs_sin), persistent=False)
         self.register_load_state_dict_post_hook(RotaryEmbedding2D.after_load)
 
     @staticmethod
@@ -220,10 +223,16 @@ class RotaryEmbedding2D(nn.Module):
         sign[0::2] = -1
         return freqs_sin * sign  # multiplying by ±1 is exact
 
+    @staticmethod
+    def pair_rotation(freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+        return torch.complex(freqs_cos[:, 0::2].float(), freqs_sin[:, 0::2].float())  # both members share an angle
+
     def after_load(self, _incompatible_keys: object) -> None:
-        """load_state_dict post-hook (also with ``assign=True``): derive ``signed_sin`` from the loaded table."""
+        """load_state_dict post-hook (also with ``assign=True``): derive ``signed_sin`` and ``rotation`` from the
+        loaded tables."""
         with torch.no_grad():
             self.signed_sin = self.fold_rotation_sign(self.freqs_sin)
+            self.rotation = self.pair_rotation(self.freqs_cos, self.freqs_sin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (x0, x1)·cos + (−x1, x0)·sin  ==  (x0, x1)·cos + (x1, x0)·(−sin, sin): bit-identical, since IEEE
@@ -261,15 +270,15 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
     def normalize_rotate(self, qk: torch.Tensor, rope: RotaryEmbedding2D) -> torch.Tensor:
-        """rope(q_norm(q)) and rope(k_norm(k)) for q and k together ([B, T, 2, H, hd]) in five passes instead of
-        sixteen: the RMSNorm weights are folded into the RoPE tables, rope(n·w) = n·(w·cos) + swap(n)·(swap(w)·sin)
-        (the tables are [T, 2, 1, hd], so folding costs nothing per sample), and the mean square is one reading
-        pass. Equal to the two-module path within rounding (tests/test_lightningdit.py)."""
+        """rope(q_norm(q)) and rope(k_norm(k)) for q and k together ([B, T, 2, H, hd]) in three passes (and one
+        reading pass for the mean square) instead of sixteen: both RMSNorm weights are applied at once, and RoPE is
+        one complex multiplication, (x0 + i·x1)·(cos + i·sin) = (x0·cos − x1·sin) + i·(x0·sin + x1·cos), the
+        release's formula without building the rotated copy. Equal to the two-module path within rounding
+        (tests/test_lightningdit.py)."""
         weight = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None, :]  # [2, 1, hd]
-        cos = rope.freqs_cos[:, None, None, :] * weight  # [T, 2, 1, hd]
-        sin = rope.signed_sin[:, None, None, :] * swap_pairs(weight)
-        normalized = qk * inverse_rms(qk, self.q_norm.eps)
-        return torch.addcmul(normalized * cos, swap_pairs(normalized), sin)
+        weighted = qk * inverse_rms(qk, self.q_norm.eps) * weight
+        rotated = torch.view_as_complex(weighted.unflatten(-1, (-1, 2))) * rope.rotation[:, None, None, :]
+        return torch.view_as_real(rotated).flatten(-2)
 
 
 class SwiGLU(nn.Module):

@@ -8,7 +8,7 @@ import torch
 
 import sfd
 from sfd.lightningdit import (SIZES, LightningDiT, LightningDiTArgs, RMSNorm, RotaryEmbedding2D, TimestepEmbedder,
-                              gated_residual, modulate, sincos_pos_embed)
+                              gated_residual, modulate, norm_modulate, sincos_pos_embed)
 from tests.conftest import DATA, TOL_FORWARD, golden, rel_error, tiny_model_args
 
 
@@ -234,6 +234,33 @@ def test_rope_sign_folded_table_is_derived_and_follows_loading():
     model = LightningDiT(tiny_model_args())
     model.load_state_dict({**model.state_dict(), "feat_rope.freqs_sin": torch.ones(16, 8)}, strict=True)
     assert torch.equal(model.feat_rope.signed_sin[:, 0], -torch.ones(16))
+    assert torch.equal(model.feat_rope.rotation.imag, torch.ones(16, 4))
+
+
+def test_fused_norm_paths_equal_the_module_paths():
+    """norm_modulate (RMSNorm weight folded into the scale) and the joint q/k normalise-and-rotate (one complex
+    multiplication) give the release's two-module results within rounding, with gradients to match."""
+    torch.manual_seed(0)
+    model = LightningDiT(tiny_model_args())
+    block = model.blocks[0]
+    with torch.no_grad():
+        for norm in (block.norm1, block.attn.q_norm, block.attn.k_norm):
+            norm.weight.add_(0.3 * torch.randn_like(norm.weight))
+    tokens, dim = model.pos_embed.shape[1:]
+    x = torch.randn(2, tokens, dim, requires_grad=True)
+    shift, scale = torch.randn(2, dim), torch.randn(2, dim)
+    fused = norm_modulate(block.norm1, x, shift, scale)
+    reference = modulate(block.norm1(x), shift, scale)
+    assert rel_error(fused, reference) < 1e-6
+    (grad_fused,) = torch.autograd.grad(fused.square().sum(), x)
+    (grad_reference,) = torch.autograd.grad(reference.square().sum(), x)
+    assert rel_error(grad_fused, grad_reference) < 1e-5
+    attn, rope = block.attn, model.feat_rope
+    qkv = attn.qkv(x).unflatten(-1, (3, attn.num_heads, attn.head_dim))
+    joint = attn.normalize_rotate(qkv[:, :, :2], rope)
+    q = rope(attn.q_norm(qkv[:, :, 0].transpose(1, 2))).transpose(1, 2)
+    k = rope(attn.k_norm(qkv[:, :, 1].transpose(1, 2))).transpose(1, 2)
+    assert rel_error(joint[:, :, 0], q) < 1e-6 and rel_error(joint[:, :, 1], k) < 1e-6
 
 
 def fused_or_release(ours, release, exact):
