@@ -45,6 +45,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch._dynamo
+import torch._inductor.config
 
 from sfd.build import build_model
 from sfd.config import SFDConfig, load_config, model_args
@@ -406,8 +407,6 @@ def run(args: argparse.Namespace) -> dict:
         rows += [measure(pair, path, "eager", args) for path in args.paths]
     whole_model_compile_ms = None
     if args.compiled:
-        import torch._inductor.config
-
         # Cold compilation on both sides: inductor's on-disk caches would otherwise hand one side kernels an
         # earlier run compiled.
         torch._inductor.config.force_disable_caches = True
