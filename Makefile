@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test env bench clean-env data sweep study
+.PHONY: demo test env bench clean-env data sweep study weights
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ sweep: $(STAMP) data
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+# Everything a paper row needs, laid out where its config looks (rows: `$(PY) scripts/download.py --list`).
+ROW ?= sfd-xl-800ep-ag
+weights: $(STAMP)
+	$(PY) scripts/download.py $(ROW)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_model.py --config configs/sfd/autoguidance_b/train.yaml --batch 1 --mode forward

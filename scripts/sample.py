@@ -41,6 +41,7 @@ from sfd.generate import (
     folder_name,
     write_fid_set,
 )
+from sfd.pretrained import autoguidance_overrides
 from sfd.runlock import RunFolderBusy
 from sfd.visualize import save_png
 
@@ -85,9 +86,7 @@ def release_overrides(args: argparse.Namespace) -> list[str]:
     if args.fid_num is not None:
         overrides.append(f"sample.fid_num={args.fid_num}")
     if args.autoguidance_model_size:
-        size = args.autoguidance_model_size[0]
-        overrides += ["sample.autoguidance=true",
-                      f"sample.autoguidance_config=configs/sfd/autoguidance_{size}/inference.yaml"]
+        overrides += autoguidance_overrides(args.autoguidance_model_size[0])
     return overrides
 
 

@@ -6,6 +6,7 @@ The Python API in a few names:
     model = sfd.build_model(config)                    # or sfd.load_model(path) with the config's weights
     terms = sfd.FlowMatchingLoss.from_config(config)(model, x1, y, dino, t=t, noise=noise)
     latents = sfd.sample_from_config(model, z, y, config, guide=guide).x
+    released = sfd.from_pretrained("sfd-xl-800ep-ag")  # model, guide, config, decoder (sfd.pretrained)
 """
 
 from sfd.build import build_model, load_guide, load_model
@@ -14,12 +15,13 @@ from sfd.config import ConfigError, SFDConfig, load_config, model_args, save_con
 from sfd.guidance import Guidance, guided_velocity
 from sfd.lightningdit import SIZES, LightningDiT, LightningDiTArgs, ModelOutput
 from sfd.loss import FlowMatchingLoss, LossTerms
+from sfd.pretrained import Pretrained, from_pretrained, save_pretrained
 from sfd.samplers import SampleResult, sample, sample_from_config
 from sfd.schedule import TimeSplit
 
 __all__ = [
     "SIZES", "CheckpointError", "ConfigError", "FlowMatchingLoss", "Guidance", "LightningDiT", "LightningDiTArgs",
-    "LossTerms", "ModelOutput", "SFDConfig", "SampleResult", "TimeSplit", "build_model", "export_weights",
-    "guided_velocity", "load_config", "load_guide", "load_model", "load_weights", "model_args", "sample",
-    "sample_from_config", "save_config",
+    "LossTerms", "ModelOutput", "Pretrained", "SFDConfig", "SampleResult", "TimeSplit", "build_model", "export_weights",
+    "from_pretrained", "guided_velocity", "load_config", "load_guide", "load_model", "load_weights", "model_args", "sample",
+    "sample_from_config", "save_config", "save_pretrained",
 ]
