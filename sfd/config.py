@@ -370,6 +370,8 @@ def validate(config: SFDConfig, source: str = "config") -> None:
     check(sample.num_sampling_steps >= 2, "sample.num_sampling_steps",
           f"need at least 2 grid points (got {sample.num_sampling_steps})")
     check(sample.timestep_shift >= 0, "sample.timestep_shift", f"must be >= 0 (got {sample.timestep_shift})")
+    check(not (sample.phase_split and sample.mode == "SDE"), "sample.phase_split",
+          "phase-aware integration is for the ODE samplers (sample.mode: ODE)")
     check(sample.class_label is None or 0 <= sample.class_label <= data.num_classes, "sample.class_label",
           f"must be in [0, {data.num_classes}] (got {sample.class_label})")
     check(not sample.autoguidance or bool(sample.autoguidance_config), "sample.autoguidance_config",

@@ -214,6 +214,8 @@ def image_settings(sampler: ImageSampler, plan: LabelPlan, batch_size: int,
                          "guidance.interval_start": guidance.interval_start,
                          "guidance.interval_mode": guidance.interval_mode,
                          "guidance.autoguidance": guidance.guide is not None})
+    if sampling.phase_split:  # only when on, so that folders made before the option existed still resume
+        settings["sampler.phase_split"] = True
     if sampling.sde:
         settings.update({"sampler.diffusion_form": sampling.diffusion_form,
                          "sampler.diffusion_norm": sampling.diffusion_norm})

@@ -102,8 +102,9 @@ class ReleaseTable:
             raise DownloadError(f"unknown row {name!r}; known rows: {', '.join(self.rows)}")
         return self.rows[name]
 
-    def files_of(self, names: Iterable[str]) -> list[ReleaseFile]:
-        """The files the named rows need, with the rows they need in turn, each once, in table order."""
+    def files_of(self, names: Iterable[str], with_needs: bool = True) -> list[ReleaseFile]:
+        """The files the named rows need, with (``with_needs``) the rows they need in turn, each once, in table
+        order."""
         wanted: dict[str, None] = {}
         pending = list(names)
         seen: set[str] = set()
@@ -113,7 +114,7 @@ class ReleaseTable:
                 continue
             seen.add(row.name)
             wanted.update(dict.fromkeys(row.files))
-            pending += list(row.needs)
+            pending += list(row.needs) if with_needs else []
         return [self.files[key] for key in self.files if key in wanted]
 
 
@@ -227,12 +228,14 @@ def offline_help(files: Iterable[ReleaseFile], root: Path) -> str:
 
 
 def download(names: Iterable[str], root: str | Path = ".", copy: bool = False, dry_run: bool = False,
-             table: Optional[ReleaseTable] = None, log: Callable[[str], None] = print) -> list[Path]:
-    """Fetch, check and lay out every file the named rows need under ``root``; returns the destinations. A file
-    already in place (and passing its check) is not fetched again. ``dry_run`` only says what would be done."""
+             table: Optional[ReleaseTable] = None, log: Callable[[str], None] = print,
+             with_needs: bool = True) -> list[Path]:
+    """Fetch, check and lay out every file the named rows need under ``root`` (without the rows they need in turn
+    when not ``with_needs``); returns the destinations. A file already in place (and passing its check) is not
+    fetched again. ``dry_run`` only says what would be done."""
     table = table or ReleaseTable.load()
     root = Path(root)
-    files = table.files_of(names)
+    files = table.files_of(names, with_needs)
     done = []
     for item in files:
         dest = root / item.dest

@@ -94,8 +94,8 @@ def _from_row(table, name: str, device: torch.device, overrides: Sequence[str], 
     if row.config is None:
         raise ValueError(f"{name}: a bundle of files, not a model (rows with a model: "
                          f"{', '.join(n for n, r in table.rows.items() if r.config)})")
-    if download:
-        fetch([name], ".", log=lambda message: None)
+    if download:  # the row's own files; the evaluator's (the row's `needs`) are not needed to sample
+        fetch([name], ".", log=lambda message: None, with_needs=False)
     env = row.env
     row_overrides = [f"sample.cfg_scale={env['CFG_SCALE']}"] if "CFG_SCALE" in env else []
     if "AUTOGUIDANCE_MODEL_SIZE" in env:

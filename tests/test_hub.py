@@ -183,3 +183,13 @@ def test_list_and_dry_run_say_what_they_do(script, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
     assert script.main(["no-such-row"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown row 'no-such-row'; known rows: sfd-xl-800ep-ag")
+
+
+def test_readme_shows_the_two_commands_of_every_row(script, capsys):
+    """The README's block is the script's --commands output, so the table is the one source of both."""
+    assert script.main(["--commands"]) == 0
+    commands = capsys.readouterr().out.rstrip("\n")
+    readme = (ROOT / "README.md").read_text()
+    assert f"```bash\n{commands}\n```" in readme
+    table = ReleaseTable.load()
+    assert all(f"python scripts/download.py {name}" in commands for name, row in table.rows.items() if row.config)

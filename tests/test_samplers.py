@@ -254,3 +254,5 @@ def test_plan_reads_phase_split_from_the_config():
     plan = samplers.SamplingPlan.from_config(config)
     assert plan.phase_split and plan.method == "heun"
     assert not samplers.SamplingPlan.from_config(sfd.load_config("tests/data/sfd_tiny.yaml")).phase_split
+    with pytest.raises(sfd.ConfigError, match="sample.phase_split: phase-aware integration is for the ODE samplers"):
+        sfd.load_config("tests/data/sfd_tiny.yaml", ["sample.phase_split=true", "sample.mode=SDE"])
