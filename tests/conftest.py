@@ -28,6 +28,29 @@ TINY_MODEL_ARGS = dict(input_size=4, patch_size=1, in_chans=6, hidden_size=16, d
                        repa_target_dim=None, repa_feat_depth=1, repa_projector_dim=8)
 
 
+@pytest.fixture(scope="module")
+def stats_dir(tmp_path_factory):
+    """A latent folder holding only texture statistics (32 channels), for decoding samples of the tiny models."""
+    folder = tmp_path_factory.mktemp("stats")
+    torch.save({"mean": 0.1 * torch.ones(1, 32, 1, 1), "std": 0.5 * torch.ones(1, 32, 1, 1)},
+               folder / "latents_stats.pt")
+    return folder
+
+
+def load_script(relative: str):
+    """Import a command-line script (``scripts/x.py``, ``tools/y.py``) as a module, registered in ``sys.modules`` as
+    ``script_<stem>`` (dataclasses in a script resolve their annotations through it)."""
+    import importlib.util
+    import sys
+
+    name = f"script_{Path(relative).stem}"
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_model_args(**changes):
     from sfd.lightningdit import LightningDiTArgs
 

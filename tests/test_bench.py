@@ -1,25 +1,16 @@
 """Smoke tests of scripts/bench_model.py and scripts/bench_train.py on the tiny golden config (no timing thresholds)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA
+from tests.conftest import DATA, load_script
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_model.py"
 
 
 @pytest.fixture(scope="module")
 def bench_model():
-    spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_script("scripts/bench_model.py")
 
 
 def test_forward_and_train_rows_in_json(bench_model, tmp_path, capsys):
@@ -52,9 +43,7 @@ def test_config_error_is_one_line_and_exit_2(bench_model, tmp_path, capsys):
 
 def test_train_benchmark_times_both_data_paths(capsys):
     """scripts/bench_train.py prints one row per data path with the fast path's ratio (no timing thresholds)."""
-    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT.with_name("bench_train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/bench_train.py")
     assert module.main(["--config", str(DATA / "sfd_tiny.yaml"), "--batch", "4", "--steps", "1"]) == 0
     table = capsys.readouterr().out
     assert "| 4 | shards |" in table and "| 4 | memory |" in table and "speed-up vs shards" in table

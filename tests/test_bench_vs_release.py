@@ -4,7 +4,6 @@ The stand-in is a folder with the release's module names and calling conventions
 ``LightningDiT_models``; ``transport`` with ``create_transport`` and ``Sampler``) whose network wraps this project's
 LightningDiT, so the script's loading, weight transfer, agreement checks, table and JSON are exercised end to end."""
 
-import importlib.util
 import json
 import sys
 import textwrap
@@ -12,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA
+from tests.conftest import DATA, load_script
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_vs_release.py"
 
 STAND_IN_MODELS = '''
 import torch
@@ -101,12 +99,7 @@ class Sampler:
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_vs_release", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script("scripts/bench_vs_release.py")
     for name in [name for name in sys.modules if name.split(".")[0] in ("models", "transport")]:
         del sys.modules[name]
 

@@ -1,21 +1,18 @@
 """Command lines of scripts/train.py and scripts/sample.py: options and section.key=value overrides in any order,
 and sfd.torchrun's one-line summary of a failed run."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from sfd.cli import split_overrides
+from tests.conftest import load_script
 
 ROOT = Path(__file__).parent.parent
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"scripts/{name}.py")
 
 
 def test_overrides_are_split_out_in_their_order():

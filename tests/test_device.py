@@ -4,7 +4,6 @@ MPS decisions are checked on a CPU machine. What runs on a real accelerator is c
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +14,7 @@ import torch.distributed as dist
 import sfd
 from sfd import device as layer
 from sfd import distributed
-from tests.conftest import DATA
+from tests.conftest import DATA, load_script
 from sfd.device import Accelerator, DeviceError
 
 ROOT = Path(__file__).parent.parent
@@ -188,9 +187,7 @@ def test_training_accepts_no_as_fp32():
 
 
 def test_sample_py_takes_every_precision_and_a_device():
-    spec = importlib.util.spec_from_file_location("sample_script", ROOT / "scripts" / "sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/sample.py")
     for precision in layer.PRECISIONS:
         assert module.parse_args(["--config", "C", "--precision", precision]).precision == precision
     args = module.parse_args(["--config", "C", "--device", "npu"])

@@ -49,14 +49,6 @@ def test_release_folder_names():
         guide_checkpoint_for_iteration("guide.safetensors", 60)
 
 
-@pytest.fixture(scope="module")
-def stats_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("stats")
-    torch.save({"mean": 0.1 * torch.ones(1, 32, 1, 1), "std": 0.5 * torch.ones(1, 32, 1, 1)},
-               folder / "latents_stats.pt")
-    return folder
-
-
 def overrides(stats_dir, output):
     return [f"data.data_path={stats_dir}", f"vae.config={DATA / 'vae_tiny.yaml'}", "sample.sampling_method=euler",
             "sample.num_sampling_steps=4", "sample.fid_num=5", "sample.per_proc_batch_size=2",

@@ -3,8 +3,6 @@ an HTTPS-like file server on 127.0.0.1 with range requests, interruptions and wr
 
 import dataclasses
 import hashlib
-import importlib.util
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,9 +14,9 @@ from sfd.build import guide_checkpoint
 from sfd.config import load_config
 from sfd.hub import DownloadError, ReleaseTable, download, partial_path
 from sfd.tokenizers.texture_vae import TextureVAEConfig
+from tests.conftest import load_script
 
 ROOT = Path(__file__).parents[1]
-SCRIPT = ROOT / "scripts" / "download.py"
 ROW = "sfd-xl-800ep-ag"
 
 
@@ -164,12 +162,7 @@ def test_offline_without_the_files_names_them_and_where_they_go(tmp_path, monkey
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("download_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_script("scripts/download.py")
 
 
 def test_list_and_dry_run_say_what_they_do(script, tmp_path, capsys):

@@ -8,15 +8,8 @@ from PIL import Image
 
 import sfd
 from sfd.pipeline import SFDPipeline
-from tests.test_generate import DATA, ROOT, overrides, run
-
-
-@pytest.fixture(scope="module")
-def stats_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("stats")
-    torch.save({"mean": 0.1 * torch.ones(1, 32, 1, 1), "std": 0.5 * torch.ones(1, 32, 1, 1)},
-               folder / "latents_stats.pt")
-    return folder
+from tests.conftest import load_script
+from tests.test_generate import DATA, overrides, run
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +26,7 @@ def exported(stats_dir, tmp_path_factory, tools_export):
 
 @pytest.fixture(scope="module")
 def tools_export():
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("tools_export", ROOT / "tools" / "export_pretrained.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tools_export"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("tools_export", None)
+    return load_script("tools/export_pretrained.py")
 
 
 def test_folder_layout_and_card(exported):

@@ -1,12 +1,13 @@
 """SemVAE trainer: the official lr schedule, the ch16 config layout, sharded feature reading, checkpoints in the
 official layout, exact kill-and-resume, warm start from an official checkpoint, and one-line errors."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import load_script
 from safetensors.torch import save_file
 
 from sfd.checkpoint import CheckpointError
@@ -265,9 +266,7 @@ def test_evaluation_uses_the_posterior_mean(features):
 
 
 def test_cli_runs_and_reports_errors_in_one_line(features, capsys):
-    spec = importlib.util.spec_from_file_location("train_semvae", ROOT / "scripts" / "train_semvae.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("scripts/train_semvae.py")
     with pytest.raises(SystemExit) as done:
         cli.main(["--help"])
     assert done.value.code == 0 and "key=value" in capsys.readouterr().out
