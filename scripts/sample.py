@@ -28,7 +28,8 @@ from sfd.build import guide_checkpoint, load_guide, load_model, model_checkpoint
 from sfd.checkpoint import CheckpointError
 from sfd.cli import add_overrides_argument, parse_with_overrides
 from sfd.config import ConfigError, resolve_path
-from sfd.device import DEVICE_ENV, DEVICE_TYPES, PRECISIONS, DeviceError, set_matmul_precision
+from sfd.device import (DEVICE_ENV, DEVICE_TYPES, PRECISIONS, DeviceError, compile_by_default, compile_module,
+                        set_matmul_precision)
 from sfd.files import WriteError
 from sfd.generate import (
     DEMO_LABELS,
@@ -71,6 +72,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", dest=flag, type=kind, nargs="+",
                             help="release flag (only the first value is used)")
     parser.add_argument("--fid_num", "--fid-num", dest="fid_num", type=int, help="number of samples")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="regional torch.compile of the network and the guide (the repeated block compiled once); "
+                             "auto: on for accelerators, off on CPUs (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true")
     return parse_with_overrides(parser, argv)
 
@@ -104,13 +108,17 @@ def main(argv=None) -> int:
         model, config = load_model(args.config, [*release_overrides(args), *args.overrides], args.ckpt, device)
         ag_iter = args.autoguidance_ckpt_iter[0] if args.autoguidance_ckpt_iter else None
         guide = load_guide(config, args.config, device, iteration_k=ag_iter)
+        if compile_by_default({"auto": None, "on": True, "off": False}[args.compile], topology.accelerator):
+            for network in (model, guide):  # in place: same keys, one compiled block shared by all blocks
+                if network is not None:
+                    compile_module(network, topology.accelerator)
         from sfd.tokenizers.texture_vae import load_texture_vae
 
         vae = load_texture_vae(resolve_path(config.vae.config_path, args.config), device=device)
         decoder = LatentDecoder(vae, config, device)
         seed = config.train.global_seed if args.seed is None else args.seed
         sampler = ImageSampler(model, config, decoder, guide=guide, device=device, seed=seed, precision=precision)
-    except (ConfigError, CheckpointError, FileNotFoundError, KeyError, ValueError) as error:
+    except (ConfigError, CheckpointError, DeviceError, FileNotFoundError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         distributed.shutdown()
         return 2

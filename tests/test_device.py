@@ -192,6 +192,7 @@ def test_sample_py_takes_every_precision_and_a_device():
         assert module.parse_args(["--config", "C", "--precision", precision]).precision == precision
     args = module.parse_args(["--config", "C", "--device", "npu"])
     assert args.precision == "tf32" and args.device == "npu"  # the release's sampling numerics by default
+    assert args.compile == "auto" and module.parse_args(["--config", "C", "--compile", "off"]).compile == "off"
 
 
 def test_matmul_precision_switches_tf32_and_npu_hf32(monkeypatch):
