@@ -84,3 +84,43 @@ def test_export_names_what_is_missing(tmp_path, tools_export, capsys):
 def test_release_row_guidance_becomes_config_overrides():
     assert sfd.pretrained.autoguidance_overrides("b") == [
         "sample.autoguidance=true", "sample.autoguidance_config=configs/sfd/autoguidance_b/inference.yaml"]
+
+
+def test_a_hub_repository_id_loads_from_the_cache_offline(exported, tmp_path, monkeypatch):
+    """A folder uploaded as a model repository: huggingface_hub's cache layout, read with HF_HUB_OFFLINE."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    _, out = exported
+    repo = tmp_path / "cache" / "models--someone--sfd-tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("1" * 40)
+    shutil.copytree(out, repo / "snapshots" / ("1" * 40))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    pretrained = sfd.from_pretrained("someone/sfd-tiny")
+    local = sfd.from_pretrained(out)
+    assert pretrained.guide is not None
+    for ours, theirs in zip(pretrained.model.state_dict().values(), local.model.state_dict().values()):
+        assert torch.equal(ours, theirs)
+
+
+def test_a_release_row_gets_its_config_and_guidance(stats_dir, tmp_path, monkeypatch):
+    """A row of the table (here a stand-in row on the tiny model whose files are in place) loads its inference
+    config with the row's guidance scale, without fetching when download=False."""
+    import dataclasses
+
+    from sfd import hub
+
+    config = sfd.load_config(DATA / "sfd_tiny.yaml", [*overrides(stats_dir, tmp_path), "sample.autoguidance=false",
+                                                      f"ckpt_path={DATA / 'sfd_tiny.pt'}"])
+    sfd.save_config(config, tmp_path / "row.yaml")
+    table = hub.ReleaseTable.load()
+    row = dataclasses.replace(table.rows["sfd-xl-800ep"], name="tiny-row", config=str(tmp_path / "row.yaml"),
+                              env={"CFG_SCALE": "1.5"})
+    monkeypatch.setattr(hub.ReleaseTable, "load", classmethod(lambda cls, path=None: hub.ReleaseTable(
+        table.files, {**table.rows, "tiny-row": row})))
+    pretrained = sfd.from_pretrained("tiny-row", download=False)
+    assert pretrained.config.sample.cfg_scale == 1.5 and pretrained.guide is None
+    assert pretrained.sampler().images(range(1), torch.tensor([3])).shape == (1, 256, 256, 3)
