@@ -44,6 +44,7 @@ from sfd.generate import (
 )
 from sfd.pretrained import autoguidance_overrides
 from sfd.runlock import RunFolderBusy
+from sfd.samplers import sampler_overrides
 from sfd.visualize import save_png
 
 
@@ -72,6 +73,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", dest=flag, type=kind, nargs="+",
                             help="release flag (only the first value is used)")
     parser.add_argument("--fid_num", "--fid-num", dest="fid_num", type=int, help="number of samples")
+    parser.add_argument("--sampler", metavar="NAME",
+                        help="a named sampler setting instead of the config's: dopri5 (the release's), euler-N, "
+                             "heun-N, each optionally with -phases (phase-aware integration), e.g. heun-9-phases "
+                             "(README 'Sampler cost'); config overrides given after it still win")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="regional torch.compile of the network and the guide (the repeated block compiled once); "
                              "auto: on for accelerators, off on CPUs (default: %(default)s)")
@@ -105,7 +110,9 @@ def main(argv=None) -> int:
     precision = topology.accelerator.effective_precision(args.precision)  # what runs here: on a CPU always fp32
     set_matmul_precision(precision)
     try:
-        model, config = load_model(args.config, [*release_overrides(args), *args.overrides], args.ckpt, device)
+        named = sampler_overrides(args.sampler) if args.sampler else []
+        model, config = load_model(args.config, [*release_overrides(args), *named, *args.overrides], args.ckpt,
+                                   device)
         ag_iter = args.autoguidance_ckpt_iter[0] if args.autoguidance_ckpt_iter else None
         guide = load_guide(config, args.config, device, iteration_k=ag_iter)
         if compile_by_default({"auto": None, "on": True, "off": False}[args.compile], topology.accelerator):

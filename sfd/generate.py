@@ -66,10 +66,13 @@ def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int], devic
 
 def folder_name(config: SFDConfig, ckpt_path: str, ag_size: Optional[str] = None, ag_iter: Optional[int] = None,
                 separate_scales: bool = False) -> str:
-    """The release's sample-folder name (docs/method.md §7.4)."""
+    """The release's sample-folder name (docs/method.md §7.4); phase-aware integration, which the release does not
+    have, adds ``-phases`` after the sampler so that it never shares a folder with the release's setting."""
     sample_cfg = config.sample
     name = (f"{config.model.model_type.replace('/', '-')}-ckpt-{Path(ckpt_path).stem}-"
             f"{sample_cfg.sampling_method}-{sample_cfg.num_sampling_steps}").lower()
+    if sample_cfg.phase_split:
+        name += "-phases"
     if guidance_on(sample_cfg):
         name += (f"-interval{sample_cfg.cfg_interval_start:.2f}-cfg{sample_cfg.cfg_scale:.2f}"
                  f"-shift{sample_cfg.timestep_shift:.2f}")

@@ -258,6 +258,21 @@ def phase_segments(grid: torch.Tensor, split: TimeSplit) -> list[torch.Tensor]:
     return segments
 
 
+def sampler_overrides(name: str) -> list[str]:
+    """Config overrides of a named sampler setting: ``dopri5`` (the release's; any torchdiffeq method name),
+    ``euler-N`` / ``heun-N`` (N grid points), each with an optional ``-phases`` suffix for phase-aware integration,
+    e.g. ``heun-9-phases`` (16 evaluations) or ``dopri5-phases``. ValueError names the accepted forms."""
+    base, phases = (name[: -len("-phases")], True) if name.endswith("-phases") else (name, False)
+    method, _, steps = base.partition("-")
+    overrides = [f"sample.sampling_method={method}", f"sample.phase_split={str(phases).lower()}"]
+    if method in FIXED_GRID_METHODS and steps.isdigit() and int(steps) >= 2:
+        return overrides + [f"sample.num_sampling_steps={int(steps)}"]
+    if method and method not in FIXED_GRID_METHODS and not steps:
+        return overrides
+    raise ValueError(f"sampler {name!r}: expected euler-N, heun-N (N >= 2 grid points) or an adaptive method such as "
+                     "dopri5, optionally followed by -phases")
+
+
 @dataclass(frozen=True)
 class SamplingPlan:
     """Every sampling setting of a run, decided once from a config (the release's rules, guidance included) and

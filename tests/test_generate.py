@@ -43,6 +43,8 @@ def test_release_folder_names():
     separate = sfd.load_config(ROOT / "configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml",
                                ["sample.cfg_scale=1.5", "sample.cfg_scale_sem=2.0"])
     assert folder_name(separate, ckpt, separate_scales=True).endswith("-balanced-cfgsem2.00-cfgtex1.50")
+    phased = sfd.load_config(ROOT / "configs/sfd/lightningdit_xl/inference_4m.yaml", ["sample.phase_split=true"])
+    assert folder_name(phased, ckpt) == "lightningdit-xl-1-ckpt-4000000-dopri5-250-phases-balanced"
     assert guide_checkpoint_for_iteration("outputs/train/sfd_autoguidance_b/checkpoints/0070000.pt", 120) == Path(
         "outputs/train/sfd_autoguidance_b/checkpoints/0120000.pt")
     with pytest.raises(ValueError, match="does not end"):

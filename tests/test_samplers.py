@@ -256,3 +256,15 @@ def test_plan_reads_phase_split_from_the_config():
     assert not samplers.SamplingPlan.from_config(sfd.load_config("tests/data/sfd_tiny.yaml")).phase_split
     with pytest.raises(sfd.ConfigError, match="sample.phase_split: phase-aware integration is for the ODE samplers"):
         sfd.load_config("tests/data/sfd_tiny.yaml", ["sample.phase_split=true", "sample.mode=SDE"])
+
+
+def test_named_sampler_settings():
+    assert samplers.sampler_overrides("heun-9-phases") == [
+        "sample.sampling_method=heun", "sample.phase_split=true", "sample.num_sampling_steps=9"]
+    assert samplers.sampler_overrides("dopri5") == ["sample.sampling_method=dopri5", "sample.phase_split=false"]
+    assert samplers.sampler_overrides("euler-33")[-1] == "sample.num_sampling_steps=33"
+    for bad in ("heun", "euler-1", "dopri5-9", "-phases", "heun-x"):
+        with pytest.raises(ValueError, match=f"sampler {bad!r}: expected euler-N, heun-N"):
+            samplers.sampler_overrides(bad)
+    config = sfd.load_config("tests/data/sfd_tiny.yaml", samplers.sampler_overrides("heun-9-phases"))
+    assert config.sample.phase_split and config.sample.num_sampling_steps == 9
