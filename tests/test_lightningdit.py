@@ -261,6 +261,12 @@ def test_fused_norm_paths_equal_the_module_paths():
     q = rope(attn.q_norm(qkv[:, :, 0].transpose(1, 2))).transpose(1, 2)
     k = rope(attn.k_norm(qkv[:, :, 1].transpose(1, 2))).transpose(1, 2)
     assert rel_error(joint[:, :, 0], q) < 1e-6 and rel_error(joint[:, :, 1], k) < 1e-6
+    weights = torch.randn(joint.shape)
+    leaves = [x, attn.q_norm.weight, attn.k_norm.weight]
+    fused_grads = torch.autograd.grad((joint * weights).sum(), leaves, retain_graph=True)
+    module_grads = torch.autograd.grad((torch.stack([q, k], dim=2) * weights).sum(), leaves)
+    for fused_grad, module_grad in zip(fused_grads, module_grads):
+        assert rel_error(fused_grad, module_grad) < 1e-5
 
 
 def fused_or_release(ours, release, exact):
