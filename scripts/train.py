@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     except DeviceError as error:  # an unknown SFD_DEVICE, a missing device runtime
         print(f"error: {error}", file=sys.stderr)
         return 2
+    completed = False
     try:
         trainer = Trainer(config, topology)
         if topology.is_main:
@@ -64,11 +65,12 @@ def main(argv=None) -> int:
         last = trainer.run(progress=not args.no_progress)
         if topology.is_main and last:
             print("done: step {} loss {:.5f}".format(trainer.step, last["loss"]), flush=True)
+        completed = True
     except (TrainingError, DeviceError, FileNotFoundError, KeyError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 3 if isinstance(error, TrainingError) else 2
     finally:
-        distributed.shutdown()
+        distributed.shutdown(completed)
     return 0
 
 

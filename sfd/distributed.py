@@ -51,8 +51,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(completed: bool = False) -> None:
+    """Leave the process group. After a run that ``completed`` on every process, first wait for all of them: the
+    main process hosts the store (sfd/torchrun.py gives every restart its own), and a main process that exits while
+    another still talks to the store can make that one abort in its teardown. Never after a failure, where the
+    others may be inside another collective."""
     if dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
 
 
