@@ -212,9 +212,6 @@ class RotaryEmbedding2D(nn.Module):
         # swaps the pair members instead of also negating one. Derived, so not in the state dict; refreshed
         # whenever freqs_sin is loaded.
         self.register_buffer("signed_sin", self.fold_rotation_sign(self.freqs_sin), persistent=False)
-        # The rotation as one complex factor per pair, cos + i·sin ([T, hd/2] complex64): rotating a pair (x0, x1)
-        # is multiplying x0 + i·x1 by it (the fused q/k path of Attention). Derived and refreshed like signed_sin.
-        self.register_buffer("rotation", self.pair_rotation(self.freqs_cos, self.freqs_sin), persistent=False)
         self.register_load_state_dict_post_hook(RotaryEmbedding2D.after_load)
 
     @staticmethod
@@ -223,16 +220,17 @@ class RotaryEmbedding2D(nn.Module):
         sign[0::2] = -1
         return freqs_sin * sign  # multiplying by ±1 is exact
 
-    @staticmethod
-    def pair_rotation(freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-        return torch.complex(freqs_cos[:, 0::2].float(), freqs_sin[:, 0::2].float())  # both members share an angle
+    def rotation(self) -> torch.Tensor:
+        """The rotation as one complex factor per pair, cos + i·sin ([T, hd/2] complex64; both members of a pair
+        share an angle): rotating (x0, x1) is multiplying x0 + i·x1 by it (the fused q/k path of Attention). Made
+        per call from the tables (a few KB) rather than kept as a buffer, so that no complex tensor is among the
+        buffers DDP broadcasts or ``.to(dtype)`` converts."""
+        return torch.complex(self.freqs_cos[:, 0::2].float(), self.freqs_sin[:, 0::2].float())
 
     def after_load(self, _incompatible_keys: object) -> None:
-        """load_state_dict post-hook (also with ``assign=True``): derive ``signed_sin`` and ``rotation`` from the
-        loaded tables."""
+        """load_state_dict post-hook (also with ``assign=True``): derive ``signed_sin`` from the loaded table."""
         with torch.no_grad():
             self.signed_sin = self.fold_rotation_sign(self.freqs_sin)
-            self.rotation = self.pair_rotation(self.freqs_cos, self.freqs_sin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (x0, x1)·cos + (−x1, x0)·sin  ==  (x0, x1)·cos + (x1, x0)·(−sin, sin): bit-identical, since IEEE
@@ -300,7 +298,7 @@ class Attention(nn.Module):
         (tests/test_lightningdit.py)."""
         weight = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None, :]  # [2, 1, hd]
         weighted = ScaleQK.apply(qk * inverse_rms(qk, self.q_norm.eps), weight)
-        rotated = torch.view_as_complex(weighted.unflatten(-1, (-1, 2))) * rope.rotation[:, None, None, :]
+        rotated = torch.view_as_complex(weighted.unflatten(-1, (-1, 2))) * rope.rotation()[:, None, None, :]
         return torch.view_as_real(rotated).flatten(-2)
 
 

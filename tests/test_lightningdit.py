@@ -234,7 +234,7 @@ def test_rope_sign_folded_table_is_derived_and_follows_loading():
     model = LightningDiT(tiny_model_args())
     model.load_state_dict({**model.state_dict(), "feat_rope.freqs_sin": torch.ones(16, 8)}, strict=True)
     assert torch.equal(model.feat_rope.signed_sin[:, 0], -torch.ones(16))
-    assert torch.equal(model.feat_rope.rotation.imag, torch.ones(16, 4))
+    assert torch.equal(model.feat_rope.rotation().imag, torch.ones(16, 4))
 
 
 def test_fused_norm_paths_equal_the_module_paths():
