@@ -17,8 +17,7 @@ import sys
 import torch
 
 from sfd.demo.pipeline import ENCODERS, DemoPipeline, DemoSettings
-from sfd.demo.report import run_demo
-from sfd.files import WriteError
+from sfd.demo.report import report_command, run_demo
 
 
 def main(argv=None) -> int:
@@ -36,13 +35,7 @@ def main(argv=None) -> int:
     changes = dict(seed=args.seed, encoder=args.encoder, **({"diffusion_steps": args.steps} if args.steps else {}))
     settings = (DemoSettings.quick(args.run_dir or "outputs/demo_quick", **changes) if args.quick else
                 DemoSettings(run_dir=args.run_dir or "outputs/demo", **changes))
-    try:
-        report = run_demo(DemoPipeline(settings))
-    except (FileNotFoundError, ValueError, WriteError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"report: {report}")
-    return 0
+    return report_command(lambda: run_demo(DemoPipeline(settings)))
 
 
 if __name__ == "__main__":

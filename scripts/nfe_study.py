@@ -18,7 +18,7 @@ import torch
 
 from sfd.demo.nfe import NfeStudySettings, run_nfe_study
 from sfd.demo.pipeline import DemoPipeline, DemoSettings
-from sfd.files import WriteError
+from sfd.demo.report import report_command
 
 
 def main(argv=None) -> int:
@@ -33,14 +33,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", help="folder with the Fashion-MNIST *-ubyte.gz files")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    try:
-        study = NfeStudySettings(args.name, args.step, args.repeats)
-        report = run_nfe_study(DemoPipeline(DemoSettings(run_dir=args.run_dir, data_root=args.data_root)), study)
-    except (FileNotFoundError, ValueError, WriteError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"report: {report}")
-    return 0
+    return report_command(lambda: run_nfe_study(DemoPipeline(DemoSettings(run_dir=args.run_dir,
+                                                                           data_root=args.data_root)),
+                                                NfeStudySettings(args.name, args.step, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from sfd.demo.pipeline import ENCODERS, DemoPipeline, DemoSettings
+from sfd.demo.report import report_command
 from sfd.demo.study import StudySettings, run_study
-from sfd.files import WriteError
 from sfd.sweep import SOURCE_CHOICES
 
 
@@ -44,17 +45,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    try:
-        study = StudySettings(args.name, args.sources, args.delta_t, args.repeats, args.steps, args.eval_every)
+    def study() -> Path:
         settings = (DemoSettings.quick(args.run_dir or "outputs/demo_quick", args.data_root, encoder=args.encoder)
                     if args.quick else DemoSettings(run_dir=args.run_dir or "outputs/demo", data_root=args.data_root,
                                                     encoder=args.encoder))
-        report = run_study(DemoPipeline(settings), study)
-    except (FileNotFoundError, ValueError, WriteError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"report: {report}")
-    return 0
+        return run_study(DemoPipeline(settings), StudySettings(args.name, args.sources, args.delta_t, args.repeats,
+                                                               args.steps, args.eval_every))
+
+    return report_command(study)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,12 @@ most that reference's seed spread).
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 from sfd.files import write_text_atomic
-from sfd.sweep import Scoring, Variant
+from sfd.sweep import Scoring, Variant, mean_std
 
 REFERENCE = Scoring()  # the release's dopri5, rtol 1e-3
 CONVERGED = Scoring(rtol=1e-4)  # its tenfold tighter tolerance
@@ -46,10 +45,6 @@ class NfeStudySettings:
     step: int = 3600  # the long study's training length
     repeats: int = 3
     scorings: Sequence[Scoring] = field(default_factory=default_scorings)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def summarise(rows: Sequence[dict], reference: Scoring = REFERENCE) -> list[dict]:

@@ -5,17 +5,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from sfd.demo.networks import CLASSES
-from sfd.files import write_text_atomic
+from sfd.files import WriteError, write_text_atomic
 from sfd.sweep import evaluation_steps
 from sfd.visualize import image_grid, line_plot, save_png
 
 if TYPE_CHECKING:
     from sfd.demo.pipeline import DemoPipeline
+
+
+def report_command(make_report: Callable[[], Path]) -> int:
+    """The tail of the demo's commands (scripts/demo.py, study.py, nfe_study.py): run ``make_report``, print where
+    the report is and return 0, or print the one-line reason and return 2."""
+    import sys
+
+    try:
+        report = make_report()
+    except (FileNotFoundError, ValueError, WriteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"report: {report}")
+    return 0
 
 
 def _training_log(run_dir: Path) -> list[dict]:
