@@ -13,7 +13,7 @@ per-sample noise of ``scripts/sample.py``, so ``pipe(class_labels=L, seed=s)`` g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -64,9 +64,8 @@ class SFDPipeline:
             seed = generator.initial_seed()
         pretrained = self.pretrained
         if num_inference_steps is not None or guidance_scale is not None:
-            config = _with_sampling(pretrained.config, num_inference_steps, guidance_scale)
-            pretrained = Pretrained(pretrained.model, config, pretrained.config_path, pretrained.guide,
-                                    pretrained.decoder, pretrained.device, pretrained.vae_config_path)
+            pretrained = replace(pretrained, config=_with_sampling(pretrained.config, num_inference_steps,
+                                                                   guidance_scale))
         sampler = pretrained.sampler(seed)
         labels = torch.tensor([int(label) for label in class_labels], dtype=torch.int64)
         step = batch_size or len(labels)  # one batch, as run_fast_inference.sh (dopri5 couples a batch)
