@@ -53,6 +53,8 @@ def test_from_pretrained_samples_what_the_launcher_samples(exported, stats_dir, 
     pipe = SFDPipeline.from_pretrained(out)
     piped = pipe(class_labels=[1, 2, 3], output_type="np")
     assert np.array_equal(piped.images, images) and piped.nfe == 3
+    shorter = pipe(class_labels=[1], num_inference_steps=3, guidance_scale=1.0, output_type="np")
+    assert shorter.nfe == 2 and pipe.config.sample.num_sampling_steps == 4  # the pipeline's own config is kept
     pil = pipe(class_labels=[1], seed=5).images
     assert isinstance(pil[0], Image.Image) and not np.array_equal(np.asarray(pil[0]), images[0])
     # save_pretrained round-trips
