@@ -10,6 +10,7 @@ meant there; keys the release requires have the SFD release value. Rules that in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,13 @@ def _fail(source: str, key: str, message: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {message}")
 
 
+def require(ok: bool, key: str, message: str, *, source: str = "config") -> None:
+    """Raise ConfigError naming ``source`` (the file) and ``key`` unless ``ok``: the one form every validation rule
+    takes."""
+    if not ok:
+        raise _fail(source, key, message)
+
+
 def merge_layer(base: Any, layer: Any, source: str) -> Any:
     try:
         return OmegaConf.merge(base, layer)
@@ -316,9 +324,7 @@ def validate(config: SFDConfig, source: str = "config") -> None:
     """Every cross-field rule, checked once. Raises ConfigError naming the offending key."""
     model, data, sample = config.model, config.data, config.sample
 
-    def check(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            raise _fail(source, key, message)
+    check = functools.partial(require, source=source)
 
     size, patch = parse_model_type(model.model_type)
     custom = None not in (model.depth, model.hidden_size, model.num_heads)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import hashlib
 import os
 import re
 import shutil
@@ -162,3 +163,12 @@ def remove_stale_temporaries(folder: str | Path, older_than_s: float = 3600.0) -
                 entry.unlink()
                 removed.append(entry)
     return removed
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
+    """Hex SHA-256 of a file, read in chunks (weights and reference batches are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -12,7 +12,6 @@ a copy (``copy=True``).
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -24,7 +23,7 @@ from typing import Callable, Iterable, Optional
 
 import yaml
 
-from sfd.files import atomic_path
+from sfd.files import atomic_path, file_sha256
 
 ROWS_FILE = Path(__file__).with_name("release_rows.yaml")
 CHUNK = 1 << 20
@@ -119,14 +118,6 @@ class ReleaseTable:
 
 
 # -- fetching -----------------------------------------------------------------------------------------------------
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def check_file(path: Path, item: ReleaseFile) -> Optional[str]:
     """Why ``path`` is not the file the table describes (size or SHA-256), or None."""

@@ -15,7 +15,6 @@ loads strictly. Weights are read only from a local path; nothing is downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfd.checkpoint import CheckpointError, explain_mismatch, extract_state_dict, read_file
+from sfd.files import file_sha256
 
 INPUT_SIZE = 299  # the graph's ResizeBilinear target (docs/evaluator.md §4.1)
 SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7] (docs/evaluator.md §4.3)
@@ -282,15 +282,6 @@ def resolve_weights_path(path: Optional[str | Path] = None) -> Path:
     if not chosen.is_file():
         raise InceptionWeightsError(_missing_weights_message(f"{chosen} does not exist"))
     return chosen
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
-    """Hex SHA-256 of a file, read in chunks (reference batches are gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_inception(path: Optional[str | Path] = None, allowed_sha256: Iterable[str] = (WEIGHTS_SHA256,),

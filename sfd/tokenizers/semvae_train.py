@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, read_file
-from sfd.config import ConfigError, load_structured
+from sfd.config import ConfigError, load_structured, require
 from sfd.device import Accelerator, default_device
 from sfd.files import write_text_atomic
 from sfd.rng import derive_seed
@@ -167,11 +167,7 @@ def load_train_config(path: str | Path | None = None, overrides: Sequence[str] =
 def validate_train_config(config: SemVAETrainConfig, source: str = "config") -> None:
     """Every rule on the values, checked once; raises ConfigError naming the key."""
     model, training = config.model, config.training
-
-    def check(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"{source}: {key}: {message}")
-
+    check = functools.partial(require, source=source)
     check(model.arch == "transformer", "model.arch", f"only 'transformer' (the released arch) is implemented, "
                                                      f"got {model.arch!r}")
     check(model.variational, "model.variational", "only the variational model is implemented")
