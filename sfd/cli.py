@@ -46,3 +46,17 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | 
         parser.error(f"not a section.key=value override: {args.overrides[0]!r}")
     args.overrides = overrides
     return args
+
+
+class UsageFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's help with ``Usage:`` (capitalised) as the first word, as launchers' --help print it; descriptions
+    and epilogs keep their line breaks, so examples stay one command a line."""
+
+    def add_usage(self, usage, actions, groups, prefix=None) -> None:
+        super().add_usage(usage, actions, groups, "Usage: " if prefix is None else prefix)
+
+
+def make_parser(description: str, epilog: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    """An ArgumentParser whose --help and usage errors start with ``Usage:``. Sub-commands get the same formatter
+    from ``subparsers.add_parser(name, formatter_class=UsageFormatter, ...)``."""
+    return argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=UsageFormatter, **kwargs)
