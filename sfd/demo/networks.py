@@ -31,7 +31,7 @@ from sfd.rng import derive_seed
 from sfd.tokenizers.texture_vae import TextureVAE, TextureVAEConfig
 
 IMAGE_SIZE = 32  # demo images are 32×32 (Fashion-MNIST's 28×28 padded)
-DEMO_VAE_YAML = Path(__file__).resolve().parents[2] / "configs" / "tokenizer" / "demo_fashion_f4d4.yaml"
+DEMO_VAE_YAML = Path(__file__).resolve().parent / "configs" / "demo_fashion_f4d4.yaml"
 NUM_CLASSES = 10
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot")  # Fashion-MNIST's labels 0-9

@@ -49,7 +49,8 @@ from sfd.files import atomic_path, write_json_atomic, write_text_atomic
 from sfd.sweep import Scoring, Variant, channel_overrides, run_sweep
 
 ENCODERS = ("ssl", "supervised")  # the DINOv2 stand-ins: self-supervised (default) or a classifier's features
-DEMO_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "demo" / "sfd_fashion.yaml"
+# The demo configs ship inside the package (package data), so an installed sfd runs the demo from any folder.
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "sfd_fashion.yaml"
 
 
 def base_model():

@@ -147,7 +147,7 @@ def setup_lines(pipeline: "DemoPipeline") -> list[str]:
         f"FID network: a separate CNN classifier, test accuracy {stage('fid_classifier')['test_accuracy']:.3f}; FID of "
         f"{settings.samples} samples (class-balanced, or all with the null label when unconditional) against the "
         f"{len(pipeline.test_x)} held-out test images.",
-        f"Diffusion: LightningDiT (config `configs/demo/sfd_fashion.yaml`{', ' if settings.overrides else ''}"
+        f"Diffusion: LightningDiT (config `sfd/demo/configs/sfd_fashion.yaml`{', ' if settings.overrides else ''}"
         f"{' '.join(settings.overrides)}), batch {settings.diffusion_batch}, training seed {settings.seed} (+ repeat).",
         f"Sampling: {settings.scoring.sampler} (three phases when Δt > 0) at every scored length; at the last also "
         + ", ".join(f"{s.sampler} {s.conditioning}" for s in settings.final_scorings) + "; no guidance, EMA weights.",
