@@ -36,7 +36,9 @@ study: $(STAMP) data
 sweep: $(STAMP) data
 	OMP_NUM_THREADS=2 $(PY) scripts/sweep.py --name semantics --delta-t 0 0.3 --semantics semvae pca --repeats 3
 
+# Lint (ruff, configured in pyproject.toml), then the tests.
 test: $(STAMP)
+	$(PY) -m ruff check sfd scripts tools tests
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 # Everything a paper row needs, laid out where its config looks (rows: `$(PY) scripts/download.py --list`).
