@@ -9,9 +9,12 @@ required entry is reported in one line naming it (CheckpointError).
 
 from __future__ import annotations
 
+import re
+import sys
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -150,3 +153,68 @@ def export_weights(model: nn.Module, path: str | Path, ema: Optional[nn.Module] 
     if Path(path).suffix == ".safetensors":
         return atomic_save(weights, path)
     return atomic_save({"ema": weights, "model": model.state_dict()}, path)
+
+
+# -- a run's checkpoints: discovery, and the choice of the one to resume from ---------------------------------------
+
+STEP_CHECKPOINT = re.compile(r"^(\d+)\.pt$")  # the diffusion trainer's {step:07d}.pt
+
+
+def checkpoints_newest_first(folder: str | Path, pattern: re.Pattern = STEP_CHECKPOINT) -> list[Path]:
+    """The training checkpoints in ``folder`` whose name matches ``pattern`` (its first group is the step), highest
+    step first. The step is read from the name, never guessed from sizes or times."""
+    steps = [(int(match.group(1)), path) for path in Path(folder).glob("*.pt") if (match := pattern.match(path.name))]
+    return [path for _, path in sorted(steps, reverse=True)]
+
+
+def latest_checkpoint(folder: str | Path, pattern: re.Pattern = STEP_CHECKPOINT) -> Optional[Path]:
+    """The checkpoint with the highest step in ``folder`` (by name), or None."""
+    found = checkpoints_newest_first(folder, pattern)
+    return found[0] if found else None
+
+
+@dataclass
+class Resumption:
+    """What :func:`choose_checkpoint` found: the checkpoint to resume from (None: start afresh), its checked payload,
+    and one line per newer checkpoint that was passed over."""
+
+    path: Optional[Path] = None
+    payload: Optional[Mapping[str, Any]] = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def choose_checkpoint(folder: str | Path, read: Callable[[Path], Mapping[str, Any]],
+                      pattern: re.Pattern = STEP_CHECKPOINT) -> Resumption:
+    """The newest checkpoint of ``folder`` that ``read`` accepts. ``read`` loads a file and checks that every part of
+    it fits the run, raising CheckpointError otherwise, so that a rejected file changes nothing; a newer file that is
+    truncated or does not fit is reported (a warning and ``skipped``) and passed over. Retraining from an older
+    checkpoint ends where an uninterrupted run would when every random draw is a function of the step. Raises
+    CheckpointError when checkpoints exist but none can be used."""
+    candidates = checkpoints_newest_first(folder, pattern)
+    found = Resumption()
+    for path in candidates:
+        try:
+            payload = read(path)
+        except CheckpointError as error:
+            found.skipped.append(str(error))
+            print(f"warning: skipping checkpoint: {error}", file=sys.stderr, flush=True)
+            continue
+        if found.skipped:
+            print(f"warning: resuming from the older checkpoint {path}", file=sys.stderr, flush=True)
+        found.path, found.payload = path, payload
+        return found
+    if candidates:
+        raise CheckpointError(f"{folder}: none of its {len(candidates)} checkpoint(s) can resume this run "
+                              f"(newest: {found.skipped[0]}); move them away to start afresh")
+    return found
+
+
+def check_optimizer_state(path: str | Path, saved: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Raise CheckpointError unless ``saved`` is an optimizer state dict with ``optimizer``'s parameter groups."""
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"{path}: its optimizer entry is a {type(saved).__name__}, not a state dict")
+    saved_groups = [len(group["params"]) for group in saved.get("param_groups", [])]
+    groups = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_groups != groups:
+        raise CheckpointError(f"{path}: its optimizer state has parameter groups of sizes {saved_groups}, this "
+                              f"run's are {groups}")

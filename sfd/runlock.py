@@ -10,14 +10,16 @@ here), makes the new run refuse with one line naming the owner and the lock file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-from sfd.files import process_alive
+from sfd.files import process_alive, remove_stale_temporaries
 
 LOCK_NAME = "lock.json"
 
@@ -103,3 +105,21 @@ def lock_run_folder(folder: str | Path, is_main: bool) -> RunFolderLock:
     if refusal:
         raise RunFolderBusy(refusal)
     return lock
+
+
+@contextlib.contextmanager
+def owned_folder(folder: str | Path, is_main: bool, *also_clean: str | Path) -> Iterator[RunFolderLock]:
+    """The start-up every writer of a run or sample folder goes through: the folder's lock (:func:`lock_run_folder`;
+    every process refuses together when a live run owns it), a warning when a dead run's lock was taken over, and
+    the temporary files a killed writer left in ``folder`` and ``also_clean`` removed — safe at once, since the lock
+    says no writer lives. The lock is released when the block ends, however it ends."""
+    lock = lock_run_folder(folder, is_main)
+    try:
+        if is_main:
+            if lock.note:
+                print(f"warning: {folder}: {lock.note}", file=sys.stderr, flush=True)
+            for path in (folder, *also_clean):
+                remove_stale_temporaries(path, older_than_s=0)
+        yield lock
+    finally:
+        lock.release()

@@ -16,13 +16,10 @@ stops the run before the update (the last checkpoint stays intact).
 from __future__ import annotations
 
 import copy
-import json
-import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -31,16 +28,15 @@ from torch.utils.data import DataLoader, Sampler
 
 from sfd import distributed, rng
 from sfd.build import build_model
-from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, extract_state_dict, read_file
+from sfd.checkpoint import (CheckpointError, atomic_save, check_optimizer_state, choose_checkpoint, explain_mismatch,
+                            extract_state_dict, latest_checkpoint, read_file)
 from sfd.config import SFDConfig, config_to_dict, save_config
 from sfd.data.latents import InMemoryLatents, LatentShardDataset, collate_latents
 from sfd.device import Accelerator, compile_by_default, compile_module, float64_device
-from sfd.files import remove_stale_temporaries, write_text_atomic
 from sfd.loss import FlowMatchingLoss
-from sfd.runlock import lock_run_folder
+from sfd.runlock import owned_folder
 from sfd.throughput import model_flop_utilisation, peak_flops, training_flops_per_image
-
-CHECKPOINT_NAME = re.compile(r"^(\d+)\.pt$")
+from sfd.training_loop import Every, RunLog, run_steps
 
 
 class TrainingError(RuntimeError):
@@ -91,24 +87,6 @@ class StepBatchSampler(Sampler):
         return max(0, self.max_steps - self.start_step)
 
 
-def checkpoints_newest_first(folder: Path) -> list[Path]:
-    """The run's checkpoints ({step:07d}.pt), highest step first."""
-    steps = [(int(m.group(1)), p) for p in folder.glob("*.pt") if (m := CHECKPOINT_NAME.match(p.name))]
-    return [path for _, path in sorted(steps, reverse=True)]
-
-
-def latest_checkpoint(folder: Path) -> Optional[Path]:
-    """The checkpoint with the highest step (by name, {step:07d}.pt), or None."""
-    found = checkpoints_newest_first(folder)
-    return found[0] if found else None
-
-
-def autocast_for(precision: str, device: torch.device):
-    """bf16/fp16 autocast on accelerators; CPUs train in fp32 (their bf16 matmuls are ~100× slower,
-    docs/environment.md §2). The device layer decides (``Accelerator.autocast``)."""
-    return Accelerator.of(device).autocast(precision)
-
-
 def build_optimizer(model: torch.nn.Module, config: SFDConfig, accelerator: Accelerator) -> torch.optim.AdamW:
     """AdamW over the trainable parameters with the config's settings (the release's optimizer). Where torch has a
     fused AdamW kernel for the device (CPU, CUDA, XPU, MPS) it is used: one pass per parameter instead of a dozen
@@ -123,141 +101,44 @@ def build_optimizer(model: torch.nn.Module, config: SFDConfig, accelerator: Acce
                              fused=accelerator.type in _get_fused_kernels_supported_devices() or None)
 
 
-class Trainer:
-    def __init__(self, config: SFDConfig, topology: Optional[distributed.Topology] = None,
-                 run_dir: Optional[Path] = None, with_data: bool = True,
-                 device: Optional[torch.device] = None) -> None:
-        """A run of ``config``: model, EMA, optimizer and loss, resumed from the run folder's latest checkpoint.
-        ``with_data=False`` builds the step alone (no dataset, no resume; :meth:`train_step` on given batches, as
-        scripts/bench_model.py times it). ``device`` defaults to the topology's (this process's GPU, else CPU)."""
+class DiffusionStep:
+    """One optimizer step of SFD training and everything it needs: the network, its EMA, AdamW, the gradient scaler
+    and the flow-matching loss, plus the counters a checkpoint records (``step``, ``images_seen``). It reads no data
+    and writes no file, so the trainer, the benchmarks and tests drive the same step.
+
+    The initial weights are drawn from a generator seeded by ``train.global_seed`` (the same on every process).
+    With ``world_size`` > 1 the network is wrapped in DistributedDataParallel (gradients averaged over processes);
+    with ``train.compile`` on (auto: on accelerators) its blocks are compiled in place (sfd.device.compile_module).
+    """
+
+    def __init__(self, config: SFDConfig, device: torch.device | str = "cpu", world_size: int = 1) -> None:
         self.config = config
-        self.topology = topology or distributed.Topology()
-        self.device = device or self.topology.device
+        self.device = torch.device(device)
         self.accelerator = Accelerator.of(self.device)
+        self.world_size = world_size
         train = config.train
-        if train.global_batch_size % self.topology.world_size:
-            raise TrainingError(f"train.global_batch_size={train.global_batch_size} is not divisible by the "
-                                f"{self.topology.world_size} processes")
-        self.run_dir = run_dir or Path(train.output_dir) / (train.exp_name or "sfd")
-        self.checkpoint_dir = self.run_dir / "checkpoints"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(rng.derive_seed(train.global_seed, -2))  # the same initial weights on every process
             self.model = build_model(config).to(self.device)
         if train.weight_init:
-            self._initialise_from(Path(train.weight_init))
+            self.initialise_from(Path(train.weight_init))
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.optimizer = build_optimizer(self.model, config, self.accelerator)
         self.scaler = self.accelerator.grad_scaler(train.precision)
         self.loss = FlowMatchingLoss.from_config(config)
-        self.dataset = self._dataset(config.data.data_path, flip_prob=0.5) if with_data else None
         self.step, self.images_seen = 0, 0
-        self.skipped_checkpoints: list[str] = []  # why newer checkpoints could not resume this run
-        self.flops_per_image: Optional[float] = None  # training FLOPs per image and the device's peak, for MFU
-        self.peak_flops: Optional[float] = None
-        resumed = self._resume() if with_data else None
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if not self.accelerator.is_cpu
-                                            else None) if self.topology.world_size > 1 else self.model)
+        wrapped = (DistributedDataParallel(self.model, device_ids=None if self.accelerator.is_cpu
+                                           else [self.device.index]) if world_size > 1 else self.model)
         compiled = compile_by_default(train.compile, self.accelerator)
-        self.forward_model = compile_module(self.ddp, self.accelerator) if compiled else self.ddp
-        self.resumed_from = resumed
+        self.forward_model = compile_module(wrapped, self.accelerator) if compiled else wrapped
 
-    # -- setup -------------------------------------------------------------------------------------------------
-
-    def _dataset(self, path: str, flip_prob: float) -> LatentShardDataset:
-        """Shards of ``path`` normalised with the training set's statistics (data.data_path)."""
-        data, model = self.config.data, self.config.model
-        dataset = LatentShardDataset(path, latent_norm=data.latent_norm, latent_sv_norm=data.latent_sv_norm,
-                                     latent_multiplier=data.latent_multiplier, semantic=model.semantic_chans > 0,
-                                     with_dino=model.use_repa, flip_prob=flip_prob, seed=self.config.train.global_seed,
-                                     stats_dir=data.data_path)
-        channels = dataset.channels  # from the shards' headers
-        if channels != model.in_chans:
-            raise TrainingError(f"{path}: shards give {channels}-channel latents, model.in_chans is {model.in_chans}")
-        if model.use_repa and not dataset.with_dino:
-            raise TrainingError(f"{path}: model.use_repa needs 'feats_dino' in the shards")
-        return dataset
-
-    def _initialise_from(self, path: Path) -> None:
+    def initialise_from(self, path: Path) -> None:
+        """train.weight_init: start from a file's weights (its EMA when it has one), strictly."""
         state = extract_state_dict(read_file(path), path)
         problems = explain_mismatch(self.model, state)
         if problems:
             raise TrainingError(f"train.weight_init {path}: " + "; ".join(problems))
         self.model.load_state_dict(state)
-
-    def _resume(self) -> Optional[Path]:
-        """Continue from the newest checkpoint that reads and fits this run; an unreadable or mismatched newer one
-        is reported (``skipped_checkpoints``, one line each) and passed over. Retraining from an older checkpoint
-        ends where an uninterrupted run would: every draw is a function of the step.
-
-        The main process chooses (it is the one that writes checkpoints, so its folder is the truth) and every
-        process follows: a process that can read the chosen file loads it itself; when any cannot (no shared
-        filesystem, e.g. node-local disks), the main process sends the state to all."""
-        outcome = self._choose_checkpoint() if self.topology.is_main else None
-        path, refusal = distributed.broadcast_from_main(outcome[:2] if outcome else None)
-        if refusal:
-            raise TrainingError(refusal)
-        if path is None:
-            return None
-        payload = outcome[2] if self.topology.is_main else None
-        if distributed.all_true(self.topology.is_main or Path(path).is_file()):
-            if payload is None:
-                payload = self._read_training_checkpoint(Path(path))
-        else:
-            payload = distributed.broadcast_from_main(payload)
-        self._apply_training_state(payload)
-        return Path(path)
-
-    def _choose_checkpoint(self) -> tuple[Optional[str], Optional[str], Optional[Mapping]]:
-        """(path, None, payload) of the checkpoint to resume from, (None, None, None) for a fresh run, or
-        (None, why, None) when the run must not start."""
-        candidates = checkpoints_newest_first(self.checkpoint_dir)
-        if not candidates:
-            return None, None, None
-        if self.config.train.resume is False:
-            return None, (f"train.resume is false but {self.checkpoint_dir} holds checkpoints (latest "
-                          f"{candidates[0].name}): choose another train.exp_name, delete them, or drop "
-                          "train.resume to continue the run"), None
-        for path in candidates:
-            try:
-                payload = self._read_training_checkpoint(path)
-            except CheckpointError as error:
-                self.skipped_checkpoints.append(str(error))
-                print(f"warning: skipping checkpoint: {error}", file=sys.stderr, flush=True)
-                continue
-            if self.skipped_checkpoints:
-                print(f"warning: resuming from the older checkpoint {path}", file=sys.stderr, flush=True)
-            return str(path), None, payload
-        return None, (f"{self.checkpoint_dir}: none of its {len(candidates)} checkpoint(s) can resume this run "
-                      f"(newest: {self.skipped_checkpoints[0]}); move them away to start afresh"), None
-
-    def _read_training_checkpoint(self, path: Path) -> Mapping:
-        """One of this run's checkpoints (weights-only, memory-mapped on the CPU), after checking that every part
-        fits this trainer, so that a rejected file changes nothing."""
-        payload = read_file(path, required=("model", "ema", "opt", "step", "images_seen"))
-        for key in ("model", "ema", "opt"):
-            if not isinstance(payload[key], Mapping):
-                raise CheckpointError(f"{path}: its '{key}' entry is a {type(payload[key]).__name__}, not a state dict")
-        for key, module in (("model", self.model), ("ema", self.ema)):
-            problems = explain_mismatch(module, payload[key])
-            if problems:
-                raise CheckpointError(f"{path}: its '{key}' weights do not fit this model: " + "; ".join(problems[:3])
-                                      + (f"; … {len(problems) - 3} more" if len(problems) > 3 else ""))
-        saved_groups = [len(group["params"]) for group in payload["opt"].get("param_groups", [])]
-        groups = [len(group["params"]) for group in self.optimizer.param_groups]
-        if saved_groups != groups:
-            raise CheckpointError(f"{path}: its optimizer state has parameter groups of sizes {saved_groups}, this "
-                                  f"run's are {groups}")
-        return payload
-
-    def _apply_training_state(self, payload: Mapping) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.ema.load_state_dict(payload["ema"])
-        self.optimizer.load_state_dict(payload["opt"])
-        if "scaler" in payload:
-            self.scaler.load_state_dict(payload["scaler"])
-        self.step, self.images_seen = int(payload["step"]), int(payload["images_seen"])
-
-    # -- one step ----------------------------------------------------------------------------------------------
 
     def learning_rate(self, step: int) -> float:
         optimizer = self.config.optimizer
@@ -265,24 +146,25 @@ class Trainer:
             return optimizer.lr * (step + 1) / optimizer.warmup_steps
         return optimizer.lr
 
-    def train_step(self, latents: torch.Tensor, labels: torch.Tensor, dino: Optional[torch.Tensor],
-                   rows: range) -> dict[str, float]:
-        """One optimizer step on this process's rows of the global batch; returns globally averaged loss terms."""
+    def __call__(self, latents: torch.Tensor, labels: torch.Tensor, dino: Optional[torch.Tensor],
+                 rows: range) -> dict[str, float]:
+        """One optimizer step on this process's ``rows`` of the global batch; row j draws its time, noise and label
+        dropout from a generator seeded by (seed, step, j). Returns the loss terms averaged over processes; a
+        non-finite loss raises TrainingError before the update."""
         self.model.train()
         seeds = [rng.derive_seed(self.config.train.global_seed, self.step, row) for row in rows]
         generators = rng.SampleGenerators(seeds, self.device)
-        with autocast_for(self.config.train.precision, self.device):
+        with self.accelerator.autocast(self.config.train.precision):
             terms = self.loss(self.forward_model, latents, labels, dino, generator=generators)
         zero = torch.zeros((), device=self.device)
         values = torch.stack([term.detach().float().mean() if term is not None else zero
                               for term in (terms.total, terms.mse, terms.cos, terms.repa)])
         if dist.is_initialized():
             dist.all_reduce(values)
-            values /= self.topology.world_size
+            values /= self.world_size
         if not torch.isfinite(values).all():
             raise TrainingError(f"step {self.step}: non-finite loss (total {values[0].item()}, mse {values[1].item()}, "
-                                f"cos {values[2].item()}, repa {values[3].item()}); stopped before the update, the "
-                                f"last checkpoint ({latest_checkpoint(self.checkpoint_dir)}) is intact")
+                                f"cos {values[2].item()}, repa {values[3].item()}); stopped before the update")
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -301,23 +183,154 @@ class Trainer:
     def update_ema(self) -> None:
         """ema ← decay·ema + (1 − decay)·θ over every parameter (pos_embed included; it is constant)."""
         decay = self.config.train.ema_decay
-        ema_params = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1.0 - decay)
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
 
-    # -- checkpoints, validation, logging -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "images_seen": self.images_seen}
 
-    def save_checkpoint(self, sampler: StepBatchSampler) -> Optional[Path]:
+    def check_fits(self, payload: Mapping, path: Path) -> Mapping:
+        """``payload`` (a checkpoint read from ``path``) after checking that every part fits this step, so that a
+        rejected file changes nothing; raises CheckpointError naming what does not fit."""
+        for key in ("model", "ema"):
+            if not isinstance(payload[key], Mapping):
+                raise CheckpointError(f"{path}: its '{key}' entry is a {type(payload[key]).__name__}, not a state dict")
+        check_optimizer_state(path, payload["opt"], self.optimizer)
+        for key, module in (("model", self.model), ("ema", self.ema)):
+            problems = explain_mismatch(module, payload[key])
+            if problems:
+                raise CheckpointError(f"{path}: its '{key}' weights do not fit this model: " + "; ".join(problems[:3])
+                                      + (f"; … {len(problems) - 3} more" if len(problems) > 3 else ""))
+        return payload
+
+    def load_state_dict(self, payload: Mapping) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.ema.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["opt"])
+        if "scaler" in payload:
+            self.scaler.load_state_dict(payload["scaler"])
+        self.step, self.images_seen = int(payload["step"]), int(payload["images_seen"])
+
+
+class Trainer:
+    """A training run of ``config`` in its run folder (train.output_dir/train.exp_name): the step object, the data,
+    the run log, and the checkpoint it resumes from (the newest that reads and fits, chosen when it is built)."""
+
+    def __init__(self, config: SFDConfig, topology: Optional[distributed.Topology] = None,
+                 run_dir: Optional[Path] = None, device: Optional[torch.device] = None) -> None:
+        self.config = config
+        self.topology = topology or distributed.Topology()
+        self.device = device or self.topology.device
+        train = config.train
+        if train.global_batch_size % self.topology.world_size:
+            raise TrainingError(f"train.global_batch_size={train.global_batch_size} is not divisible by the "
+                                f"{self.topology.world_size} processes")
+        self.run_dir = run_dir or Path(train.output_dir) / (train.exp_name or "sfd")
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.state = DiffusionStep(config, self.device, self.topology.world_size)
+        self.dataset = self._dataset(config.data.data_path, flip_prob=0.5)
+        self.valid_dataset = self._dataset(config.data.valid_path, flip_prob=0.0) if config.data.valid_path else None
+        self.log = RunLog(self.run_dir / "log.jsonl", enabled=self.topology.is_main,
+                          tensorboard=self.run_dir / "tensorboard" if train.tensorboard else None)
+        self.skipped_checkpoints: list[str] = []  # why newer checkpoints could not resume this run
+        self.flops_per_image: Optional[float] = None  # training FLOPs per image and the device's peak, for MFU
+        self.peak_flops: Optional[float] = None
+        self.resumed_from = self._resume()
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def images_seen(self) -> int:
+        return self.state.images_seen
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.state.model
+
+    @property
+    def ema(self) -> torch.nn.Module:
+        return self.state.ema
+
+    def _dataset(self, path: str, flip_prob: float) -> LatentShardDataset:
+        """Shards of ``path`` normalised with the training set's statistics (data.data_path)."""
+        data, model = self.config.data, self.config.model
+        dataset = LatentShardDataset(path, latent_norm=data.latent_norm, latent_sv_norm=data.latent_sv_norm,
+                                     latent_multiplier=data.latent_multiplier, semantic=model.semantic_chans > 0,
+                                     with_dino=model.use_repa, flip_prob=flip_prob, seed=self.config.train.global_seed,
+                                     stats_dir=data.data_path)
+        channels = dataset.channels  # from the shards' headers
+        if channels != model.in_chans:
+            raise TrainingError(f"{path}: shards give {channels}-channel latents, model.in_chans is {model.in_chans}")
+        if model.use_repa and not dataset.with_dino:
+            raise TrainingError(f"{path}: model.use_repa needs 'feats_dino' in the shards")
+        return dataset
+
+    # -- resuming ----------------------------------------------------------------------------------------------
+
+    def _resume(self) -> Optional[Path]:
+        """Continue from the newest checkpoint that reads and fits this run (sfd.checkpoint.choose_checkpoint: an
+        unreadable or mismatched newer one is reported in ``skipped_checkpoints`` and passed over).
+
+        The main process chooses (it is the one that writes checkpoints, so its folder is the truth) and every
+        process follows: a process that can read the chosen file loads it itself; when any cannot (no shared
+        filesystem, e.g. node-local disks), the main process sends the state to all."""
+        outcome = self._choose_checkpoint() if self.topology.is_main else None
+        path, refusal = distributed.broadcast_from_main(outcome[:2] if outcome else None)
+        if refusal:
+            raise TrainingError(refusal)
+        if path is None:
+            return None
+        payload = outcome[2] if self.topology.is_main else None
+        if distributed.all_true(self.topology.is_main or Path(path).is_file()):
+            if payload is None:
+                payload = self._read_checkpoint(Path(path))
+        else:
+            payload = distributed.broadcast_from_main(payload)
+        self.state.load_state_dict(payload)
+        return Path(path)
+
+    def _choose_checkpoint(self) -> tuple[Optional[str], Optional[str], Optional[Mapping]]:
+        """(path, None, payload) of the checkpoint to resume from, (None, None, None) for a fresh run, or
+        (None, why, None) when the run must not start."""
+        latest = latest_checkpoint(self.checkpoint_dir)
+        if latest is not None and self.config.train.resume is False:
+            return None, (f"train.resume is false but {self.checkpoint_dir} holds checkpoints (latest "
+                          f"{latest.name}): choose another train.exp_name, delete them, or drop "
+                          "train.resume to continue the run"), None
+        try:
+            found = choose_checkpoint(self.checkpoint_dir, self._read_checkpoint)
+        except CheckpointError as error:
+            return None, str(error), None
+        self.skipped_checkpoints = found.skipped
+        return (str(found.path), None, found.payload) if found.path else (None, None, None)
+
+    def _read_checkpoint(self, path: Path) -> Mapping:
+        """One of this run's checkpoints (weights-only, memory-mapped on the CPU), checked to fit the step."""
+        return self.state.check_fits(read_file(path, required=("model", "ema", "opt", "step", "images_seen")), path)
+
+    # -- one step, and what happens between steps ---------------------------------------------------------------
+
+    def train_step(self, latents: torch.Tensor, labels: torch.Tensor, dino: Optional[torch.Tensor],
+                   rows: range) -> dict[str, float]:
+        """One optimizer step on this process's rows of the global batch; returns globally averaged loss terms."""
+        try:
+            return self.state(latents, labels, dino, rows)
+        except TrainingError as error:
+            raise TrainingError(f"{error}, the last checkpoint ({latest_checkpoint(self.checkpoint_dir)}) is "
+                                "intact") from None
+
+    def save_checkpoint(self, sampler: StepBatchSampler) -> Path:
+        """``{step:07d}.pt``: the step object's state, the data position and the resolved config, written
+        atomically by the main process."""
         path = self.checkpoint_dir / f"{self.step:07d}.pt"
         if self.topology.is_main:
             position = sampler.position(self.step)
-            atomic_save({
-                "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "opt": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "step": self.step, "images_seen": self.images_seen,
-                "data_position": {"epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch},
-                "rng": {"global_seed": self.config.train.global_seed},
-                "config": config_to_dict(self.config),
-            }, path)
+            atomic_save({**self.state.state_dict(),
+                         "data_position": {"epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch},
+                         "rng": {"global_seed": self.config.train.global_seed},
+                         "config": config_to_dict(self.config)}, path)
         distributed.barrier()
         return path
 
@@ -354,112 +367,87 @@ class Trainer:
         utilisation of the training step."""
         if self.flops_per_image is None:  # counted once, on the meta device
             self.flops_per_image = training_flops_per_image(self.config)
-            self.peak_flops = peak_flops(self.accelerator.device_name(self.device),
-                                         self.accelerator.effective_precision(self.config.train.precision))
+            self.peak_flops = peak_flops(self.state.accelerator.device_name(self.device),
+                                         self.state.accelerator.effective_precision(self.config.train.precision))
         per_device = images_per_s / self.topology.world_size
         utilisation = model_flop_utilisation(per_device, self.flops_per_image, self.peak_flops)
         return {"images_per_s_per_device": per_device, **({"mfu": utilisation} if utilisation is not None else {})}
 
-    def _forget_log_after(self, step: int) -> None:
-        """Drop ``log.jsonl`` records of steps after ``step`` (those a killed run logged after its last checkpoint,
-        which this run logs again), and a last line a kill cut short, so each step is logged once however often
-        the run is resumed."""
-        path = self.run_dir / "log.jsonl"
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue
-        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
-
-    def log(self, record: dict) -> None:
-        if not self.topology.is_main:
-            return
-        with open(self.run_dir / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, record["step"])
-
-    def _open_writer(self):
-        if not (self.topology.is_main and self.config.train.tensorboard):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
-
-    # -- the loop ----------------------------------------------------------------------------------------------
-
-    def run(self, progress: bool = True, final_checkpoint: bool = True) -> dict:
-        """Train to ``train.max_steps`` from the current step; returns the last step's loss terms."""
-        if self.dataset is None:
-            raise TrainingError("this trainer was built with_data=False; it can only take train_step calls")
-        lock = lock_run_folder(self.run_dir, self.topology.is_main)  # one run per folder (sfd/runlock.py)
-        try:
-            return self._run(progress, final_checkpoint, lock.note)
-        finally:
-            lock.release()
-
-    def _run(self, progress: bool, final_checkpoint: bool, lock_note: Optional[str]) -> dict:
-        train = self.config.train
-        if self.topology.is_main:
-            if lock_note:
-                print(f"warning: {self.run_dir}: {lock_note}", file=sys.stderr, flush=True)
-            remove_stale_temporaries(self.run_dir, older_than_s=0)  # a killed run's; the lock says no writer lives
-            remove_stale_temporaries(self.checkpoint_dir, older_than_s=0)
-            self._forget_log_after(self.step)
-            save_config(self.config, self.run_dir / "config.yaml")
-        distributed.barrier()
-        self.writer = self._open_writer()
-        valid_path = self.config.data.valid_path
-        self.valid_dataset = self._dataset(valid_path, flip_prob=0.0) if valid_path else None
-        sampler = StepBatchSampler(len(self.dataset), train.global_batch_size, self.topology.rank,
-                                   self.topology.world_size, train.global_seed, self.step, train.max_steps)
+    def _batches(self, sampler: StepBatchSampler) -> Iterator[tuple]:
+        """This process's batches from the current step on, on the device."""
+        accelerator = self.state.accelerator
         if self.config.data.in_memory:  # the same batches without per-item reads (InMemoryLatents)
             memory = InMemoryLatents(self.dataset, self.device)
             loader: Iterable = (memory.batch(keys) for keys in sampler)
         else:
             loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate_latents,
                                 # workers only beside an accelerator: on a CPU they would compete with the step
-                                num_workers=self.config.data.num_workers if not self.accelerator.is_cpu else 0,
-                                pin_memory=self.accelerator.pin_memory)
-        bar = None
-        if progress and self.topology.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=train.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        last: dict = {}
-        window: dict[str, float] = {}
-        window_start, window_steps = time.perf_counter(), 0
+                                num_workers=self.config.data.num_workers if not accelerator.is_cpu else 0,
+                                pin_memory=accelerator.pin_memory)
         for latents, labels, dino in loader:
-            latents, labels = latents.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            dino = dino.to(self.device, non_blocking=True) if dino is not None else None
-            last = self.train_step(latents, labels, dino, sampler.rows())
-            window = {key: window.get(key, 0.0) + value for key, value in last.items()}
-            window_steps += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{last['loss']:.4f}")
-            if self.step % train.log_every == 0 or self.step == train.max_steps:
-                rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
-                means = {key: value / window_steps for key, value in window.items()}
-                self.log({"step": self.step, **means, "lr": self.learning_rate(self.step - 1),
-                          "steps_per_s": rate, "images_per_s": rate * train.global_batch_size,
-                          **self.throughput(rate * train.global_batch_size), "images_seen": self.images_seen})
-                window, window_start, window_steps = {}, time.perf_counter(), 0
-            if self.valid_dataset is not None and self.step % train.valid_every == 0:
-                self.log({"step": self.step, **self.validation_loss()})
-            if self.step % train.ckpt_every == 0 or (final_checkpoint and self.step == train.max_steps):
-                self.save_checkpoint(sampler)
+            yield (latents.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
+                   dino.to(self.device, non_blocking=True) if dino is not None else None)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+
+    def run(self, progress: bool = True, final_checkpoint: bool = True) -> dict:
+        """Train to ``train.max_steps`` from the current step; returns the last step's loss terms."""
+        train, is_main = self.config.train, self.topology.is_main
+        with owned_folder(self.run_dir, is_main, self.checkpoint_dir):  # one run per folder (sfd/runlock.py)
+            if is_main:
+                self.log.forget_after(self.step)
+                save_config(self.config, self.run_dir / "config.yaml")
+            distributed.barrier()
+            self.log.open()
+            sampler = StepBatchSampler(len(self.dataset), train.global_batch_size, self.topology.rank,
+                                       self.topology.world_size, train.global_seed, self.step, train.max_steps)
+            meter = _LogWindow(self, train.global_batch_size)
+            events = [Every(train.log_every, meter.write, also=(train.max_steps,)),
+                      Every(train.ckpt_every, lambda step, _: self.save_checkpoint(sampler),
+                            also=(train.max_steps,) if final_checkpoint else ())]
+            if self.valid_dataset is not None:
+                events.insert(1, Every(train.valid_every, lambda step, _: self.log.write(
+                    {"step": step, **self.validation_loss()})))
+            bar = _progress_bar(progress and is_main, train.max_steps, self.step)
+            try:
+                last = run_steps(lambda batch: self.train_step(*batch, sampler.rows()), self._batches(sampler),
+                                 start=self.step, stop=train.max_steps, events=events,
+                                 progress=lambda record: meter.add(record, bar))
+            finally:
+                if bar is not None:
+                    bar.close()
+                self.log.close()
+        return dict(last)
+
+
+class _LogWindow:
+    """Loss terms averaged over the steps since the last log line, with the speed (and MFU) over that window."""
+
+    def __init__(self, trainer: Trainer, global_batch: int) -> None:
+        self.trainer, self.global_batch = trainer, global_batch
+        self.sums: dict[str, float] = {}
+        self.steps, self.start = 0, time.perf_counter()
+
+    def add(self, record: Mapping[str, float], bar: Any) -> None:
+        self.sums = {key: self.sums.get(key, 0.0) + value for key, value in record.items()}
+        self.steps += 1
         if bar is not None:
-            bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        return last
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+    def write(self, step: int, record: Mapping[str, float]) -> None:
+        rate = self.steps / max(time.perf_counter() - self.start, 1e-9)
+        means = {key: value / self.steps for key, value in self.sums.items()}
+        trainer = self.trainer
+        trainer.log.write({"step": step, **means, "lr": trainer.state.learning_rate(step - 1), "steps_per_s": rate,
+                           "images_per_s": rate * self.global_batch, **trainer.throughput(rate * self.global_batch),
+                           "images_seen": trainer.images_seen})
+        self.sums, self.steps, self.start = {}, 0, time.perf_counter()
+
+
+def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)

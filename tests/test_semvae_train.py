@@ -2,6 +2,8 @@
 official layout, exact kill-and-resume, warm start from an official checkpoint, and one-line errors."""
 
 import json
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,12 +12,13 @@ import torch
 from tests.conftest import load_script
 from safetensors.torch import save_file
 
-from sfd.checkpoint import CheckpointError
+from sfd.checkpoint import CheckpointError, latest_checkpoint
 from sfd.config import ConfigError
 from sfd.tokenizers import semvae_train
 from sfd.tokenizers.semvae import load_semvae
-from sfd.tokenizers.semvae_train import (DataError, FeatureShards, LRSchedule, epoch_order, evaluate, feature_files,
-                                         latest_checkpoint, load_train_config, train)
+from sfd.runlock import LOCK_NAME, RunFolderBusy
+from sfd.tokenizers.semvae_train import (CHECKPOINT_PATTERN, DataError, FeatureShards, LRSchedule, epoch_order, evaluate,
+                                         feature_files, load_train_config, train)
 
 ROOT = Path(__file__).parents[1]
 DATA = Path(__file__).parent / "data" / "semvae"
@@ -158,7 +161,7 @@ def test_training_writes_checkpoints_and_an_official_final_file(features):
     assert result.step == 12 and result.final == checkpoints / "semantic_ae_final.pt"
     assert sorted(p.name for p in checkpoints.glob("semantic_ae_checkpoint_step_*.pt")) == [
         "semantic_ae_checkpoint_step_12.pt", "semantic_ae_checkpoint_step_6.pt"]
-    assert latest_checkpoint(checkpoints).name == "semantic_ae_checkpoint_step_12.pt"
+    assert latest_checkpoint(checkpoints, CHECKPOINT_PATTERN).name == "semantic_ae_checkpoint_step_12.pt"
     final = torch.load(result.final, weights_only=True)
     assert list(final) == OFFICIAL_KEYS
     assert (final["iteration"], final["input_dim"], final["bottleneck_dim"]) == (12, 32, 4)
@@ -199,7 +202,7 @@ def test_kill_and_resume_is_exact(features, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(features, "resumed"), device="cpu", progress=False)
     monkeypatch.setattr(semvae_train.SemVAELoss, "__call__", real_call)
-    assert latest_checkpoint(features / "resumed" / "checkpoints").name == "semantic_ae_checkpoint_step_6.pt"
+    assert latest_checkpoint(features / "resumed" / "checkpoints", CHECKPOINT_PATTERN).name == "semantic_ae_checkpoint_step_6.pt"
     resumed = train(tiny_config(features, "resumed"), device="cpu", progress=False)
 
     ours, reference = torch.load(resumed.final, weights_only=True), torch.load(straight.final, weights_only=True)
@@ -255,7 +258,7 @@ def test_features_of_the_wrong_width_are_named(features):
 def test_evaluation_uses_the_posterior_mean(features):
     config = tiny_config(features, "run")
     data = FeatureShards(feature_files(str(features / "val"), "tiny", None, "training.evaluation.feature_dir"))
-    model, _ = semvae_train._build(config, 32, torch.device("cpu"))
+    model = semvae_train.SemVAEStep(config, 32, torch.device("cpu")).model
     first, second = (evaluate(model, data, 3, torch.device("cpu")) for _ in range(2))
     assert first == second and first.samples == 8
     with torch.no_grad():
@@ -300,3 +303,40 @@ def test_tensorboard_without_the_package_is_a_clear_error(features, monkeypatch)
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(ConfigError, match="training.log.tensorboard: true, but the tensorboard package is not"):
         train(tiny_config(features, "run", "training.log.tensorboard=true"), device="cpu", progress=False)
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(features, capsys):
+    """A kill during the write of step 12's checkpoint can leave it cut short (a copied folder, a full disk): the rerun
+    reports it, resumes from step 6 and ends with the uninterrupted run's weights and log."""
+    straight = train(tiny_config(features, "straight", "training.evaluation.feature_dir=null"), device="cpu",
+                     progress=False)
+    config = tiny_config(features, "cut", "training.evaluation.feature_dir=null")
+    train(config, device="cpu", progress=False)
+    checkpoints = features / "cut" / "checkpoints"
+    newest = checkpoints / "semantic_ae_checkpoint_step_12.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    (checkpoints / "semantic_ae_final.pt").unlink()
+    capsys.readouterr()
+    resumed = train(config, device="cpu", progress=False)
+    err = capsys.readouterr().err
+    assert "skipping checkpoint" in err and "semantic_ae_checkpoint_step_12.pt" in err
+    assert "resuming from the older checkpoint" in err and "semantic_ae_checkpoint_step_6.pt" in err
+    ours, reference = torch.load(resumed.final, weights_only=True), torch.load(straight.final, weights_only=True)
+    assert same_weights(ours["model_state_dict"], reference["model_state_dict"])
+    assert train_log(features, "cut") == train_log(features, "straight")  # steps 7-12 logged once
+
+
+def test_a_second_trainer_on_a_locked_run_folder_refuses(features):
+    run = features / "run"
+    owner = subprocess.Popen(["sleep", "60"])
+    try:
+        run.mkdir()
+        (run / LOCK_NAME).write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname(), "started": 0}))
+        with pytest.raises(RunFolderBusy, match=f"in use by pid {owner.pid}"):
+            train(tiny_config(features, "run", "training.total_iterations=3"), device="cpu", progress=False)
+        assert sorted(path.name for path in run.iterdir()) == [LOCK_NAME]  # refused before writing anything
+    finally:
+        owner.kill()
+        owner.wait()
+    result = train(tiny_config(features, "run", "training.total_iterations=3"), device="cpu", progress=False)
+    assert result.step == 3 and not (run / LOCK_NAME).exists()  # the owner is gone: its lock was stale

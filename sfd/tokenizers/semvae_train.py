@@ -18,31 +18,34 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from sfd.checkpoint import CheckpointError, atomic_save, explain_mismatch, read_file
+from sfd.checkpoint import (CheckpointError, atomic_save, check_optimizer_state, choose_checkpoint, explain_mismatch,
+                            read_file)
 from sfd.config import ConfigError, load_structured, require
 from sfd.device import Accelerator, default_device
 from sfd.files import write_text_atomic
 from sfd.rng import derive_seed
+from sfd.runlock import owned_folder
 from sfd.tokenizers.semvae import SemanticVAE, SemVAEArgs, grid_side, init_weights
+from sfd.training_loop import Every, RunLog, run_steps
 
 # Feature width of each encoder name the official trainer knows (train.py looks input_dim up by data.model_name).
 INPUT_DIMS = {"dinov2_vits14_reg": 384, "dinov2_vitb14_reg": 768, "dinov2_vitl14_reg": 1024,
               "dinov2_vitg14_reg": 1536, "mae_base": 768, "mae_large": 1024, "clip_vit_base_patch16": 768,
               "clip_vit_large_patch14": 1024, "siglip_base_patch16_224": 768}
 
-CHECKPOINT_PATTERN = re.compile(r"semantic_ae_checkpoint_step_(\d+)\.pt$")
+CHECKPOINT_PATTERN = re.compile(r"^semantic_ae_checkpoint_step_(\d+)\.pt$")
+CHECKPOINT_NAME = "semantic_ae_checkpoint_step_{}.pt"
 FINAL_NAME = "semantic_ae_final.pt"
 
 
@@ -499,13 +502,6 @@ class LossAverages:
                 LossAverages.momentum * averages[key] + (1 - LossAverages.momentum) * value)
 
 
-def latest_checkpoint(directory: str | Path) -> Optional[Path]:
-    """The trainer checkpoint with the highest step in ``directory`` (None if there is none)."""
-    found = [(int(m.group(1)), p) for p in Path(directory).glob("semantic_ae_checkpoint_step_*.pt")
-             if (m := CHECKPOINT_PATTERN.search(p.name))]
-    return max(found)[1] if found else None
-
-
 def official_payload(model: SemanticVAE, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
                      state: TrainState, config: SemVAETrainConfig) -> dict:
     """The nine keys of the release's ``semantic_ae_*.pt`` (docs/semvae.md §2.4); ``iteration`` counts completed
@@ -517,39 +513,85 @@ def official_payload(model: SemanticVAE, optimizer: torch.optim.Optimizer, sched
             "bottleneck_dim": model.args.bottleneck_dim}
 
 
-def save_checkpoint(directory: Path, model: SemanticVAE, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
-                    state: TrainState, noise: torch.Generator, config: SemVAETrainConfig) -> Path:
-    """Official layout plus what exact resumption needs: step, data position and the noise generator's state."""
-    payload = official_payload(model, optimizer, schedule, state, config)
-    payload.update(step=state.step, data_epoch=state.epoch, data_position=state.position,
-                   noise_generator_state=noise.get_state())
-    return atomic_save(payload, directory / f"semantic_ae_checkpoint_step_{state.step}.pt")
-
-
-def restore(path: Path, model: SemanticVAE, optimizer: torch.optim.Optimizer, noise: torch.Generator) -> TrainState:
-    """Load a checkpoint into the run. Our files restore everything exactly; an official file restores weights and
-    optimizer and continues at its ``iteration`` + 1, as the release's loader does (data order restarts)."""
-    payload = read_file(path)
-    if not isinstance(payload.get("model_state_dict"), dict):
-        raise CheckpointError(f"{path}: no 'model_state_dict' (not a SemVAE training checkpoint)")
-    problems = explain_mismatch(model, payload["model_state_dict"])
-    if problems:
-        raise CheckpointError(f"{path}: does not fit the configured SemVAE: " + "; ".join(problems))
-    model.load_state_dict(payload["model_state_dict"])
-    if "optimizer_state_dict" in payload:
-        try:
-            optimizer.load_state_dict(payload["optimizer_state_dict"])
-        except (ValueError, KeyError) as error:
-            raise CheckpointError(f"{path}: optimizer_state_dict does not fit ({error})") from None
-    averages = dict(payload.get("loss_averages", {}))
-    if "step" not in payload:
-        return TrainState(step=int(payload["iteration"]) + 1, averages=averages)
-    noise.set_state(payload["noise_generator_state"])
-    return TrainState(step=int(payload["step"]), epoch=int(payload["data_epoch"]),
-                      position=int(payload["data_position"]), averages=averages)
-
-
 # ------------------------------------------------------------------------------------------------ training
+
+class SemVAEStep:
+    """One optimizer step of Semantic VAE training (the step object of sfd/training_loop.py): the model, built on
+    the meta device and initialised on the CPU from a generator seeded by training.seed (the same start on any
+    device, the global RNG never drawn), AdamW, the loss, the learning-rate schedule, the posterior-noise generator
+    (on the CPU: the same draws on any device) and the run's position (:class:`TrainState`)."""
+
+    def __init__(self, config: SemVAETrainConfig, input_dim: int, device: torch.device) -> None:
+        training = config.training
+        self.config, self.device = config, device
+        with torch.device("meta"):
+            model = SemanticVAE(semvae_args(config, input_dim))
+        self.model = init_weights(model.to_empty(device="cpu"), seeded_generator(training.seed, "init")).to(device)
+        opt = training.optimizer
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=tuple(opt.betas),
+                                           weight_decay=opt.weight_decay)
+        self.schedule, self.loss = LRSchedule.from_config(training), SemVAELoss.from_config(training.loss)
+        self.noise = seeded_generator(training.seed, "noise")
+        # bf16 autocast on accelerators only (the release's Accelerate bf16); the loss runs in fp32 on the
+        # fp32-cast outputs
+        self.autocast = functools.partial(Accelerator.of(device).autocast, training.mixed_precision)
+        self.state = TrainState()
+
+    def __call__(self, batch: FeatureBatch) -> Dict[str, float]:
+        """One step on the reconstruction of a posterior sample; returns the release's tracked terms and the lr."""
+        self.model.train()
+        lr = self.schedule.apply(self.optimizer, self.state.step)
+        target = batch.tokens.to(self.device)
+        with self.autocast():
+            out = self.model(target, generator=self.noise)
+        terms = self.loss(target, out.recon, out.kl)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        self.optimizer.step()
+        record = _step_record(terms, out.latent)
+        LossAverages.update(self.state.averages, record)
+        self.state.step += 1
+        return {"lr": lr, **record}
+
+    def state_dict(self) -> dict:
+        """Official layout plus what exact resumption needs: step, data position and the noise generator's state."""
+        payload = official_payload(self.model, self.optimizer, self.schedule, self.state, self.config)
+        payload.update(step=self.state.step, data_epoch=self.state.epoch, data_position=self.state.position,
+                       noise_generator_state=self.noise.get_state())
+        return payload
+
+    def check_fits(self, payload: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
+        """``payload`` after checking that it fits this run (weights, optimizer groups), so that a rejected file
+        changes nothing; raises CheckpointError naming what does not fit."""
+        if not isinstance(payload.get("model_state_dict"), Mapping):
+            raise CheckpointError(f"{path}: no 'model_state_dict' (not a SemVAE training checkpoint)")
+        problems = explain_mismatch(self.model, payload["model_state_dict"])
+        if problems:
+            raise CheckpointError(f"{path}: does not fit the configured SemVAE: " + "; ".join(problems))
+        if "optimizer_state_dict" in payload:
+            check_optimizer_state(path, payload["optimizer_state_dict"], self.optimizer)
+        return payload
+
+    def read_checkpoint(self, path: Path) -> Mapping[str, Any]:
+        return self.check_fits(read_file(path), path)
+
+    def load_state_dict(self, payload: Mapping[str, Any]) -> None:
+        """Our files restore everything exactly; an official file restores weights and optimizer and continues at
+        its ``iteration`` + 1, as the release's loader does (data order restarts)."""
+        self.model.load_state_dict(payload["model_state_dict"])
+        if "optimizer_state_dict" in payload:
+            try:
+                self.optimizer.load_state_dict(payload["optimizer_state_dict"])
+            except (ValueError, KeyError) as error:
+                raise CheckpointError(f"optimizer_state_dict does not fit ({error})") from None
+        averages = dict(payload.get("loss_averages", {}))
+        if "step" not in payload:
+            self.state = TrainState(step=int(payload["iteration"]) + 1, averages=averages)
+            return
+        self.noise.set_state(payload["noise_generator_state"])
+        self.state = TrainState(step=int(payload["step"]), epoch=int(payload["data_epoch"]),
+                                position=int(payload["data_position"]), averages=averages)
+
 
 @dataclass
 class TrainResult:
@@ -558,25 +600,6 @@ class TrainResult:
     final: Optional[Path]  # semantic_ae_final.pt once total_iterations are done
     averages: Dict[str, float]  # EMA of the loss terms
     evaluation: Optional[EvalResult]  # the last evaluation of this run
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def _tensorboard(config: SemVAETrainConfig):
-    """A SummaryWriter when training.log.tensorboard is on; the package is optional."""
-    if not config.training.log.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("training.log.tensorboard: true, but the tensorboard package is not installed "
-                          "(pip install tensorboard, or set training.log.tensorboard=false)") from None
-    log = config.training.log
-    return SummaryWriter(str(Path(log.log_dir) / "tensorboard" / log.swandb_exp_name))
 
 
 def _open_data(config: SemVAETrainConfig) -> tuple[FeatureShards, Optional[FeatureShards], int]:
@@ -595,17 +618,6 @@ def _open_data(config: SemVAETrainConfig) -> tuple[FeatureShards, Optional[Featu
             raise DataError(f"{eval_set.files[0]}: held-out tokens are [{eval_set.tokens_per_sample}, {eval_set.dim}], "
                             f"training tokens [{train_set.tokens_per_sample}, {train_set.dim}]")
     return train_set, eval_set, input_dim
-
-
-def _build(config: SemVAETrainConfig, input_dim: int, device: torch.device) -> tuple[SemanticVAE, torch.optim.AdamW]:
-    """Model initialised on the CPU from a generator seeded by training.seed, so the start is the same on any device
-    (built on the meta device first: the global RNG is never drawn), and its AdamW."""
-    with torch.device("meta"):
-        model = SemanticVAE(semvae_args(config, input_dim))
-    model = init_weights(model.to_empty(device="cpu"), seeded_generator(config.training.seed, "init")).to(device)
-    opt = config.training.optimizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
-    return model, optimizer
 
 
 def _batches(data: FeatureShards, config: SemVAETrainConfig, state: TrainState) -> Iterator[FeatureBatch]:
@@ -631,86 +643,78 @@ def _step_record(terms: SemVAELossTerms, latent: torch.Tensor) -> Dict[str, floa
             "bottleneck_max": latent.max().item()}
 
 
-def _train_step(model: SemanticVAE, optimizer: torch.optim.Optimizer, loss_fn: SemVAELoss,
-                target: torch.Tensor, noise: torch.Generator,
-                autocast: Any) -> tuple[SemVAELossTerms, torch.Tensor]:
-    """One optimizer step on the reconstruction of a posterior sample; returns the loss terms and the latent."""
-    with autocast():
-        out = model(target, generator=noise)
-    terms = loss_fn(target, out.recon, out.kl)
-    optimizer.zero_grad(set_to_none=True)
-    terms.total.backward()
-    optimizer.step()
-    return terms, out.latent
+def _run_logs(config: SemVAETrainConfig) -> tuple[RunLog, RunLog]:
+    """The training log (config.yaml's folder, TensorBoard beside it when asked) and the evaluation log."""
+    log = config.training.log
+    tensorboard = Path(log.log_dir) / "tensorboard" / log.swandb_exp_name if log.tensorboard else None
+    train_log = RunLog(Path(log.log_dir) / "train_log.jsonl", tensorboard=tensorboard, require_tensorboard=True,
+                       tag_prefix="train/")
+    try:
+        train_log.open()
+    except ImportError:
+        raise ConfigError("training.log.tensorboard: true, but the tensorboard package is not installed "
+                          "(pip install tensorboard, or set training.log.tensorboard=false)") from None
+    return train_log, RunLog(Path(config.training.evaluation.output_dir) / "eval_log.jsonl")
 
 
 def train(config: SemVAETrainConfig, device: str | torch.device | None = None, stop_after: Optional[int] = None,
           progress: bool = True) -> TrainResult:
-    """Train (or resume) a SemVAE. Resume = rerun: the highest-step checkpoint in checkpoint_dir is continued
-    exactly; without one, training.checkpoint_path (if set) is the starting point. ``stop_after`` ends this run
-    after that many steps with a checkpoint (for time-limited jobs); rerunning continues."""
+    """Train (or resume) a SemVAE. Resume = rerun: the newest checkpoint in checkpoint_dir that reads and fits is
+    continued exactly (a truncated or foreign newer one is reported and passed over); without one,
+    training.checkpoint_path (if set) is the starting point. ``stop_after`` ends this run after that many steps with
+    a checkpoint (for time-limited jobs); rerunning continues. One run owns the log folder at a time."""
     from tqdm import tqdm
 
     device = default_device(device)
     training, log = config.training, config.training.log
     train_set, eval_set, input_dim = _open_data(config)
-    model, optimizer = _build(config, input_dim, device)
-    schedule, loss_fn = LRSchedule.from_config(training), SemVAELoss.from_config(training.loss)
-    noise = seeded_generator(training.seed, "noise")  # posterior ε on the CPU: the same draws on any device
+    step = SemVAEStep(config, input_dim, device)
     checkpoint_dir = Path(training.checkpointing.checkpoint_dir)
-    start = latest_checkpoint(checkpoint_dir) or (Path(training.checkpoint_path) if training.checkpoint_path else None)
-    state = restore(start, model, optimizer, noise) if start else TrainState()
-    # bf16 autocast on accelerators only (the release's Accelerate bf16); the loss runs in fp32 on the fp32-cast
-    # outputs.
-    accelerator = Accelerator.of(device)
-    autocast = functools.partial(accelerator.autocast, training.mixed_precision)  # a fresh context per use
-    write_text_atomic(Path(log.log_dir) / "config.yaml", config_yaml(config))
-    writer = _tensorboard(config)
+    with owned_folder(log.log_dir, True, checkpoint_dir):
+        found = choose_checkpoint(checkpoint_dir, step.read_checkpoint, CHECKPOINT_PATTERN)
+        start = found.path or (Path(training.checkpoint_path) if training.checkpoint_path else None)
+        if start is not None:
+            step.load_state_dict(found.payload if found.path else step.read_checkpoint(start))
+        write_text_atomic(Path(log.log_dir) / "config.yaml", config_yaml(config))
+        train_log, eval_log = _run_logs(config)
+        if found.path is not None:
+            train_log.forget_after(step.state.step)
+        outcome = {"checkpoint": start, "evaluation": None}
 
-    def run_eval() -> Optional[EvalResult]:
-        if eval_set is None:
-            return None
-        result = evaluate(model, eval_set, training.evaluation.batch_size, device, autocast())
-        _append_jsonl(Path(training.evaluation.output_dir) / "eval_log.jsonl", {"step": state.step, **vars(result)})
-        if writer:
-            writer.add_scalars("eval", {"mse": result.mse, "cosine_per_token": result.cosine_per_token}, state.step)
-        tqdm.write(f"[eval] step {state.step}: mse {result.mse:.6f}, per-token cosine {result.cosine_per_token:.4f}")
-        return result
+        def run_eval(at: int, record: Optional[Mapping[str, float]] = None) -> None:
+            if eval_set is None:
+                return
+            result = evaluate(step.model, eval_set, training.evaluation.batch_size, device, step.autocast())
+            eval_log.write({"step": at, **vars(result)})
+            train_log.scalars({"step": at, "mse": result.mse, "cosine_per_token": result.cosine_per_token}, "eval/")
+            tqdm.write(f"[eval] step {at}: mse {result.mse:.6f}, per-token cosine {result.cosine_per_token:.4f}")
+            outcome["evaluation"] = result
 
-    evaluation = run_eval() if state.step == 0 else None
-    checkpoint, done_here = start, 0
-    model.train()
-    bar = tqdm(total=training.total_iterations, initial=min(state.step, training.total_iterations),
-               disable=not progress, dynamic_ncols=True, desc="semvae")
-    batches = _batches(train_set, config, state)
-    while state.step < training.total_iterations and (stop_after is None or done_here < stop_after):
-        batch = next(batches, None)
-        if batch is None:  # training.max_epochs reached
-            break
-        lr = schedule.apply(optimizer, state.step)
-        terms, latent = _train_step(model, optimizer, loss_fn, batch.tokens.to(device), noise, autocast)
-        record = _step_record(terms, latent)
-        LossAverages.update(state.averages, record)
-        state.step, done_here = state.step + 1, done_here + 1
-        bar.update(1)
-        if state.step % log.log_every == 0:
-            averages = state.averages
+        def save(at: int, record: Mapping[str, float]) -> None:
+            outcome["checkpoint"] = atomic_save(step.state_dict(), checkpoint_dir / CHECKPOINT_NAME.format(at))
+
+        def write_log(at: int, record: Mapping[str, float]) -> None:
+            averages = step.state.averages
             bar.set_postfix(total=f"{averages['total']:.4f}", mse=f"{averages['mse']:.4f}",
-                            cos=f"{averages['cos_loss']:.4f}", kl=f"{averages['kl_loss']:.4g}", lr=f"{lr:.3g}")
-            _append_jsonl(Path(log.log_dir) / "train_log.jsonl", {"step": state.step, "lr": lr, **record})
-            if writer:
-                writer.add_scalars("train", {"lr": lr, **record}, state.step)
-        if state.step % training.evaluation.eval_every == 0 or state.step == training.total_iterations:
-            evaluation = run_eval() or evaluation
-        if (state.step % training.checkpointing.save_every == 0 or state.step == training.total_iterations
-                or done_here == stop_after):
-            checkpoint = save_checkpoint(checkpoint_dir, model, optimizer, schedule, state, noise, config)
-    batches.close()
-    bar.close()
-    final = None
-    if state.step >= training.total_iterations:
-        final = atomic_save(official_payload(model, optimizer, schedule, state, config), checkpoint_dir / FINAL_NAME)
-    if writer:
-        writer.close()
-    return TrainResult(step=state.step, checkpoint=checkpoint, final=final, averages=dict(state.averages),
-                       evaluation=evaluation)
+                            cos=f"{averages['cos_loss']:.4f}", kl=f"{averages['kl_loss']:.4g}", lr=f"{record['lr']:.3g}")
+            train_log.write({"step": at, **record})
+
+        if step.state.step == 0:
+            run_eval(0)
+        stop = min(training.total_iterations, step.state.step + stop_after if stop_after is not None else training.total_iterations)
+        bar = tqdm(total=training.total_iterations, initial=min(step.state.step, training.total_iterations),
+                   disable=not progress, dynamic_ncols=True, desc="semvae")
+        batches = _batches(train_set, config, step.state)
+        run_steps(step, batches, start=step.state.step, stop=stop, progress=lambda record: bar.update(1), events=[
+            Every(log.log_every, write_log),
+            Every(training.evaluation.eval_every, run_eval, also=(training.total_iterations,)),
+            Every(training.checkpointing.save_every, save, also=(training.total_iterations, stop))])
+        batches.close()
+        bar.close()
+        final = None
+        if step.state.step >= training.total_iterations:
+            final = atomic_save(official_payload(step.model, step.optimizer, step.schedule, step.state, config),
+                                checkpoint_dir / FINAL_NAME)
+        train_log.close()
+    return TrainResult(step=step.state.step, checkpoint=outcome["checkpoint"], final=final,
+                       averages=dict(step.state.averages), evaluation=outcome["evaluation"])
