@@ -46,8 +46,9 @@ ROW ?= sfd-xl-800ep-ag
 weights: $(STAMP)
 	$(PY) scripts/download.py $(ROW)
 
+# The B/1 network's eval forward at batch 1 on this machine (scripts/bench.py device: the accelerator suite).
 bench: $(STAMP)
-	$(PY) scripts/bench_model.py --config configs/sfd/autoguidance_b/train.yaml --batch 1 --mode forward
+	$(PY) scripts/bench.py forward --config configs/sfd/autoguidance_b/train.yaml --batch 1
 
 clean-env:
 	rm -rf $(VENV)

@@ -1,4 +1,4 @@
-"""scripts/bench_vs_release.py against a local stand-in of the release (no download, no timing thresholds).
+"""tools/bench_vs_release.py against a local stand-in of the release (no download, no timing thresholds).
 
 The stand-in is a folder with the release's module names and calling conventions (``models/lightningdit.py`` with
 ``LightningDiT_models``; ``transport`` with ``create_transport`` and ``Sampler``) whose network wraps this project's
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA, load_script
-
 
 STAND_IN_MODELS = '''
 import torch
@@ -62,7 +61,7 @@ STAND_IN_TRANSPORT = '''
 import torch
 from sfd.config import load_config
 from sfd.loss import FlowMatchingLoss
-from sfd.samplers import sample
+from sfd.samplers import SamplerOptions, sample
 from sfd.schedule import TimeSplit
 
 CONFIG = None
@@ -87,11 +86,12 @@ class Sampler:
         self.transport = transport
 
     def sample_ode_semantic_first(self, *, sampling_method, num_steps, semfirst_delta_t, semantic_chans, **kwargs):
-        split = TimeSplit(semfirst_delta_t, semantic_chans)
+        options = SamplerOptions(split=TimeSplit(semfirst_delta_t, semantic_chans), sampling_method=sampling_method,
+                                 num_sampling_steps=num_steps)
 
         def solve(z, model_fn, y):
             net = model_fn.__self__.net
-            return [z, sample(net, z, y, split, method=sampling_method, num_steps=num_steps).x]
+            return [z, sample(net, z, y, options).x]
 
         return solve
 '''
@@ -99,7 +99,7 @@ class Sampler:
 
 @pytest.fixture(scope="module")
 def bench():
-    yield load_script("scripts/bench_vs_release.py")
+    yield load_script("tools/bench_vs_release.py")
     for name in [name for name in sys.modules if name.split(".")[0] in ("models", "transport")]:
         del sys.modules[name]
 

@@ -14,9 +14,11 @@ measure of docs/goldens.md §5):
 
 Then each path is timed with the two sides interleaved (their order alternating every repetition) and the table
 reports the median time of each and the median of the per-repetition ratios (ours / release: below 1 is faster).
-The train step is each side's own loss (the release's ``Transport.training_losses`` and total as its train.py
-sums it; this project's ``FlowMatchingLoss``), backward and each side's AdamW step (the release's default AdamW;
-this project's ``sfd.train.build_optimizer``, fused where torch has the kernel); neither includes the EMA update.
+The train step is each side's training step as its trainer runs it: the release's ``Transport.training_losses``
+summed as its train.py sums them, backward, its default AdamW and its train.py's EMA update; this project's step
+object (``sfd.train.DiffusionStep``, the one the trainer drives: ``FlowMatchingLoss`` with per-row generators,
+backward, AdamW fused where torch has the kernel, EMA). ``--reference-path`` times this project's network on its
+reference path instead of the CPU-eager fused variants (``LightningDiT.fused``, sfd/fused.py).
 
 Compilation: by default both sides run eagerly (the release's ``@torch.compile`` decorators are switched off with
 ``torch._dynamo.config.disable``). ``--compiled`` adds the compiled comparison: the release as shipped (its
@@ -27,7 +29,7 @@ whole for comparison.
 
 Example (run on an otherwise idle machine; two jobs at once make every ratio meaningless):
     git clone https://github.com/yuemingPAN/SFD ../SFD-release
-    python scripts/bench_vs_release.py --release ../SFD-release --compiled --json vs_release.json
+    python tools/bench_vs_release.py --release ../SFD-release --compiled --json vs_release.json
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ import copy
 import importlib
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -47,14 +48,15 @@ import torch
 import torch._dynamo
 import torch._inductor.config
 
-from sfd.build import build_model
+from sfd.bench import elapsed_ms, markdown_table, perturb_weights, relative_error, write_json
+from sfd.cli import add_overrides_argument, make_parser, parse_with_overrides
 from sfd.config import SFDConfig, load_config, model_args
 from sfd.device import Accelerator, compile_module
-from sfd.files import write_json_atomic
-from sfd.loss import FlowMatchingLoss
-from sfd.samplers import sample
+from sfd.samplers import SamplerOptions, sample
 from sfd.schedule import TimeSplit
-from sfd.train import build_optimizer
+from sfd.train import DiffusionStep
+
+CPU = torch.device("cpu")  # both sides run on the CPU, in one process
 
 PATHS = ("forward", "train", "sample")
 # Output agreement required before timing (docs/goldens.md §5: forward passes 1e-5, Euler samplers 1e-4); gradients
@@ -68,14 +70,11 @@ class ReleaseError(RuntimeError):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--release", type=Path, required=True, metavar="PATH",
                         help="local checkout of the official SFD code (its models/ and transport/ are imported)")
     parser.add_argument("--config", default="configs/sfd/autoguidance_b/train.yaml",
                         help="config both networks are built from (default: %(default)s, LightningDiT-B/1)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override such as model.depth=4 (repeatable)")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="what to compare")
     parser.add_argument("--batch", type=int, default=4, help="batch size (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per side (default: %(default)s)")
@@ -84,9 +83,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="Euler grid points of the sample path (default: %(default)s)")
     parser.add_argument("--compiled", action="store_true",
                         help="also compare compiled: the release as shipped against sfd's regional compilation")
+    parser.add_argument("--reference-path", action="store_true",
+                        help="time sfd's reference path instead of its CPU-eager fused variants (LightningDiT.fused)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args(argv)
+    add_overrides_argument(parser)
+    args = parse_with_overrides(parser, argv)
     for name in ("batch", "repeats", "sample_steps"):
         if getattr(args, name) < (2 if name == "sample_steps" else 1):
             parser.error(f"--{name.replace('_', '-')} must be at least {2 if name == 'sample_steps' else 1}")
@@ -165,22 +167,6 @@ def make_inputs(config: SFDConfig, batch: int, seed: int) -> Inputs:
     return Inputs(x, tau, y, dino)
 
 
-def perturbed_weights(model: torch.nn.Module, seed: int) -> None:
-    """Add small noise to every weight (the fixed position table aside), so that the zero-initialised adaLN and
-    output layers give non-trivial outputs to compare."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name != "pos_embed":
-                parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    """max|ours − reference| / max|reference| (docs/goldens.md §5)."""
-    scale = reference.abs().max().item()
-    return (ours - reference).abs().max().item() / (scale if scale > 0 else 1.0)
-
-
 @contextlib.contextmanager
 def dynamo_disabled(disabled: bool):
     """Run the release's ``@torch.compile``-decorated functions eagerly while ``disabled``."""
@@ -206,21 +192,24 @@ class Pair:
     def __init__(self, release: Release, config: SFDConfig, args: argparse.Namespace) -> None:
         torch.manual_seed(args.seed)
         self.config = config
-        self.ours = build_model(config)
-        perturbed_weights(self.ours, args.seed + 1)
+        # This project's side is the trainer's step object (network, EMA, AdamW, loss); train.compile's auto
+        # setting leaves it eager on the CPU, and --compiled compiles its network in place.
+        self.step = DiffusionStep(config, CPU)
+        self.ours = self.step.model
+        self.ours.fused = not args.reference_path
+        perturb_weights(self.ours, args.seed + 1)
         self.theirs = release_network(release, config)
         self.theirs.load_state_dict(self.ours.state_dict(), strict=True)
+        # The release's train.py: a default AdamW (β1 0.9, no weight decay) and an EMA copy updated every step.
+        self.release_optimizer = torch.optim.AdamW(self.theirs.parameters(), lr=config.optimizer.lr,
+                                                   betas=(0.9, config.optimizer.beta2), weight_decay=0)
+        self.release_ema = copy.deepcopy(self.theirs).requires_grad_(False)
         self.transport = release_transport(release, config)
         self.sampler = release.transport.Sampler(self.transport)
         self.split = TimeSplit.from_config(config)
-        self.loss = FlowMatchingLoss.from_config(config)
         self.inputs = make_inputs(config, args.batch, args.seed + 2)
-        self.sample_steps = args.sample_steps
-        # Each side's own optimizer: the release's train.py builds a default AdamW, this project's trainer uses
-        # sfd.train.build_optimizer (the fused kernel where torch has one).
-        self.optimizers = {"sfd": build_optimizer(self.ours, config, Accelerator.of("cpu")),
-                           "release": torch.optim.AdamW(self.theirs.parameters(), lr=config.optimizer.lr,
-                                                        betas=(0.9, config.optimizer.beta2), weight_decay=0)}
+        self.sample_options = SamplerOptions(split=self.split, sampling_method="euler",
+                                             num_sampling_steps=args.sample_steps)
 
     # agreement
     def check(self, path: str) -> dict[str, float]:
@@ -272,31 +261,27 @@ class Pair:
     # timed calls
     def sample_ours(self) -> torch.Tensor:
         self.ours.eval()
-        return sample(self.ours, self.inputs.x, self.inputs.y, self.split, method="euler",
-                      num_steps=self.sample_steps).x
+        return sample(self.ours, self.inputs.x, self.inputs.y, self.sample_options).x
 
     def sample_release(self) -> torch.Tensor:
         self.theirs.eval()
         if self.split.semantic_first:
             solve = self.sampler.sample_ode_semantic_first(
-                sampling_method="euler", num_steps=self.sample_steps, semfirst_delta_t=self.split.delta_t,
+                sampling_method="euler", num_steps=self.sample_options.num_sampling_steps,
+                semfirst_delta_t=self.split.delta_t,
                 semantic_chans=self.split.semantic_chans)
         else:
-            solve = self.sampler.sample_ode(sampling_method="euler", num_steps=self.sample_steps)
+            solve = self.sampler.sample_ode(sampling_method="euler",
+                                            num_steps=self.sample_options.num_sampling_steps)
         with torch.no_grad():
             return solve(self.inputs.x, self.theirs.forward, y=self.inputs.y)[-1]
 
     def train_ours(self) -> None:
-        self.ours.train()
-        inputs, optimizer = self.inputs, self.optimizers["sfd"]
-        terms = self.loss(self.ours, inputs.x, inputs.y, inputs.dino, generator=None)
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        optimizer.step()
+        self.step(self.inputs.x, self.inputs.y, self.inputs.dino, rows=range(len(self.inputs.x)))
 
     def train_release(self) -> None:
         self.theirs.train()
-        inputs, optimizer = self.inputs, self.optimizers["release"]
+        inputs, optimizer = self.inputs, self.release_optimizer
         use_repa = self.config.model.use_repa
         terms = self.transport.training_losses(self.theirs, inputs.x, dict(y=inputs.y), use_repa=use_repa,
                                                feature_dino=inputs.dino)
@@ -306,6 +291,7 @@ class Pair:
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
+        release_update_ema(self.release_ema, self.theirs, self.config.train.ema_decay)
 
     def forward_ours(self) -> None:
         self.ours.eval()
@@ -336,15 +322,17 @@ class Pair:
         return Side("release", theirs), Side("sfd", ours)
 
 
-def timed(step: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
+@torch.no_grad()
+def release_update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """The EMA update of the release's train.py (DiT's): every parameter by name, multiply then add."""
+    ema_parameters = dict(ema.named_parameters())
+    for name, parameter in model.named_parameters():
+        ema_parameters[name].mul_(decay).add_(parameter.data, alpha=1 - decay)
 
 
 def first_calls(sides: tuple[Side, Side]) -> dict[str, float]:
     """Milliseconds of each side's first call (compilation included when compiling)."""
-    return {side.name: 1e3 * timed(side.step) for side in sides}
+    return {side.name: elapsed_ms(side.step, CPU) for side in sides}
 
 
 def compare(sides: tuple[Side, Side], warmup: int, repeats: int) -> dict:
@@ -355,24 +343,22 @@ def compare(sides: tuple[Side, Side], warmup: int, repeats: int) -> dict:
     times: dict[str, list[float]] = {side.name: [] for side in sides}
     for repeat in range(repeats):
         for side in (sides if repeat % 2 == 0 else sides[::-1]):
-            times[side.name].append(1e3 * timed(side.step))
+            times[side.name].append(elapsed_ms(side.step, CPU))
     ratios = [ours / theirs for ours, theirs in zip(times["sfd"], times["release"])]
     return {"release_ms": statistics.median(times["release"]), "sfd_ms": statistics.median(times["sfd"]),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
             "times_ms": times}
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| path | mode | release ms | sfd ms | sfd / release (median, range) | first call ms (release / sfd) "
-             "| output error |",
-             "|---|---|---:|---:|---|---|---|"]
-    for row in rows:
-        first = row["first_call_ms"]
-        errors = ", ".join(f"{name} {value:.1e}" for name, value in row["errors"].items())
-        lines.append(f"| {row['path']} | {row['mode']} | {row['release_ms']:.1f} | {row['sfd_ms']:.1f} | "
-                     f"{row['ratio']:.3f} ({row['ratio_min']:.3f}–{row['ratio_max']:.3f}) | "
-                     f"{first['release']:.0f} / {first['sfd']:.0f} | {errors} |")
-    return "\n".join(lines)
+def comparison_table(rows: list[dict]) -> str:
+    return markdown_table(
+        ["path", "mode", "release ms", "sfd ms", "sfd / release (median, range)", "first call ms (release / sfd)",
+         "output error"],
+        [[row["path"], row["mode"], f"{row['release_ms']:.1f}", f"{row['sfd_ms']:.1f}",
+          f"{row['ratio']:.3f} ({row['ratio_min']:.3f}–{row['ratio_max']:.3f})",
+          f"{row['first_call_ms']['release']:.0f} / {row['first_call_ms']['sfd']:.0f}",
+          ", ".join(f"{name} {value:.1e}" for name, value in row["errors"].items())] for row in rows],
+        align="llrrlll")
 
 
 def check_agreement(path: str, errors: dict[str, float]) -> Optional[str]:
@@ -400,7 +386,7 @@ def measure(pair: Pair, path: str, mode: str, args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     release = import_release(args.release)
-    config = load_config(args.config, args.override)
+    config = load_config(args.config, args.overrides)
     pair = Pair(release, config, args)
     rows = []
     with dynamo_disabled(True):
@@ -412,11 +398,12 @@ def run(args: argparse.Namespace) -> dict:
         torch._inductor.config.force_disable_caches = True
         eager_network = copy.deepcopy(pair.ours)  # compiled whole below, for comparison
         torch._dynamo.reset()
-        compile_module(pair.ours, Accelerator.of("cpu"))  # regional, in place
+        compile_module(pair.ours, Accelerator.of(CPU))  # regional, in place: the step object's network too
         with dynamo_disabled(False):
             rows += [measure(pair, path, "compiled", args) for path in args.paths]
             whole_model_compile_ms = whole_model_first_call(eager_network, pair)
-    return {"config": str(args.config), "overrides": args.override, "batch": args.batch,
+    return {"config": str(args.config), "overrides": args.overrides, "batch": args.batch,
+            "sfd_path": "reference" if args.reference_path else "fused",
             "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": args.repeats,
             "sample_steps": args.sample_steps, "rows": rows, "whole_model_compile_first_forward_ms":
             whole_model_compile_ms}
@@ -433,7 +420,7 @@ def whole_model_first_call(network: torch.nn.Module, pair: Pair) -> float:
         with torch.no_grad():
             whole(pair.inputs.x, t_tex, t_sem, pair.inputs.y, repa=False)
 
-    return 1e3 * timed(forward)
+    return elapsed_ms(forward, CPU)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -444,8 +431,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"bench_vs_release: {error}", file=sys.stderr)
         return 2
     print(f"# {result['config']} batch {result['batch']}, {result['threads']} threads, torch {result['torch']}, "
-          f"{result['repeats']} interleaved repetitions")
-    print(markdown_table(result["rows"]))
+          f"{result['repeats']} interleaved repetitions, sfd's {result['sfd_path']} path")
+    print(comparison_table(result["rows"]))
     if result["whole_model_compile_first_forward_ms"] is not None:
         regional = next(row for row in result["rows"] if row["mode"] == "compiled")
         print(f"\nfirst compiled {regional['path']} (compilation included): sfd regional "
@@ -453,7 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{regional['first_call_ms']['release'] / 1e3:.1f} s; first eval forward of sfd compiled whole "
               f"{result['whole_model_compile_first_forward_ms'] / 1e3:.1f} s (inductor caches off)")
     if args.json:
-        write_json_atomic(args.json, result)
+        write_json(args.json, result)
     return 0
 
 
