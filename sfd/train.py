@@ -8,8 +8,10 @@ What makes a run reproducible and independent of the process count:
   horizontal flip of item i in epoch e from one seeded by (seed, e, i);
 * gradients are averaged over processes, so G rows on W processes give the update of G rows on one.
 
-A checkpoint holds model, EMA, optimizer, step, images seen, data position and the resolved config, and is written
-to a temporary file and renamed. Rerunning the same command resumes from the highest step. A non-finite loss
+The trainer has the shape every trainer of the project shares (sfd/training_loop.py): a step object
+(:class:`DiffusionStep`: network, EMA, AdamW, grad scaler, loss), the run-folder services and a loop of steps with
+periodic events (log, validation, checkpoint). A checkpoint holds model, EMA, optimizer, step, images seen, data
+position and the resolved config, and is written to a temporary file and renamed. Rerunning the same command resumes from the highest step. A non-finite loss
 stops the run before the update (the last checkpoint stays intact).
 """
 
@@ -334,33 +336,8 @@ class Trainer:
         distributed.barrier()
         return path
 
-    @torch.no_grad()
     def validation_loss(self) -> dict[str, float]:
-        """Mean velocity loss of held-out latents at each fixed time (fixed noise, no flips, no label dropout)."""
-        dataset = self.valid_dataset
-        count = min(len(dataset), self.config.train.valid_items)
-        mine = range(self.topology.rank, count, self.topology.world_size)
-        loss = FlowMatchingLoss.from_config(self.config, class_dropout_prob=0.0)
-        sums = torch.zeros(len(self.config.train.valid_timesteps) + 1, device=float64_device(self.device),
-                           dtype=torch.float64)  # on the CPU for MPS, which has no float64
-        self.model.eval()
-        batch = self.config.sample.per_proc_batch_size * 4
-        for start in range(0, len(mine), batch):
-            indices = list(mine[start: start + batch])
-            latents, labels, dino = collate_latents([dataset[i] for i in indices])
-            latents, labels = latents.to(self.device), labels.to(self.device)
-            dino = dino.to(self.device) if dino is not None else None
-            for k, t in enumerate(self.config.train.valid_timesteps):
-                generators = rng.SampleGenerators([rng.derive_seed(self.config.train.global_seed, -1, i)
-                                                   for i in indices], self.device)
-                noise = generators.randn(latents.shape)
-                terms = loss(self.model, latents, labels, dino, t=torch.full((len(indices),), t), noise=noise)
-                sums[k] += terms.mse.to(sums.device).double().sum()
-            sums[-1] += len(indices)
-        if dist.is_initialized():
-            dist.all_reduce(sums)
-        return {f"valid_mse_t{t:g}": (sums[k] / sums[-1]).item()
-                for k, t in enumerate(self.config.train.valid_timesteps)}
+        return validation_loss(self.model, self.valid_dataset, self.config, self.topology, self.device)
 
     def throughput(self, images_per_s: float) -> dict[str, float]:
         """Images/s per device and, where the device's peak is known (sfd/throughput.py), the model FLOP
@@ -418,6 +395,35 @@ class Trainer:
                     bar.close()
                 self.log.close()
         return dict(last)
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, dataset: LatentShardDataset, config: SFDConfig,
+                    topology: distributed.Topology, device: torch.device) -> dict[str, float]:
+    """Mean velocity loss of held-out latents at each of train.valid_timesteps (fixed noise seeded by (seed, -1, i),
+    no flips, no label dropout), over the first train.valid_items latents shared among the processes."""
+    count = min(len(dataset), config.train.valid_items)
+    mine = range(topology.rank, count, topology.world_size)
+    loss = FlowMatchingLoss.from_config(config, class_dropout_prob=0.0)
+    sums = torch.zeros(len(config.train.valid_timesteps) + 1, device=float64_device(device),
+                       dtype=torch.float64)  # on the CPU for MPS, which has no float64
+    model.eval()
+    batch = config.sample.per_proc_batch_size * 4
+    for start in range(0, len(mine), batch):
+        indices = list(mine[start: start + batch])
+        latents, labels, dino = collate_latents([dataset[i] for i in indices])
+        latents, labels = latents.to(device), labels.to(device)
+        dino = dino.to(device) if dino is not None else None
+        for k, t in enumerate(config.train.valid_timesteps):
+            generators = rng.SampleGenerators([rng.derive_seed(config.train.global_seed, -1, i) for i in indices],
+                                              device)
+            noise = generators.randn(latents.shape)
+            terms = loss(model, latents, labels, dino, t=torch.full((len(indices),), t), noise=noise)
+            sums[k] += terms.mse.to(sums.device).double().sum()
+        sums[-1] += len(indices)
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    return {f"valid_mse_t{t:g}": (sums[k] / sums[-1]).item() for k, t in enumerate(config.train.valid_timesteps)}
 
 
 class _LogWindow:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from sfd.checkpoint import latest_checkpoint
 from sfd.config import load_config
 from sfd.data.synthetic import write_synthetic_shards
-from sfd.train import Trainer, TrainingError, latest_checkpoint
+from sfd.train import Trainer, TrainingError
 
 ROOT = Path(__file__).parent.parent
 

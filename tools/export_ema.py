@@ -10,16 +10,15 @@ state dict. Both load with sfd.load_weights and with the official sampler (.pt).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from sfd.checkpoint import CheckpointError, atomic_save, read_file
-from sfd.train import latest_checkpoint
+from sfd.checkpoint import CheckpointError, atomic_save, latest_checkpoint, read_file
+from sfd.cli import make_parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__)
     parser.add_argument("source", help="checkpoint file, or a run folder (its latest checkpoint is used)")
     parser.add_argument("output", nargs="?", help="output .pt or .safetensors (default: beside the run)")
     args = parser.parse_args(argv)

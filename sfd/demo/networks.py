@@ -29,6 +29,7 @@ from torch import nn
 
 from sfd.rng import derive_seed
 from sfd.tokenizers.texture_vae import TextureVAE, TextureVAEConfig
+from sfd.training_loop import Every, run_steps
 
 IMAGE_SIZE = 32  # demo images are 32×32 (Fashion-MNIST's 28×28 padded)
 DEMO_VAE_YAML = Path(__file__).resolve().parent / "configs" / "demo_fashion_f4d4.yaml"
@@ -382,21 +383,25 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
 
 def _fit(model: nn.Module, loss_at: Callable[[int], torch.Tensor], *, steps: int, lr: float,
          progress: ProgressFn) -> List[float]:
-    """AdamW for ``steps`` steps on ``loss_at(step)``; ``progress(completed_steps, loss)`` after each step."""
+    """AdamW for ``steps`` steps on ``loss_at(step)`` through the project's loop (sfd/training_loop.py);
+    ``progress(completed_steps, loss)`` after each step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
     model.train()
     losses: List[float] = []
-    for step in range(steps):
+
+    def step(index: int) -> dict[str, float]:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, lr)
-        loss = loss_at(step)
+            group["lr"] = learning_rate(index, steps, lr)
+        loss = loss_at(index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
         losses.append(loss.item())
-        if progress is not None:
-            progress(step + 1, losses[-1])
+        return {"loss": losses[-1]}
+
+    report = [Every(1, lambda done, record: progress(done, record["loss"]))] if progress is not None else []
+    run_steps(step, range(steps), start=0, stop=steps, events=report)
     return losses
 
 
