@@ -11,6 +11,10 @@ This is the only backbone file. It holds no loss, guidance or sampler (see ``sfd
 
 Label dropout for classifier-free guidance is *not* done here: the loss drops labels with an explicit generator
 (``sfd.loss``), so the network is a deterministic function of its inputs in train and eval mode alike.
+
+Each block is written here once, as the reference path. ``LightningDiT.fused`` (on by default) runs the blocks
+through ``sfd.fused`` instead: the same computation in fewer passes over memory, for eager CPU training, equal to
+this file's path within rounding (tests/test_lightningdit.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from sfd import fused
 
 # Official registry sizes: name -> (depth, hidden width D, heads). Every size exists with patch 1 and 2
 # (`LightningDiT-XL/1`, `LightningDiT-XL/2`, ...). docs/method.md §4.1.
@@ -123,58 +129,15 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
-def inverse_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """1/sqrt(mean(x²) + eps) over the last dimension, from one reading pass (``vector_norm``) instead of squaring
-    into a new tensor and summing it (the same value within rounding: docs/goldens.md §5)."""
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return torch.rsqrt(norm.square() / x.shape[-1] + eps)
-
-
-def swap_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, …) -> (x1, x0, x3, x2, …): the partner of each interleaved RoPE pair."""
-    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-
-
 def block_norm(dim: int, use_rmsnorm: bool) -> nn.Module:
     return RMSNorm(dim) if use_rmsnorm else nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
 
 
-def add_product(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """base + a·b in one pass over the tensors (``torch.addcmul``) instead of two (a product, then a sum).
-
-    Where the hardware contracts this into a fused multiply-add (AVX-512 CPUs, CUDA) the result is rounded once instead
-    of twice: within 1 ulp of the release's two-step formula, far inside the golden tolerances (docs/goldens.md §5;
-    tests/test_lightningdit.py). When a·b would be formed in a narrower dtype than ``base`` (bf16 autocast: a bf16
-    gate times a bf16 branch output added to the fp32 residual stream) the release rounds the product to that dtype
-    first, while addcmul would keep it in the wider one; the two-step formula is kept there so that bf16 training
-    stays the release's arithmetic (docs/method.md §4.4)."""
-    product_dtype = torch.promote_types(a.dtype, b.dtype)
-    if torch.promote_types(product_dtype, base.dtype) != product_dtype:
-        return base + a * b
-    return torch.addcmul(base, a, b)
-
-
 def modulate(x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation x·(1 + scale) + shift, broadcast over tokens (docs/method.md §4.4)."""
-    if shift is None:
-        return x * (1 + scale.unsqueeze(1))
-    return add_product(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
-
-
-def norm_modulate(norm: nn.Module, x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    """modulate(norm(x), shift, scale). For float32 RMSNorm in three passes instead of six: the norm's weight is
-    folded into the per-sample scale (w·(1 + scale) is [B, D], not [B, T, D]) and the mean square comes from one
-    reading pass (:func:`inverse_rms`). Other dtypes keep the release's order of roundings (docs/method.md §4.4)."""
-    if not isinstance(norm, RMSNorm) or x.dtype != torch.float32:
-        return modulate(norm(x), shift, scale)
-    normalized = x * inverse_rms(x, norm.eps)
-    factor = norm.weight * (1 + scale.unsqueeze(1))
-    return normalized * factor if shift is None else torch.addcmul(shift.unsqueeze(1), normalized, factor)
-
-
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-    """The adaLN-Zero residual x + gate·update, the gate [B, D] broadcast over tokens (docs/method.md §4.4)."""
-    return add_product(x, gate.unsqueeze(1), update)
+    """adaLN modulation x·(1 + scale) + shift, broadcast over tokens; no shift with ``wo_shift`` (docs/method.md
+    §4.4)."""
+    x = x * (1 + scale.unsqueeze(1))
+    return x if shift is None else x + shift.unsqueeze(1)
 
 
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
@@ -190,6 +153,12 @@ def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
     return torch.cat([encode(cols), encode(rows)], dim=1)
+
+
+def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, …) -> (−x1, x0, −x3, x2, …): each interleaved RoPE pair turned by 90°."""
+    pairs = x.unflatten(-1, (-1, 2))
+    return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
 
 
 class RotaryEmbedding2D(nn.Module):
@@ -208,55 +177,10 @@ class RotaryEmbedding2D(nn.Module):
         table = torch.cat([row, col], dim=-1).reshape(grid * grid, head_dim)
         self.register_buffer("freqs_cos", table.cos())
         self.register_buffer("freqs_sin", table.sin())
-        # freqs_sin with the rotation's sign folded in (−sin on even, +sin on odd features), so that forward only
-        # swaps the pair members instead of also negating one. Derived, so not in the state dict; refreshed
-        # whenever freqs_sin is loaded.
-        self.register_buffer("signed_sin", self.fold_rotation_sign(self.freqs_sin), persistent=False)
-        self.register_load_state_dict_post_hook(RotaryEmbedding2D.after_load)
-
-    @staticmethod
-    def fold_rotation_sign(freqs_sin: torch.Tensor) -> torch.Tensor:
-        sign = torch.ones(freqs_sin.shape[-1], dtype=freqs_sin.dtype, device=freqs_sin.device)
-        sign[0::2] = -1
-        return freqs_sin * sign  # multiplying by ±1 is exact
-
-    def rotation(self) -> torch.Tensor:
-        """The rotation as one complex factor per pair, cos + i·sin ([T, hd/2] complex64; both members of a pair
-        share an angle): rotating (x0, x1) is multiplying x0 + i·x1 by it (the fused q/k path of Attention). Made
-        per call from the tables (a few KB) rather than kept as a buffer, so that no complex tensor is among the
-        buffers DDP broadcasts or ``.to(dtype)`` converts."""
-        return torch.complex(self.freqs_cos[:, 0::2].float(), self.freqs_sin[:, 0::2].float())
-
-    def after_load(self, _incompatible_keys: object) -> None:
-        """load_state_dict post-hook (also with ``assign=True``): derive ``signed_sin`` from the loaded table."""
-        with torch.no_grad():
-            self.signed_sin = self.fold_rotation_sign(self.freqs_sin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (x0, x1)·cos + (−x1, x0)·sin  ==  (x0, x1)·cos + (x1, x0)·(−sin, sin): bit-identical, since IEEE
-        # products only change sign when one factor does (tests/test_lightningdit.py checks it with torch.equal).
-        return x * self.freqs_cos + swap_pairs(x) * self.signed_sin
-
-
-class ScaleQK(torch.autograd.Function):
-    """x·w for x [B, T, 2, H, hd] and the q/k norm weights w [2, 1, hd]. Autograd would reduce w's gradient over the
-    dims (B, T, H) in one strided pass, the slowest reduction of a training step; here it is summed over the
-    contiguous B·T rows first, then over the heads (the same sum in another order)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        return x * weight
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        x, weight = ctx.saved_tensors
-        grad_x = grad * weight if ctx.needs_input_grad[0] else None
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            rows = (grad * x).reshape(-1, *x.shape[-3:])  # [B·T, 2, H, hd]
-            grad_weight = rows.sum(0).sum(1, keepdim=True)
-        return grad_x, grad_weight
+        """x [..., T, head_dim] rotated pair by pair: (x0, x1)·cos + (−x1, x0)·sin."""
+        return x * self.freqs_cos + rotate_pairs(x) * self.freqs_sin
 
 
 class Attention(nn.Module):
@@ -277,29 +201,13 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: Optional[RotaryEmbedding2D]) -> torch.Tensor:
         batch, tokens, dim = x.shape
         # qkv features are [q of all heads | k | v], head h at slice [h*hd, (h+1)*hd) of each.
-        # split/unbind rather than indexing: their gradients are concatenations, where indexing would zero-fill a
-        # [B, T, 3, H, hd] gradient and copy each slice into it.
-        qk, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).split([2, 1], dim=2)  # [B, T, ·, H, hd]
-        if rope is not None and isinstance(self.q_norm, RMSNorm) and x.dtype == torch.float32:
-            q, k = (part.transpose(1, 2) for part in self.normalize_rotate(qk, rope).unbind(2))
-        else:
-            q, k = (part.transpose(1, 2) for part in qk.unbind(2))
-            q, k = self.q_norm(q), self.k_norm(k)
-            if rope is not None:
-                q, k = rope(q), rope(k)
-        out = F.scaled_dot_product_attention(q, k, v.squeeze(2).transpose(1, 2))
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, hd]
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
-
-    def normalize_rotate(self, qk: torch.Tensor, rope: RotaryEmbedding2D) -> torch.Tensor:
-        """rope(q_norm(q)) and rope(k_norm(k)) for q and k together ([B, T, 2, H, hd]) in three passes (and one
-        reading pass for the mean square) instead of sixteen: both RMSNorm weights are applied at once, and RoPE is
-        one complex multiplication, (x0 + i·x1)·(cos + i·sin) = (x0·cos − x1·sin) + i·(x0·sin + x1·cos), the
-        release's formula without building the rotated copy. Equal to the two-module path within rounding
-        (tests/test_lightningdit.py)."""
-        weight = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None, :]  # [2, 1, hd]
-        weighted = ScaleQK.apply(qk * inverse_rms(qk, self.q_norm.eps), weight)
-        rotated = torch.view_as_complex(weighted.unflatten(-1, (-1, 2))) * rope.rotation()[:, None, None, :]
-        return torch.view_as_real(rotated).flatten(-2)
 
 
 class SwiGLU(nn.Module):
@@ -312,10 +220,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.w12(x).chunk(2, dim=-1)
-        hidden = F.silu(gate)
-        # Without autograd the product can overwrite SiLU's output instead of allocating a third [B, T, hidden].
-        hidden = hidden * value if torch.is_grad_enabled() else hidden.mul_(value)
-        return self.w3(hidden)
+        return self.w3(F.silu(gate) * value)
 
 
 class GeluMlp(nn.Module):
@@ -343,15 +248,22 @@ class LightningDiTBlock(nn.Module):
         self.mlp = SwiGLU(dim, args.mlp_hidden) if args.use_swiglu else GeluMlp(dim, args.mlp_hidden)
         self.wo_shift = args.wo_shift
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, (4 if args.wo_shift else 6) * dim))
+        self.fused = True  # set through LightningDiT.fused
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Optional[RotaryEmbedding2D]) -> torch.Tensor:
+    def modulation(self, c: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        """(shift, scale, gate) for attention, then for the MLP, each [B, D]; the shifts are None with wo_shift."""
         if self.wo_shift:
             scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
-            shift_msa = shift_mlp = None
-        else:
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = gated_residual(x, gate_msa, self.attn(norm_modulate(self.norm1, x, shift_msa, scale_msa), rope))
-        return gated_residual(x, gate_mlp, self.mlp(norm_modulate(self.norm2, x, shift_mlp, scale_mlp)))
+            return None, scale_msa, gate_msa, None, scale_mlp, gate_mlp
+        return self.adaLN_modulation(c).chunk(6, dim=1)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Optional[RotaryEmbedding2D]) -> torch.Tensor:
+        if self.fused:
+            return fused.block_forward(self, x, c, rope)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
 
 
 class FinalLayer(nn.Module):
@@ -362,10 +274,13 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, args.patch_size**2 * args.out_chans)
         # The final layer always has shift and scale, also with wo_shift.
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.fused = True  # set through LightningDiT.fused
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return fused.final_layer_forward(self, x, c)
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(norm_modulate(self.norm_final, x, shift, scale))
+        return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
 class TimestepEmbedder(nn.Module):
@@ -403,7 +318,7 @@ class LabelEmbedder(nn.Module):
 class LightningDiT(nn.Module):
     """LightningDiT with SFD's semantic-first dual time embedding and an optional REPA projector."""
 
-    def __init__(self, args: LightningDiTArgs) -> None:
+    def __init__(self, args: LightningDiTArgs, fused: bool = True) -> None:
         super().__init__()
         self.args = args
         dim = args.hidden_size
@@ -430,7 +345,19 @@ class LightningDiT(nn.Module):
             )
         else:
             self.repa_projector = None
+        self.fused = fused
         self.initialize_weights()
+
+    @property
+    def fused(self) -> bool:
+        """Whether the blocks and the final layer run ``sfd.fused``'s CPU-eager variants (the default) instead of
+        this file's reference path. Not part of the state dict; may be switched at any time."""
+        return self.final_layer.fused
+
+    @fused.setter
+    def fused(self, enabled: bool) -> None:
+        for module in (*self.blocks, self.final_layer):
+            module.fused = enabled
 
     @property
     def null_label(self) -> int:

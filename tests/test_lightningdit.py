@@ -1,4 +1,5 @@
-"""LightningDiT against the official goldens, key manifests and the self-check numbers of docs/method.md §4.9."""
+"""LightningDiT against the official goldens, key manifests and the self-check numbers of docs/method.md §4.9, and the
+fused path (sfd/fused.py, ``LightningDiT.fused``) against the reference path."""
 
 import copy
 import json
@@ -7,8 +8,17 @@ import pytest
 import torch
 
 import sfd
-from sfd.lightningdit import (SIZES, LightningDiT, LightningDiTArgs, RMSNorm, RotaryEmbedding2D, TimestepEmbedder,
-                              gated_residual, modulate, norm_modulate, sincos_pos_embed)
+from sfd import fused
+from sfd.lightningdit import (
+    SIZES,
+    LightningDiT,
+    LightningDiTArgs,
+    RMSNorm,
+    RotaryEmbedding2D,
+    TimestepEmbedder,
+    modulate,
+    sincos_pos_embed,
+)
 from tests.conftest import DATA, TOL_FORWARD, golden, rel_error, tiny_model_args
 
 
@@ -17,16 +27,25 @@ def run(model, case):
         return model(case["x"], case["t_tex"], case["t_sem"], case["y"])
 
 
-def test_forward_and_repa_match_golden(sfd_tiny):
-    model, _ = sfd_tiny
+def with_path(model, fused_path):
+    """A copy of ``model`` running the fused (default) or the reference path."""
+    model = copy.deepcopy(model)
+    model.fused = fused_path
+    return model
+
+
+@pytest.mark.parametrize("fused_path", [True, False])
+def test_forward_and_repa_match_golden(sfd_tiny, fused_path):
+    model = with_path(sfd_tiny[0], fused_path)
     case = golden("forward_sfd_tiny")
     out = run(model, case)
     assert rel_error(out.velocity, case["out"]) < TOL_FORWARD
     assert rel_error(out.repa, case["repa_proj"]) < TOL_FORWARD
 
 
-def test_strong_signal_forward_matches_golden(sfd_tiny):
-    model = copy.deepcopy(sfd_tiny[0])
+@pytest.mark.parametrize("fused_path", [True, False])
+def test_strong_signal_forward_matches_golden(sfd_tiny, fused_path):
+    model = with_path(sfd_tiny[0], fused_path)
     state = model.state_dict()
     state.update(golden("sfd_tiny_strong_override"))
     model.load_state_dict(state)
@@ -42,8 +61,9 @@ def test_swapping_time_order_changes_output(sfd_tiny):
     assert rel_error(run(model, swapped).velocity, case["out"]) > 1e-3
 
 
-def test_baseline_forward_matches_golden(baseline_tiny):
-    model, _ = baseline_tiny
+@pytest.mark.parametrize("fused_path", [True, False])
+def test_baseline_forward_matches_golden(baseline_tiny, fused_path):
+    model = with_path(baseline_tiny[0], fused_path)
     case = golden("forward_baseline_tiny")
     with torch.no_grad():
         out = model(case["x"], case["t"], case["t"], case["y"])
@@ -165,7 +185,7 @@ def test_initialisation_zeroes_the_output():
 
 
 # The release's element-wise formulas, written out as it writes them (docs/method.md §4.4, §4.5), to check the
-# fused versions in sfd/lightningdit.py against.
+# reference path of sfd/lightningdit.py against.
 def release_rms_norm(x, weight, eps=1e-6):
     x32 = x.float()
     return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
@@ -214,59 +234,174 @@ def test_rmsnorm_on_the_attention_layout_is_the_release_formula():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rope_with_sign_folded_sin_is_the_release_rotation(dtype):
-    """Swapping pair members against a sign-folded sin table gives the release's (−x1, x0) rotation bit for bit."""
+def test_reference_rope_and_modulation_are_the_release_formulas(dtype):
+    generator = torch.Generator().manual_seed(0)
     rope = RotaryEmbedding2D(head_dim=72, grid=16)
-    x = torch.randn(2, 3, 256, 72, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x = torch.randn(2, 3, 256, 72, generator=generator).to(dtype)
     assert torch.equal(rope(x), release_rope(x, rope.freqs_cos, rope.freqs_sin))
+    tokens = torch.randn(2, 256, 64, generator=generator).to(dtype)
+    shift, scale = (torch.randn(2, 64, generator=generator).to(dtype) for _ in range(2))
+    assert torch.equal(modulate(tokens, shift, scale), release_modulate(tokens, shift, scale))
+    assert torch.equal(modulate(tokens, None, scale), tokens * (1 + scale.unsqueeze(1)))
 
 
-def test_rope_sign_folded_table_is_derived_and_follows_loading():
-    """The derived table is not in the state dict (released checkpoints load strictly) and is rebuilt from whatever
-    freqs_sin a state dict brings."""
+def test_rope_buffers_are_the_state_dict_tables_and_the_fused_rotation_follows_loading():
+    """No derived table among the buffers (released checkpoints load strictly, DDP broadcasts no complex tensor); the
+    fused path's complex rotation is made from whatever tables a state dict brings."""
     rope = RotaryEmbedding2D(head_dim=8, grid=4)
-    assert set(rope.state_dict()) == {"freqs_cos", "freqs_sin"}
-    state = {"freqs_cos": torch.rand(16, 8), "freqs_sin": torch.rand(16, 8)}
-    for assign in (False, True):
-        rope.load_state_dict(state, strict=True, assign=assign)
-        x = torch.randn(1, 1, 16, 8)
-        assert torch.equal(rope(x), release_rope(x, state["freqs_cos"], state["freqs_sin"]))
+    assert set(rope.state_dict()) == {name for name, _ in rope.named_buffers()} == {"freqs_cos", "freqs_sin"}
     model = LightningDiT(tiny_model_args())
     model.load_state_dict({**model.state_dict(), "feat_rope.freqs_sin": torch.ones(16, 8)}, strict=True)
-    assert torch.equal(model.feat_rope.signed_sin[:, 0], -torch.ones(16))
-    assert torch.equal(model.feat_rope.rotation().imag, torch.ones(16, 4))
+    assert torch.equal(fused.complex_rotation(model.feat_rope).imag, torch.ones(16, 4))
 
 
-def test_fused_norm_paths_equal_the_module_paths():
-    """norm_modulate (RMSNorm weight folded into the scale) and the joint q/k normalise-and-rotate (one complex
-    multiplication) give the release's two-module results within rounding, with gradients to match."""
+# -- the fused path (sfd/fused.py) against the reference path ------------------------------------------------------
+# Values within the forward golden tolerance; gradients within 1e-4 relative (the q/k norm weights' gradients are
+# sums of many cancelling terms, so their rounding differs most).
+TOL_GRADIENT = 1e-4
+
+# Architectures each fused variant and each fallback meets: RMSNorm with the joint q/k path, LayerNorm (q/k norm,
+# GELU MLP, wo_shift, learn_sigma, patch 2), LayerNorm q/k norm with RoPE, no q/k norm, wo_shift with RMSNorm and REPA.
+PATH_CONFIGS = {
+    "sfd": {},
+    "layernorm_gelu_wo_shift": dict(input_size=8, patch_size=2, hidden_size=32, num_classes=5, use_swiglu=False,
+                                    use_rmsnorm=False, wo_shift=True, learn_sigma=True, semantic_first=False),
+    "layernorm_qk_rope": dict(use_rmsnorm=False, hidden_size=32),
+    "no_qknorm": dict(use_qknorm=False, hidden_size=32),
+    "wo_shift_rmsnorm_repa": dict(wo_shift=True, repa_target_dim=8),
+    "checkpointed": dict(use_checkpoint=True),
+}
+
+
+def random_model(**changes):
+    """A tiny network with every weight drawn (a fresh one has zeroed adaLN layers, which hide most of the block)."""
     torch.manual_seed(0)
+    model = LightningDiT(tiny_model_args(**changes))
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data.normal_(0, 0.1)
+    return model
+
+
+def network_inputs(args):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(3, args.in_chans, args.input_size, args.input_size, generator=generator)
+    times = torch.rand(2, 3, generator=generator)
+    return x, times[0], times[1], torch.tensor([0, 1, args.num_classes])
+
+
+def values_and_gradients(model, inputs):
+    """Training-mode velocity and REPA output, and the gradients of a loss on both for the input and every weight."""
+    x = inputs[0].clone().requires_grad_()
+    model.train().zero_grad()
+    out = model(x, *inputs[1:])
+    loss = out.velocity.square().mean() + (out.repa.square().mean() if out.repa is not None else 0)
+    loss.backward()
+    values = {"velocity": out.velocity.detach()} | ({} if out.repa is None else {"repa": out.repa.detach()})
+    gradients = {"x": x.grad} | {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return values, gradients
+
+
+def test_the_switch_is_on_by_default_and_keeps_the_state_dict():
     model = LightningDiT(tiny_model_args())
+    assert model.fused and all(block.fused for block in model.blocks) and model.final_layer.fused
+    reference = LightningDiT(tiny_model_args(), fused=False)
+    assert not reference.fused and not any(block.fused for block in reference.blocks)
+    reference.load_state_dict(model.state_dict(), strict=True)
+    assert list(reference.state_dict()) == list(model.state_dict())
+    model.fused = False
+    assert not model.fused and not any(block.fused for block in model.blocks) and not model.final_layer.fused
+
+
+@pytest.mark.parametrize("config", list(PATH_CONFIGS))
+def test_fused_path_equals_the_reference_path_in_values_and_gradients(config):
+    """The one switch: the whole network (every block and the final layer) on either path, trained one step."""
+    model = random_model(**PATH_CONFIGS[config])
+    inputs = network_inputs(model.args)
+    fused_values, fused_gradients = values_and_gradients(model, inputs)
+    model.fused = False
+    reference_values, reference_gradients = values_and_gradients(model, inputs)
+    assert fused_values.keys() == reference_values.keys() and fused_gradients.keys() == reference_gradients.keys()
+    for name, value in fused_values.items():
+        assert rel_error(value, reference_values[name]) < TOL_FORWARD, name
+    for name, gradient in fused_gradients.items():
+        assert rel_error(gradient, reference_gradients[name]) < TOL_GRADIENT, name
+
+
+@pytest.mark.parametrize("config", ["sfd", "layernorm_gelu_wo_shift"])
+def test_fused_inference_equals_fused_training_and_the_reference(config):
+    """Without autograd the fused SwiGLU writes its product in place: the same numbers as with autograd."""
+    model = random_model(**PATH_CONFIGS[config]).eval()
+    inputs = network_inputs(model.args)
+    with_autograd = model(*inputs).velocity
+    with torch.no_grad():
+        fused_velocity = model(*inputs).velocity
+        reference_velocity = with_path(model, False)(*inputs).velocity
+    assert torch.equal(fused_velocity, with_autograd)
+    assert rel_error(fused_velocity, reference_velocity) < TOL_FORWARD
+
+
+def test_fused_path_in_bfloat16_stays_within_bfloat16_rounding_of_the_reference():
+    """In bf16 the fused path keeps only the addcmul modulation and residuals (one rounding instead of two)."""
+    model = random_model().eval().to(torch.bfloat16)
+    x, t_tex, t_sem, y = network_inputs(model.args)
+    with torch.no_grad():
+        fused_velocity = model(x.bfloat16(), t_tex, t_sem, y).velocity
+        reference_velocity = with_path(model, False)(x.bfloat16(), t_tex, t_sem, y).velocity
+    assert fused_velocity.dtype == torch.bfloat16
+    assert rel_error(fused_velocity, reference_velocity) < 4 * 2**-8
+
+
+def perturbed_block():
+    """The first block of a tiny SFD network with non-trivial RMSNorm weights, its RoPE and its token shape."""
+    model = random_model()
     block = model.blocks[0]
     with torch.no_grad():
         for norm in (block.norm1, block.attn.q_norm, block.attn.k_norm):
             norm.weight.add_(0.3 * torch.randn_like(norm.weight))
-    tokens, dim = model.pos_embed.shape[1:]
+    return block, model.feat_rope, model.pos_embed.shape[1:]
+
+
+def assert_same_values_and_gradients(fused_out, reference_out, leaves):
+    assert rel_error(fused_out, reference_out) < TOL_FORWARD
+    weights = torch.randn(fused_out.shape, generator=torch.Generator().manual_seed(2))
+    fused_grads = torch.autograd.grad((fused_out * weights).sum(), leaves)
+    reference_grads = torch.autograd.grad((reference_out * weights).sum(), leaves)
+    for fused_grad, reference_grad in zip(fused_grads, reference_grads):
+        assert rel_error(fused_grad, reference_grad) < TOL_GRADIENT
+
+
+@pytest.mark.parametrize("with_shift", [True, False])
+def test_fused_norm_modulate_equals_norm_then_modulate(with_shift):
+    """The RMSNorm weight folded into the modulation scale, the mean square from one reading pass."""
+    block, _, (tokens, dim) = perturbed_block()
     x = torch.randn(2, tokens, dim, requires_grad=True)
-    shift, scale = torch.randn(2, dim), torch.randn(2, dim)
-    fused = norm_modulate(block.norm1, x, shift, scale)
-    reference = modulate(block.norm1(x), shift, scale)
-    assert rel_error(fused, reference) < 1e-6
-    (grad_fused,) = torch.autograd.grad(fused.square().sum(), x)
-    (grad_reference,) = torch.autograd.grad(reference.square().sum(), x)
-    assert rel_error(grad_fused, grad_reference) < 1e-5
-    attn, rope = block.attn, model.feat_rope
+    shift = torch.randn(2, dim, requires_grad=True) if with_shift else None
+    scale = torch.randn(2, dim, requires_grad=True)
+    leaves = [x, scale, block.norm1.weight] + ([shift] if with_shift else [])
+    assert_same_values_and_gradients(fused.norm_modulate(block.norm1, x, shift, scale),
+                                     modulate(block.norm1(x), shift, scale), leaves)
+
+
+def test_fused_attention_equals_the_attention_module():
+    """q and k normalised and rotated together (one complex multiplication; ScaleQK for the norm weights' gradient)."""
+    block, rope, (tokens, dim) = perturbed_block()
+    attn = block.attn
+    x = torch.randn(2, tokens, dim, requires_grad=True)
+    leaves = [x, attn.qkv.weight, attn.q_norm.weight, attn.k_norm.weight, attn.proj.weight]
+    assert_same_values_and_gradients(fused.attention(attn, x, rope), attn(x, rope), leaves)
     qkv = attn.qkv(x).unflatten(-1, (3, attn.num_heads, attn.head_dim))
-    joint = attn.normalize_rotate(qkv[:, :, :2], rope)
-    q = rope(attn.q_norm(qkv[:, :, 0].transpose(1, 2))).transpose(1, 2)
-    k = rope(attn.k_norm(qkv[:, :, 1].transpose(1, 2))).transpose(1, 2)
-    assert rel_error(joint[:, :, 0], q) < 1e-6 and rel_error(joint[:, :, 1], k) < 1e-6
-    weights = torch.randn(joint.shape)
-    leaves = [x, attn.q_norm.weight, attn.k_norm.weight]
-    fused_grads = torch.autograd.grad((joint * weights).sum(), leaves, retain_graph=True)
-    module_grads = torch.autograd.grad((torch.stack([q, k], dim=2) * weights).sum(), leaves)
-    for fused_grad, module_grad in zip(fused_grads, module_grads):
-        assert rel_error(fused_grad, module_grad) < 1e-5
+    joint = fused.normalize_rotate(attn, qkv[:, :, :2], rope)
+    for index, norm in enumerate((attn.q_norm, attn.k_norm)):
+        module_path = rope(norm(qkv[:, :, index].transpose(1, 2))).transpose(1, 2)
+        assert rel_error(joint[:, :, index], module_path) < TOL_FORWARD
+
+
+def test_fused_swiglu_without_autograd_is_the_module():
+    block, _, (tokens, dim) = perturbed_block()
+    x = torch.randn(2, tokens, dim)
+    with torch.no_grad():
+        assert torch.equal(fused.mlp(block.mlp, x), block.mlp(x))
 
 
 def fused_or_release(ours, release, exact):
@@ -277,26 +412,26 @@ def fused_or_release(ours, release, exact):
 
 @pytest.mark.parametrize("shape", [(2, 256, 64), (3, 7, 33), (2, 256, 1152)])
 def test_addcmul_modulation_and_residual_round_at_most_as_the_release(shape):
-    """modulate and gated_residual are one torch.addcmul each. With a fused multiply-add that is not bit-identical to
-    the release's product-then-sum (one rounding instead of two, ≤ 1 ulp); the golden tests bound the effect on the
-    network (docs/goldens.md §5)."""
+    """The fused modulate and gated_residual are one torch.addcmul each. With a fused multiply-add that is not
+    bit-identical to the release's product-then-sum (one rounding instead of two, ≤ 1 ulp); the golden tests bound the
+    effect on the network (docs/goldens.md §5)."""
     generator = torch.Generator().manual_seed(0)
     x, update = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
     shift, scale, gate = (torch.randn(shape[0], shape[-1], generator=generator) for _ in range(3))
     exact = x.double() * (1 + scale.unsqueeze(1)).double() + shift.unsqueeze(1).double()
-    assert fused_or_release(modulate(x, shift, scale), release_modulate(x, shift, scale), exact)
+    assert fused_or_release(fused.modulate(x, shift, scale), release_modulate(x, shift, scale), exact)
     exact = x.double() + gate.unsqueeze(1).double() * update.double()
-    assert fused_or_release(gated_residual(x, gate, update), release_gated_residual(x, gate, update), exact)
-    assert torch.equal(modulate(x, None, scale), x * (1 + scale.unsqueeze(1)))
+    assert fused_or_release(fused.gated_residual(x, gate, update), release_gated_residual(x, gate, update), exact)
+    assert torch.equal(fused.modulate(x, None, scale), x * (1 + scale.unsqueeze(1)))
 
 
 def test_bf16_branch_output_is_rounded_before_the_residual_as_in_the_release():
     """Under bf16 autocast the gate and the branch output are bf16 and the residual stream fp32: the release rounds
-    their product to bf16 before adding it, and so do we (addcmul would keep it in fp32)."""
+    their product to bf16 before adding it, and so does the fused path (addcmul would keep it in fp32)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, 64, generator=generator)
     gate = torch.randn(2, 64, generator=generator).bfloat16()
     update = torch.randn(2, 16, 64, generator=generator).bfloat16()
-    ours = gated_residual(x, gate, update)
+    ours = fused.gated_residual(x, gate, update)
     assert ours.dtype == torch.float32 and torch.equal(ours, release_gated_residual(x, gate, update))
     assert not torch.equal(ours, torch.addcmul(x, gate.unsqueeze(1), update))
