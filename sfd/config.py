@@ -3,14 +3,14 @@
 A config is a tree of dataclasses. YAML files and ``section.key=value`` overrides are merged onto the defaults with
 OmegaConf, so an unknown key or a value of the wrong type fails at load with the key's name. The defaults are the
 values the official code uses when a key is absent (docs/method.md §7.1), so a partial official YAML means what it
-meant there; keys the release requires have the SFD release value. Rules that involve several keys live in
-``validate`` and nowhere else.
+meant there; keys the release requires have the SFD release value. Each section checks its own keys in its
+``validate`` method, next to its fields; the module's ``validate`` runs them all and holds the few rules that span
+sections. No other code checks config values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,24 @@ class ConfigError(ValueError):
 
 class InertSettingWarning(UserWarning):
     """A release key was set to a value this project does not act on."""
+
+
+def _fail(source: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {message}")
+
+
+def require(ok: bool, key: str, message: str, *, source: str = "config") -> None:
+    """Raise ConfigError naming ``source`` (the file) and ``key`` unless ``ok``: the one form every validation rule
+    takes."""
+    if not ok:
+        raise _fail(source, key, message)
+
+
+def require_domains(rows: Sequence[tuple[str, Any, bool, str]], *, source: str) -> None:
+    """Numeric settings with a domain, as rows (key, value, value in domain, domain): a value outside it fails here,
+    not later in a division or an index."""
+    for key, value, ok, domain in rows:
+        require(ok, key, f"must be {domain} (got {value})", source=source)
 
 
 # Keys of the release's layout that are accepted, so that its YAML files load unchanged, but that this project does
@@ -72,6 +90,13 @@ class DataConfig:
     latent_sv_norm: bool = False  # standardise semantic channels with the dataset stats
     latent_multiplier: float = 0.18215  # global latent scale (SFD uses 1.0; 0.18215 is the official default)
 
+    def validate(self, source: str = "config") -> None:
+        require(self.num_classes > 0, "data.num_classes", f"must be positive (got {self.num_classes})", source=source)
+        require_domains(source=source, rows=(
+            ("data.num_workers", self.num_workers, self.num_workers >= 0, ">= 0"),
+            ("data.latent_multiplier", self.latent_multiplier, self.latent_multiplier > 0, "> 0"),
+        ))
+
 
 @dataclass
 class VAEConfig:
@@ -82,6 +107,10 @@ class VAEConfig:
     @property
     def config_path(self) -> str:
         return self.config or f"configs/tokenizer/{self.model_name}.yaml"
+
+    def validate(self, source: str = "config") -> None:
+        require(self.downsample_ratio > 0, "vae.downsample_ratio", f"must be positive (got {self.downsample_ratio})",
+                source=source)
 
 
 @dataclass
@@ -113,6 +142,61 @@ class ModelConfig:
     repa_mode: str = "cos"  # cos | mse | cos_mse
     semfirst_infer_interval_mode: Optional[str] = None  # both | tex | sem (None behaves as both)
 
+    def sizes(self) -> dict[str, Optional[int]]:
+        """depth, hidden_size, num_heads and patch_size: each key that is set, else the registry entry of model_type
+        (and the patch of its ``/N`` suffix); None where neither gives one."""
+        size, patch = parse_model_type(self.model_type)
+        depth, hidden_size, num_heads = SIZES.get(size, (None, None, None))
+        return dict(depth=self.depth or depth, hidden_size=self.hidden_size or hidden_size,
+                    num_heads=self.num_heads or num_heads, patch_size=self.patch_size or patch)
+
+    def validate(self, source: str = "config") -> None:
+        size, _ = parse_model_type(self.model_type)
+        custom = None not in (self.depth, self.hidden_size, self.num_heads)
+        require(size in SIZES or custom, "model.model_type",
+                f"unknown model type {self.model_type!r}; use one of LightningDiT-{{{','.join(SIZES)}}}/{{1,2}} "
+                "or give model.depth, model.hidden_size and model.num_heads", source=source)
+        sizes = self.sizes()
+        require(sizes["patch_size"] is not None, "model.patch_size",
+                f"no patch size: set model.patch_size or end model_type with /1 or /2 (got {self.model_type!r})",
+                source=source)
+        require(not self.use_repa or self.repa_target_dim is not None or self.repa_dino_version in REPA_TARGET_DIMS,
+                "model.repa_dino_version", f"unknown REPA target {self.repa_dino_version!r}; known: "
+                f"{', '.join(REPA_TARGET_DIMS)} (or set model.repa_target_dim)", source=source)
+        for name, value in (*sizes.items(), ("in_chans", self.in_chans)):
+            shown = value if value is not None else getattr(self, name)  # a custom size given as 0 resolves to None
+            require(value is not None and value > 0, f"model.{name}", f"must be positive (got {shown})", source=source)
+        hidden_size, num_heads = sizes["hidden_size"], sizes["num_heads"]
+        require(hidden_size % num_heads == 0, "model.hidden_size",
+                f"{hidden_size} is not divisible by model.num_heads={num_heads}", source=source)
+        require(hidden_size % 4 == 0, "model.hidden_size",
+                f"{hidden_size} must be divisible by 4 (2-D sin-cos position table)", source=source)
+        require(not self.use_rope or hidden_size // num_heads % 4 == 0, "model.use_rope",
+                f"2-D RoPE needs a head dim divisible by 4 (hidden_size/num_heads = {hidden_size // num_heads})",
+                source=source)
+        require(0 <= self.semantic_chans < self.in_chans, "model.semantic_chans",
+                f"must be in [0, in_chans={self.in_chans}) (got {self.semantic_chans})", source=source)
+        require(0 <= self.semfirst_delta_t < 1, "model.semfirst_delta_t",
+                f"Δt must be in [0, 1) (got {self.semfirst_delta_t})", source=source)
+        require(self.semfirst_delta_t == 0 or self.semantic_chans > 0, "model.semfirst_delta_t",
+                f"Δt={self.semfirst_delta_t} needs semantic channels (model.semantic_chans is 0)", source=source)
+        require(0 <= self.class_dropout_prob < 1, "model.class_dropout_prob",
+                f"must be in [0, 1) (got {self.class_dropout_prob})", source=source)
+        require(self.repa_mode in ("cos", "mse", "cos_mse"), "model.repa_mode",
+                f"expected cos, mse or cos_mse (got {self.repa_mode!r})", source=source)
+        require(self.semfirst_infer_interval_mode in (None, "both", "tex", "sem"), "model.semfirst_infer_interval_mode",
+                f"expected both, tex or sem (got {self.semfirst_infer_interval_mode!r})", source=source)
+        depth = sizes["depth"]
+        require(not self.use_repa or (self.repa_feat_depth is not None and 1 <= self.repa_feat_depth <= depth),
+                "model.repa_feat_depth", f"must be a block index in [1, {depth}] (got {self.repa_feat_depth})",
+                source=source)
+        require_domains(source=source, rows=(
+            ("model.mlp_ratio", self.mlp_ratio, self.mlp_ratio > 0, "> 0"),
+            ("model.repa_projector_dim", self.repa_projector_dim, self.repa_projector_dim > 0, "> 0"),
+            ("model.semantic_weight", self.semantic_weight, self.semantic_weight >= 0, ">= 0"),
+            ("model.repa_weight", self.repa_weight, self.repa_weight >= 0, ">= 0"),
+        ))
+
 
 @dataclass
 class TrainConfig:
@@ -140,6 +224,21 @@ class TrainConfig:
     valid_items: int = 1000  # held-out latents used for the validation loss
     valid_timesteps: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])  # fixed global t
 
+    def validate(self, source: str = "config") -> None:
+        require(self.global_batch_size > 0, "train.global_batch_size", "must be positive", source=source)
+        require(self.precision in ("no", "fp32", "bf16", "fp16"), "train.precision",
+                f"expected fp32 (or no), bf16 or fp16 (got {self.precision!r})", source=source)
+        require(0 <= self.ema_decay <= 1, "train.ema_decay", f"must be in [0, 1] (got {self.ema_decay})",
+                source=source)
+        for name in ("max_steps", "log_every", "ckpt_every", "valid_every"):
+            value = getattr(self, name)
+            require(value > 0, f"train.{name}", f"must be positive (got {value})", source=source)
+        require(all(0 <= t <= 1 for t in self.valid_timesteps), "train.valid_timesteps", "values must be in [0, 1]",
+                source=source)
+        require_domains(source=source, rows=(
+            ("train.valid_items", self.valid_items, self.valid_items > 0, "> 0"),
+        ))
+
 
 @dataclass
 class OptimizerConfig:
@@ -151,6 +250,18 @@ class OptimizerConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to lr (the release: none)
     max_grad_norm: Optional[float] = None  # gradient clipping when set
 
+    def validate(self, source: str = "config") -> None:
+        require(self.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0", source=source)
+        require_domains(source=source, rows=(
+            ("optimizer.lr", self.lr, self.lr > 0, "> 0"),
+            ("optimizer.beta1", self.beta1, 0 <= self.beta1 < 1, "in [0, 1)"),
+            ("optimizer.beta2", self.beta2, 0 <= self.beta2 < 1, "in [0, 1)"),
+            ("optimizer.eps", self.eps, self.eps > 0, "> 0"),
+            ("optimizer.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+            ("optimizer.max_grad_norm", self.max_grad_norm, self.max_grad_norm is None or self.max_grad_norm > 0,
+             "> 0 (or null: no clipping)"),
+        ))
+
 
 @dataclass
 class TransportConfig:
@@ -161,6 +272,13 @@ class TransportConfig:
     train_eps: Optional[float] = None  # not implemented (times span all of [0, 1]); warns when set
     use_cosine_loss: bool = False  # add 1 - cos(v, u) over channels
     use_lognorm: bool = False  # logit-normal t (else uniform)
+
+    def validate(self, source: str = "config") -> None:
+        require(self.path_type == "Linear", "transport.path_type",
+                f"only 'Linear' is implemented, the path every SFD release uses (got {self.path_type!r})",
+                source=source)
+        require(self.prediction == "velocity", "transport.prediction",
+                f"only 'velocity' is implemented, as in every SFD release (got {self.prediction!r})", source=source)
 
 
 @dataclass
@@ -190,6 +308,32 @@ class SampleConfig:
     # the release (docs/method.md §5.5).
     phase_split: bool = False
 
+    def validate(self, source: str = "config") -> None:
+        require(self.mode in ("ODE", "SDE"), "sample.mode", f"expected ODE or SDE (got {self.mode!r})", source=source)
+        require(not self.reverse, "sample.reverse", "reverse (data -> noise) integration is not supported",
+                source=source)
+        require(self.num_sampling_steps >= 2, "sample.num_sampling_steps",
+                f"need at least 2 grid points (got {self.num_sampling_steps})", source=source)
+        require(self.timestep_shift >= 0, "sample.timestep_shift", f"must be >= 0 (got {self.timestep_shift})",
+                source=source)
+        require(not (self.phase_split and self.mode == "SDE"), "sample.phase_split",
+                "phase-aware integration is for the ODE samplers (sample.mode: ODE)", source=source)
+        require(not self.autoguidance or bool(self.autoguidance_config), "sample.autoguidance_config",
+                "sample.autoguidance is true but no guide config is given", source=source)
+        require_domains(source=source, rows=(
+            ("sample.per_proc_batch_size", self.per_proc_batch_size, self.per_proc_batch_size > 0, "> 0"),
+            ("sample.fid_num", self.fid_num, self.fid_num > 0, "> 0"),
+            ("sample.atol", self.atol, self.atol > 0, "> 0"),
+            ("sample.rtol", self.rtol, self.rtol > 0, "> 0"),
+            ("sample.cfg_scale", self.cfg_scale, self.cfg_scale >= 0, ">= 0"),
+            ("sample.cfg_scale_sem", self.cfg_scale_sem, self.cfg_scale_sem is None or self.cfg_scale_sem >= 0,
+             ">= 0 (or null: cfg_scale)"),
+            ("sample.cfg_scale_tex", self.cfg_scale_tex, self.cfg_scale_tex is None or self.cfg_scale_tex >= 0,
+             ">= 0 (or null: cfg_scale)"),
+            ("sample.cfg_interval_start", self.cfg_interval_start, 0 <= self.cfg_interval_start <= 1, "in [0, 1]"),
+            ("sample.diffusion_norm", self.diffusion_norm, self.diffusion_norm >= 0, ">= 0"),
+        ))
+
 
 @dataclass
 class SFDConfig:
@@ -201,17 +345,6 @@ class SFDConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-
-
-def _fail(source: str, key: str, message: str) -> ConfigError:
-    return ConfigError(f"{source}: {key}: {message}")
-
-
-def require(ok: bool, key: str, message: str, *, source: str = "config") -> None:
-    """Raise ConfigError naming ``source`` (the file) and ``key`` unless ``ok``: the one form every validation rule
-    takes."""
-    if not ok:
-        raise _fail(source, key, message)
 
 
 def merge_layer(base: Any, layer: Any, source: str) -> Any:
@@ -291,133 +424,37 @@ def resolve_path(path: str, config_path: str | Path | None) -> Path:
 
 
 def model_args(config: SFDConfig) -> LightningDiTArgs:
-    """The network's architecture from a validated config."""
+    """The network's architecture from a validated config. Every LightningDiTArgs field named like a ModelConfig field
+    takes that field's value, except the renamed or derived ones written out here; a field the config does not set
+    keeps LightningDiTArgs' default."""
     model = config.model
-    size, patch = parse_model_type(model.model_type)
-    depth, hidden, heads = SIZES.get(size, (None, None, None))
-    semantic_first = model.semfirst_delta_t > 0 and model.semantic_chans > 0
-    return LightningDiTArgs(
-        input_size=config.data.image_size // config.vae.downsample_ratio,
-        patch_size=model.patch_size or patch,
-        in_chans=model.in_chans,
-        hidden_size=model.hidden_size or hidden,
-        depth=model.depth or depth,
-        num_heads=model.num_heads or heads,
-        mlp_ratio=model.mlp_ratio,
+    derived = dict(
+        model.sizes(),  # the keys that are set, else the registry's
+        input_size=config.data.image_size // config.vae.downsample_ratio,  # the latent side
         num_classes=config.data.num_classes,
-        class_dropout_prob=model.class_dropout_prob,
-        learn_sigma=model.learn_sigma,
-        use_qknorm=model.use_qknorm,
-        use_swiglu=model.use_swiglu,
-        use_rope=model.use_rope,
-        use_rmsnorm=model.use_rmsnorm,
-        wo_shift=model.wo_shift,
-        use_checkpoint=model.use_checkpoint,
-        semantic_first=semantic_first,
-        repa_target_dim=(model.repa_target_dim or REPA_TARGET_DIMS[model.repa_dino_version]) if model.use_repa else None,
-        repa_feat_depth=model.repa_feat_depth or 0,
-        repa_projector_dim=model.repa_projector_dim,
+        semantic_first=model.semfirst_delta_t > 0 and model.semantic_chans > 0,  # two time embedders
+        # the projector's output width (None: no projector): set explicitly, else the target encoder's
+        repa_target_dim=(model.repa_target_dim or REPA_TARGET_DIMS[model.repa_dino_version]) if model.use_repa
+        else None,
+        repa_feat_depth=model.repa_feat_depth or 0,  # read only with a REPA projector
     )
+    values = {**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)}, **derived}
+    names = [f.name for f in dataclasses.fields(LightningDiTArgs)]
+    return LightningDiTArgs(**{name: values[name] for name in names if name in values})
 
 
 def validate(config: SFDConfig, source: str = "config") -> None:
-    """Every cross-field rule, checked once. Raises ConfigError naming the offending key."""
-    model, data, sample = config.model, config.data, config.sample
-
-    check = functools.partial(require, source=source)
-
-    size, patch = parse_model_type(model.model_type)
-    custom = None not in (model.depth, model.hidden_size, model.num_heads)
-    check(size in SIZES or custom, "model.model_type",
-          f"unknown model type {model.model_type!r}; use one of LightningDiT-{{{','.join(SIZES)}}}/{{1,2}} "
-          "or give model.depth, model.hidden_size and model.num_heads")
-    check((model.patch_size or patch) is not None, "model.patch_size",
-          f"no patch size: set model.patch_size or end model_type with /1 or /2 (got {model.model_type!r})")
-    check(not model.use_repa or model.repa_target_dim is not None or model.repa_dino_version in REPA_TARGET_DIMS,
-          "model.repa_dino_version", f"unknown REPA target {model.repa_dino_version!r}; known: "
-          f"{', '.join(REPA_TARGET_DIMS)} (or set model.repa_target_dim)")
+    """Every section's own rules (its ``validate``), then the rules that span sections. Raises ConfigError naming the
+    offending key."""
+    for key in dataclasses.fields(config):  # every section (ckpt_path is a plain key)
+        section = getattr(config, key.name)
+        if dataclasses.is_dataclass(section):
+            section.validate(source)
+    data, vae, sample = config.data, config.vae, config.sample
+    require(data.image_size % vae.downsample_ratio == 0, "data.image_size",
+            f"{data.image_size} is not divisible by vae.downsample_ratio={vae.downsample_ratio}", source=source)
     args = model_args(config)
-    for key, value in (("model.depth", args.depth), ("model.hidden_size", args.hidden_size),
-                       ("model.num_heads", args.num_heads), ("model.patch_size", args.patch_size),
-                       ("model.in_chans", args.in_chans), ("data.num_classes", args.num_classes)):
-        check(value > 0, key, f"must be positive (got {value})")
-    check(args.hidden_size % args.num_heads == 0, "model.hidden_size",
-          f"{args.hidden_size} is not divisible by model.num_heads={args.num_heads}")
-    check(args.hidden_size % 4 == 0, "model.hidden_size",
-          f"{args.hidden_size} must be divisible by 4 (2-D sin-cos position table)")
-    if model.use_rope:
-        check(args.head_dim % 4 == 0, "model.use_rope",
-              f"2-D RoPE needs a head dim divisible by 4 (hidden_size/num_heads = {args.head_dim})")
-    check(data.image_size % config.vae.downsample_ratio == 0, "data.image_size",
-          f"{data.image_size} is not divisible by vae.downsample_ratio={config.vae.downsample_ratio}")
-    check(args.input_size % args.patch_size == 0, "model.patch_size",
-          f"latent side {args.input_size} is not divisible by patch size {args.patch_size}")
-    check(0 <= model.semantic_chans < model.in_chans, "model.semantic_chans",
-          f"must be in [0, in_chans={model.in_chans}) (got {model.semantic_chans})")
-    check(0 <= model.semfirst_delta_t < 1, "model.semfirst_delta_t",
-          f"Δt must be in [0, 1) (got {model.semfirst_delta_t})")
-    check(model.semfirst_delta_t == 0 or model.semantic_chans > 0, "model.semfirst_delta_t",
-          f"Δt={model.semfirst_delta_t} needs semantic channels (model.semantic_chans is 0)")
-    check(0 <= model.class_dropout_prob < 1, "model.class_dropout_prob",
-          f"must be in [0, 1) (got {model.class_dropout_prob})")
-    check(model.repa_mode in ("cos", "mse", "cos_mse"), "model.repa_mode",
-          f"expected cos, mse or cos_mse (got {model.repa_mode!r})")
-    check(model.semfirst_infer_interval_mode in (None, "both", "tex", "sem"), "model.semfirst_infer_interval_mode",
-          f"expected both, tex or sem (got {model.semfirst_infer_interval_mode!r})")
-    if model.use_repa:
-        check(model.repa_feat_depth is not None and 1 <= model.repa_feat_depth <= args.depth,
-              "model.repa_feat_depth", f"must be a block index in [1, {args.depth}] (got {model.repa_feat_depth})")
-    check(config.transport.path_type == "Linear", "transport.path_type",
-          f"only 'Linear' is implemented, the path every SFD release uses (got {config.transport.path_type!r})")
-    check(config.transport.prediction == "velocity", "transport.prediction",
-          f"only 'velocity' is implemented, as in every SFD release (got {config.transport.prediction!r})")
-    check(sample.mode in ("ODE", "SDE"), "sample.mode", f"expected ODE or SDE (got {sample.mode!r})")
-    check(not sample.reverse, "sample.reverse", "reverse (data -> noise) integration is not supported")
-    check(sample.num_sampling_steps >= 2, "sample.num_sampling_steps",
-          f"need at least 2 grid points (got {sample.num_sampling_steps})")
-    check(sample.timestep_shift >= 0, "sample.timestep_shift", f"must be >= 0 (got {sample.timestep_shift})")
-    check(not (sample.phase_split and sample.mode == "SDE"), "sample.phase_split",
-          "phase-aware integration is for the ODE samplers (sample.mode: ODE)")
-    check(sample.class_label is None or 0 <= sample.class_label <= data.num_classes, "sample.class_label",
-          f"must be in [0, {data.num_classes}] (got {sample.class_label})")
-    check(not sample.autoguidance or bool(sample.autoguidance_config), "sample.autoguidance_config",
-          "sample.autoguidance is true but no guide config is given")
-    train = config.train
-    check(train.global_batch_size > 0, "train.global_batch_size", "must be positive")
-    check(train.precision in ("no", "fp32", "bf16", "fp16"), "train.precision",
-          f"expected fp32 (or no), bf16 or fp16 (got {train.precision!r})")
-    check(0 <= train.ema_decay <= 1, "train.ema_decay", f"must be in [0, 1] (got {train.ema_decay})")
-    for key in ("max_steps", "log_every", "ckpt_every", "valid_every"):
-        check(getattr(train, key) > 0, f"train.{key}", f"must be positive (got {getattr(train, key)})")
-    check(all(0 <= t <= 1 for t in train.valid_timesteps), "train.valid_timesteps", "values must be in [0, 1]")
-    check(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
-    # numeric settings with a domain: a value outside it fails here, not later in a division or an index
-    optimizer = config.optimizer
-    for key, value, ok, domain in (
-        ("optimizer.lr", optimizer.lr, optimizer.lr > 0, "> 0"),
-        ("optimizer.beta1", optimizer.beta1, 0 <= optimizer.beta1 < 1, "in [0, 1)"),
-        ("optimizer.beta2", optimizer.beta2, 0 <= optimizer.beta2 < 1, "in [0, 1)"),
-        ("optimizer.eps", optimizer.eps, optimizer.eps > 0, "> 0"),
-        ("optimizer.weight_decay", optimizer.weight_decay, optimizer.weight_decay >= 0, ">= 0"),
-        ("optimizer.max_grad_norm", optimizer.max_grad_norm,
-         optimizer.max_grad_norm is None or optimizer.max_grad_norm > 0, "> 0 (or null: no clipping)"),
-        ("train.valid_items", train.valid_items, train.valid_items > 0, "> 0"),
-        ("data.num_workers", data.num_workers, data.num_workers >= 0, ">= 0"),
-        ("data.latent_multiplier", data.latent_multiplier, data.latent_multiplier > 0, "> 0"),
-        ("model.mlp_ratio", model.mlp_ratio, model.mlp_ratio > 0, "> 0"),
-        ("model.repa_projector_dim", model.repa_projector_dim, model.repa_projector_dim > 0, "> 0"),
-        ("model.semantic_weight", model.semantic_weight, model.semantic_weight >= 0, ">= 0"),
-        ("model.repa_weight", model.repa_weight, model.repa_weight >= 0, ">= 0"),
-        ("sample.per_proc_batch_size", sample.per_proc_batch_size, sample.per_proc_batch_size > 0, "> 0"),
-        ("sample.fid_num", sample.fid_num, sample.fid_num > 0, "> 0"),
-        ("sample.atol", sample.atol, sample.atol > 0, "> 0"),
-        ("sample.rtol", sample.rtol, sample.rtol > 0, "> 0"),
-        ("sample.cfg_scale", sample.cfg_scale, sample.cfg_scale >= 0, ">= 0"),
-        ("sample.cfg_scale_sem", sample.cfg_scale_sem, sample.cfg_scale_sem is None or sample.cfg_scale_sem >= 0,
-         ">= 0 (or null: cfg_scale)"),
-        ("sample.cfg_scale_tex", sample.cfg_scale_tex, sample.cfg_scale_tex is None or sample.cfg_scale_tex >= 0,
-         ">= 0 (or null: cfg_scale)"),
-        ("sample.cfg_interval_start", sample.cfg_interval_start, 0 <= sample.cfg_interval_start <= 1, "in [0, 1]"),
-        ("sample.diffusion_norm", sample.diffusion_norm, sample.diffusion_norm >= 0, ">= 0"),
-    ):
-        check(ok, key, f"must be {domain} (got {value})")
+    require(args.input_size % args.patch_size == 0, "model.patch_size",
+            f"latent side {args.input_size} is not divisible by patch size {args.patch_size}", source=source)
+    require(sample.class_label is None or 0 <= sample.class_label <= data.num_classes, "sample.class_label",
+            f"must be in [0, {data.num_classes}] (got {sample.class_label})", source=source)

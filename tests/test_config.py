@@ -1,5 +1,6 @@
 """Config schema: official YAMLs unchanged, overrides, and one-line errors naming the key."""
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -9,13 +10,16 @@ import torch
 import sfd
 from sfd import config as config_module
 from sfd.config import INERT_RELEASE_KEYS, ConfigError, InertSettingWarning, load_config, save_config
+from sfd.lightningdit import LightningDiTArgs
 from tests.conftest import DATA
 
 ROOT = Path(__file__).parent.parent
-# The shipped configs by kind: diffusion (this schema), texture-VAE tokenizer (LDM layout), SemVAE trainer.
-TOKENIZER_CONFIGS = sorted((ROOT / "configs" / "tokenizer").glob("*.yaml"))
-SEMVAE_CONFIGS = sorted([*(ROOT / "configs" / "semvae").glob("*.yaml"), *(ROOT / "configs" / "demo").glob("semvae_*.yaml")])
-CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")
+# The shipped configs by kind: diffusion (this schema), texture-VAE tokenizer (LDM layout), SemVAE trainer. The demo's
+# configs ship inside the package.
+DEMO_CONFIGS = ROOT / "sfd" / "demo" / "configs"
+TOKENIZER_CONFIGS = sorted([*(ROOT / "configs" / "tokenizer").glob("*.yaml"), *DEMO_CONFIGS.glob("demo_*.yaml")])
+SEMVAE_CONFIGS = sorted([*(ROOT / "configs" / "semvae").glob("*.yaml"), *DEMO_CONFIGS.glob("semvae_*.yaml")])
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "configs").rglob("*.yaml"), *DEMO_CONFIGS.glob("*.yaml")]
                  if p not in TOKENIZER_CONFIGS and p not in SEMVAE_CONFIGS)
 
 
@@ -110,6 +114,8 @@ def test_dotlist_overrides():
     (["sample.mode=DDIM"], "sample.mode"),
     (["sample.reverse=true"], "sample.reverse"),
     (["data.image_size=250"], "data.image_size"),
+    (["vae.downsample_ratio=0"], "vae.downsample_ratio"),
+    (["model.hidden_size=0"], "model.hidden_size"),  # a custom size, so no registry value to fall back on
     (["sample.autoguidance=true", "sample.autoguidance_config=null"], "sample.autoguidance_config"),
 ])
 def test_bad_configs_fail_with_one_line_naming_the_key(overrides, key):
@@ -117,6 +123,52 @@ def test_bad_configs_fail_with_one_line_naming_the_key(overrides, key):
         load_config(DATA / "sfd_tiny.yaml", overrides)
     message = str(error.value)
     assert key in message and "\n" not in message
+
+
+# Where each LightningDiTArgs field takes its value in sfd.config.model_args. A new field must join one of these sets:
+# that is the decision whether (and how) a config sets it.
+ARGS_FROM_MODEL_BY_NAME = {"in_chans", "mlp_ratio", "class_dropout_prob", "learn_sigma", "use_qknorm", "use_swiglu",
+                           "use_rope", "use_rmsnorm", "wo_shift", "use_checkpoint", "repa_projector_dim"}
+ARGS_DERIVED = {"input_size", "num_classes", "semantic_first", "depth", "hidden_size", "num_heads", "patch_size",
+                "repa_target_dim", "repa_feat_depth"}
+ARGS_DEFAULTED: set[str] = set()  # not in the config: LightningDiTArgs' default
+
+
+def test_every_architecture_field_has_one_source():
+    fields = {f.name: f for f in dataclasses.fields(LightningDiTArgs)}
+    sources = (ARGS_FROM_MODEL_BY_NAME, ARGS_DERIVED, ARGS_DEFAULTED)
+    assert set().union(*sources) == set(fields) and sum(map(len, sources)) == len(fields)
+    model_keys = {f.name for f in dataclasses.fields(config_module.ModelConfig)}
+    assert ARGS_FROM_MODEL_BY_NAME <= model_keys and not ARGS_DEFAULTED & model_keys
+    assert all(fields[name].default is not dataclasses.MISSING
+               or fields[name].default_factory is not dataclasses.MISSING for name in ARGS_DEFAULTED)
+
+
+def test_model_args_takes_shared_fields_by_name_and_derives_the_rest():
+    base = load_config(DATA / "sfd_tiny.yaml").model
+    flags = [name for name in ARGS_FROM_MODEL_BY_NAME if isinstance(getattr(base, name), bool)]
+    flipped = [f"model.{name}={str(not getattr(base, name)).lower()}" for name in flags]
+    config = load_config(DATA / "sfd_tiny.yaml", [*flipped, "model.mlp_ratio=2.0", "model.repa_projector_dim=32",
+                                                  "model.class_dropout_prob=0.25", "model.in_chans=40"])
+    args = config_module.model_args(config)
+    for name in ARGS_FROM_MODEL_BY_NAME:
+        assert getattr(config.model, name) != getattr(base, name)  # every shared field was changed ...
+        assert getattr(args, name) == getattr(config.model, name)  # ... and reaches the network
+    defaults = {f.name: f.default for f in dataclasses.fields(LightningDiTArgs)}
+    assert all(getattr(args, name) == defaults[name] for name in ARGS_DEFAULTED)
+    assert (args.input_size, args.num_classes, args.semantic_first, args.depth, args.hidden_size, args.num_heads,
+            args.patch_size, args.repa_target_dim, args.repa_feat_depth) == (16, 1000, True, 3, 64, 2, 1, 768, 2)
+
+
+def test_a_field_shared_by_name_flows_through_and_a_network_only_field_keeps_its_default(monkeypatch):
+    extra = [("fused_everything", bool, dataclasses.field(default=False))]
+    args_type = dataclasses.make_dataclass("Args", extra, bases=(LightningDiTArgs,), frozen=True)
+    model_type = dataclasses.make_dataclass("Model", extra, bases=(config_module.ModelConfig,))
+    monkeypatch.setattr(config_module, "LightningDiTArgs", args_type)
+    config = load_config(DATA / "sfd_tiny.yaml")
+    assert config_module.model_args(config).fused_everything is False  # ModelConfig has no such key
+    config.model = model_type(**dataclasses.asdict(config.model), fused_everything=True)
+    assert config_module.model_args(config).fused_everything is True
 
 
 def test_bad_files(tmp_path):
