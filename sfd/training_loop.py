@@ -1,6 +1,6 @@
 """The skeleton every trainer of this project shares: a run log, and a loop of optimizer steps with periodic events.
 
-A trainer is three parts (docs/training.md):
+A trainer is three parts (docs/development.md §2):
 
 * a **step object** — model, optimizer, loss and whatever else one optimizer step needs, with ``state_dict`` /
   ``load_state_dict`` for checkpoints (the diffusion trainer's :class:`sfd.train.DiffusionStep`, the Semantic VAE's
