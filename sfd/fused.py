@@ -81,8 +81,8 @@ def inverse_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
 def norm_modulate(norm: nn.Module, x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
     """modulate(norm(x), shift, scale). For float32 RMSNorm in three passes instead of six: the norm's weight is
     folded into the per-sample scale (w·(1 + scale) is [B, D], not [B, T, D]) and the mean square comes from one
-    reading pass (:func:`inverse_rms`). Other norms and dtypes keep the release's order of roundings (docs/method.md
-    §4.4)."""
+    reading pass (:func:`inverse_rms`). Other norms and dtypes keep the release's order of roundings
+    (docs/method.md §4.4)."""
     if not isinstance(norm, lightningdit.RMSNorm) or x.dtype != torch.float32:
         return modulate(norm(x), shift, scale)
     normalized = x * inverse_rms(x, norm.eps)

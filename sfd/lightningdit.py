@@ -134,8 +134,8 @@ def block_norm(dim: int, use_rmsnorm: bool) -> nn.Module:
 
 
 def modulate(x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation x·(1 + scale) + shift, broadcast over tokens; no shift with ``wo_shift`` (docs/method.md
-    §4.4)."""
+    """adaLN modulation x·(1 + scale) + shift, broadcast over tokens; no shift with ``wo_shift``
+    (docs/method.md §4.4)."""
     x = x * (1 + scale.unsqueeze(1))
     return x if shift is None else x + shift.unsqueeze(1)
 
