@@ -111,7 +111,8 @@ def explain_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> lis
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}"
+                        + (" ..." if len(missing) > 8 else ""))
     if unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}"
                         + (" ..." if len(unexpected) > 8 else ""))

@@ -14,8 +14,8 @@ line naming the target; the temporary file is removed and an existing target is 
 from __future__ import annotations
 
 import errno
-import json
 import hashlib
+import json
 import os
 import re
 import shutil

@@ -11,8 +11,9 @@ What makes a run reproducible and independent of the process count:
 The trainer has the shape every trainer of the project shares (sfd/training_loop.py): a step object
 (:class:`DiffusionStep`: network, EMA, AdamW, grad scaler, loss), the run-folder services and a loop of steps with
 periodic events (log, validation, checkpoint). A checkpoint holds model, EMA, optimizer, step, images seen, data
-position and the resolved config, and is written to a temporary file and renamed. Rerunning the same command resumes from the highest step. A non-finite loss
-stops the run before the update (the last checkpoint stays intact).
+position and the resolved config, and is written to a temporary file and renamed. Rerunning the same command
+resumes from the newest checkpoint that reads and fits. A non-finite loss stops the run before the update (the last
+checkpoint stays intact).
 """
 
 from __future__ import annotations

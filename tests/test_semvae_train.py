@@ -8,17 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.conftest import load_script
 from safetensors.torch import save_file
 
 from sfd.checkpoint import CheckpointError, latest_checkpoint
 from sfd.config import ConfigError
+from sfd.runlock import LOCK_NAME, RunFolderBusy
 from sfd.tokenizers import semvae_train
 from sfd.tokenizers.semvae import load_semvae
-from sfd.runlock import LOCK_NAME, RunFolderBusy
-from sfd.tokenizers.semvae_train import (CHECKPOINT_PATTERN, DataError, FeatureShards, LRSchedule, epoch_order, evaluate,
-                                         feature_files, load_train_config, train)
+from sfd.tokenizers.semvae_train import (
+    CHECKPOINT_PATTERN,
+    DataError,
+    FeatureShards,
+    LRSchedule,
+    epoch_order,
+    evaluate,
+    feature_files,
+    load_train_config,
+    train,
+)
+from tests.conftest import load_script
 
 ROOT = Path(__file__).parents[1]
 DATA = Path(__file__).parent / "data" / "semvae"
@@ -202,7 +210,8 @@ def test_kill_and_resume_is_exact(features, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(features, "resumed"), device="cpu", progress=False)
     monkeypatch.setattr(semvae_train.SemVAELoss, "__call__", real_call)
-    assert latest_checkpoint(features / "resumed" / "checkpoints", CHECKPOINT_PATTERN).name == "semantic_ae_checkpoint_step_6.pt"
+    newest = latest_checkpoint(features / "resumed" / "checkpoints", CHECKPOINT_PATTERN)
+    assert newest.name == "semantic_ae_checkpoint_step_6.pt"
     resumed = train(tiny_config(features, "resumed"), device="cpu", progress=False)
 
     ours, reference = torch.load(resumed.final, weights_only=True), torch.load(straight.final, weights_only=True)

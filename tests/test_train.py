@@ -282,8 +282,9 @@ def train_two_ranks(data, folders, *overrides):
     processes = []
     for rank, folder in enumerate(folders):
         folder.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "SFD_DEVICE": "cpu"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "SFD_DEVICE": "cpu"}
         processes.append(subprocess.Popen(
             [sys.executable, str(ROOT / "scripts/train.py"), "--config", str(ROOT / "configs/tiny/sfd_tiny.yaml"),
              f"data.data_path={data / 'sfd'}", "train.output_dir=runs", "train.exp_name=run",

@@ -30,8 +30,16 @@ from tqdm import tqdm
 
 from sfd.device import DeviceError, default_device
 from sfd.evaluation.inception import WEIGHTS_ENV, WEIGHTS_SHA256, InceptionFeatures, load_inception
-from sfd.evaluation.metrics import (PR_MODES, FeatureStatistics, feature_statistics, frechet_distance, full_fp32,
-                                    inception_score, precision_recall, softmax_float32)
+from sfd.evaluation.metrics import (
+    PR_MODES,
+    FeatureStatistics,
+    feature_statistics,
+    frechet_distance,
+    full_fp32,
+    inception_score,
+    precision_recall,
+    softmax_float32,
+)
 from sfd.evaluation.npz import NPZ_BATCH, images_shape, iter_images, load_npz_statistics
 from sfd.files import atomic_path, file_sha256, write_json_atomic
 

@@ -67,7 +67,8 @@ def frechet_distance(sample: FeatureStatistics, reference: FeatureStatistics, ep
     diff = mu1 - mu2
     covmean = _sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
-        warnings.warn(f"fid calculation produces singular product; adding {eps} to diagonal of cov estimates")
+        warnings.warn(f"fid calculation produces singular product; adding {eps} to diagonal of cov estimates",
+                      stacklevel=2)
         offset = np.eye(sigma1.shape[0]) * eps
         covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
     if np.iscomplexobj(covmean):

@@ -29,8 +29,14 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from sfd.checkpoint import (CheckpointError, atomic_save, check_optimizer_state, choose_checkpoint, explain_mismatch,
-                            read_file)
+from sfd.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    check_optimizer_state,
+    choose_checkpoint,
+    explain_mismatch,
+    read_file,
+)
 from sfd.config import ConfigError, load_structured, require
 from sfd.device import Accelerator, default_device
 from sfd.files import write_text_atomic
@@ -696,12 +702,15 @@ def train(config: SemVAETrainConfig, device: str | torch.device | None = None, s
         def write_log(at: int, record: Mapping[str, float]) -> None:
             averages = step.state.averages
             bar.set_postfix(total=f"{averages['total']:.4f}", mse=f"{averages['mse']:.4f}",
-                            cos=f"{averages['cos_loss']:.4f}", kl=f"{averages['kl_loss']:.4g}", lr=f"{record['lr']:.3g}")
+                            cos=f"{averages['cos_loss']:.4f}", kl=f"{averages['kl_loss']:.4g}",
+                            lr=f"{record['lr']:.3g}")
             train_log.write({"step": at, **record})
 
         if step.state.step == 0:
             run_eval(0)
-        stop = min(training.total_iterations, step.state.step + stop_after if stop_after is not None else training.total_iterations)
+        stop = training.total_iterations
+        if stop_after is not None:
+            stop = min(stop, step.state.step + stop_after)
         bar = tqdm(total=training.total_iterations, initial=min(step.state.step, training.total_iterations),
                    disable=not progress, dynamic_ncols=True, desc="semvae")
         batches = _batches(train_set, config, step.state)
