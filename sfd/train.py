@@ -31,8 +31,16 @@ from torch.utils.data import DataLoader, Sampler
 
 from sfd import distributed, rng
 from sfd.build import build_model
-from sfd.checkpoint import (CheckpointError, atomic_save, check_optimizer_state, choose_checkpoint, explain_mismatch,
-                            extract_state_dict, latest_checkpoint, read_file)
+from sfd.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    check_optimizer_state,
+    choose_checkpoint,
+    explain_mismatch,
+    extract_state_dict,
+    latest_checkpoint,
+    read_file,
+)
 from sfd.config import SFDConfig, config_to_dict, save_config
 from sfd.data.latents import InMemoryLatents, LatentShardDataset, collate_latents
 from sfd.device import Accelerator, compile_by_default, compile_module, float64_device
