@@ -3,7 +3,7 @@
 
 Every sub-command prints one line saying where and what it ran, then a Markdown table; --json PATH also writes the
 rows as JSON (`device` writes device.json and device.md into --out). Config overrides (section.key=value) may come
-anywhere on the command line. docs/benchmarks.md describes each table.
+anywhere on the command line. docs/benchmarks.md describes each table (§2-§6).
 
 Examples:
     python scripts/bench.py forward --batch 1 4                         # SFD-XL/1 in fp32 on this machine's device
@@ -11,7 +11,7 @@ Examples:
     python scripts/bench.py step --config configs/sfd/autoguidance_b/train.yaml model.use_checkpoint=true
     python scripts/bench.py loop --config sfd/demo/configs/sfd_fashion.yaml --batch 32 --steps 100
     python scripts/bench.py sample --batch 4 --samplers dopri5 euler-50 heun-9-phases
-    python scripts/bench.py device --out outputs/bench/device           # the accelerator suite (docs/benchmarks.md)
+    python scripts/bench.py device --out outputs/bench/device           # the accelerator suite
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -81,7 +82,8 @@ def non_negative_int(text: str) -> int:
 
 def subcommand(subparsers, name: str, summary: str, default_config: Optional[str]) -> argparse.ArgumentParser:
     """A sub-command with the options every one has: --config, --device, --json and the overrides."""
-    parser = subparsers.add_parser(name, help=summary, description=summary, formatter_class=UsageFormatter)
+    parser = subparsers.add_parser(name, help=summary, formatter_class=UsageFormatter,
+                                   description=textwrap.fill(f"{summary[0].upper()}{summary[1:]}.", 116))
     parser.add_argument("--config", default=default_config,
                         help=f"SFD YAML (default: {default_config or SUITE_CONFIGS})")
     parser.add_argument("--device", default=None,
@@ -131,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and guided", TINY_CONFIG)
     add_sampling_options(sample)
     device = subcommand(commands, "device", "the accelerator suite: numerics against the goldens, throughput and "
-                        "MFU of the config's network, sampling throughput (docs/benchmarks.md)", None)
+                        "MFU of the config's network, sampling throughput (docs/benchmarks.md §6)", None)
     device.add_argument("--out", type=Path, default=Path("outputs/bench/device"),
                         help="folder for device.json and device.md (default: %(default)s)")
     device.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -481,7 +483,7 @@ class SuiteSize:
     samplers: tuple[str, ...]
 
 
-# About 8 minutes on one H100, compilation included; the CPU variant (tiny network) checks that the suite works.
+# Sized for 8 minutes on one H100, compilation included; the CPU variant (tiny network) checks that the suite runs.
 ACCELERATOR_SUITE = SuiteSize(XL_CONFIG, batch=32, warmup=3, iters=10, sample_batch=16,
                               samplers=("euler-50", "heun-9-phases", "dopri5"))
 CPU_SUITE = SuiteSize(TINY_CONFIG, batch=4, warmup=1, iters=2, sample_batch=2,
@@ -504,6 +506,12 @@ def suite_modes(device: torch.device, compiled: bool) -> dict[str, tuple[str, bo
     return modes
 
 
+def fresh_compilation() -> None:
+    """Forget earlier compiled graphs: the golden models and the timed network share their block's code, and the
+    graphs of one would count against the recompilation limit of the other (past it dynamo runs eagerly)."""
+    torch._dynamo.reset()
+
+
 def golden(name: str, device: torch.device) -> dict[str, torch.Tensor]:
     path = GOLDENS / f"{name}.safetensors"
     if not path.is_file():
@@ -521,6 +529,7 @@ def golden_errors(device: torch.device, precision: str, compiled: bool) -> dict[
     model, config = sfd.load_model(GOLDENS / "sfd_tiny.yaml", device=device)
     guide, _ = sfd.load_model(GOLDENS / "sfd_tiny_guide.yaml", device=device)
     if compiled:
+        fresh_compilation()
         model, guide = compile_module(model, Accelerator.of(device)), compile_module(guide, Accelerator.of(device))
     split, errors = TimeSplit.from_config(config), {}  # Δt 0.3, 16 semantic channels
     with torch.no_grad(), precision_scope(precision, device):
@@ -569,6 +578,7 @@ def suite_throughput(source: ConfigSource, size: SuiteSize, modes: dict[str, tup
         peak = device_peak(device, precision)
         model = build_model(config).to(device).eval()
         if compiled:
+            fresh_compilation()
             model = compile_module(model, accelerator)
         inputs = random_inputs(model.args, size.batch, device)
         forward = measure_row("forward", size.batch, partial(forward_call, model, inputs, precision, device), device,

@@ -123,7 +123,7 @@ class MemoryMeter:
         return max(0, self._rss_peak_bytes() - self.start_bytes) / MIB
 
 
-# -- random weights -----------------------------------------------------------------------------------------------
+# -- networks to time and outputs to compare ----------------------------------------------------------------------
 
 def perturb_weights(model: torch.nn.Module, seed: int, scale: float = 0.02) -> None:
     """Add N(0, scale²) noise to every trainable weight, so that the zero-initialised adaLN and output layers of a
