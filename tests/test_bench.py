@@ -2,7 +2,6 @@
 (sfd/bench.py)."""
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -103,17 +102,6 @@ def test_each_subcommand_help_starts_with_usage(bench, command, monkeypatch, cap
         bench.main([command, "--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.splitlines()[0].startswith(f"Usage: bench.py {command} ")
-
-
-def test_one_memory_meter_one_table_writer_and_no_override_option():
-    """The benchmarks share sfd/bench.py: no second peak_memory_mib or markdown_table, and overrides come through
-    sfd.cli (section.key=value), never a --override option."""
-    sources = [path for folder in ("sfd", "scripts", "tools") for path in (ROOT / folder).rglob("*.py")]
-    texts = {path: path.read_text() for path in sources}
-    for name in ("peak_memory_mib", "markdown_table"):
-        defined = [path for path, text in texts.items() if re.search(rf"^\s*def {name}\(", text, re.MULTILINE)]
-        assert defined == [ROOT / "sfd" / "bench.py"], (name, defined)
-    assert not [path for path, text in texts.items() if re.search(r"""["']--override["']""", text)]
 
 
 # -- sfd/bench.py -------------------------------------------------------------------------------------------------
