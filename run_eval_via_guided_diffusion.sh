@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# ADM evaluation (IS, FID, sFID, Precision, Recall) of a sample batch:
-#   ./run_eval_via_guided_diffusion.sh SAMPLES [REF_NPZ] [scripts/evaluate.py options ...]
+# Usage: ./run_eval_via_guided_diffusion.sh SAMPLES [REF_NPZ] [scripts/evaluate.py options ...]
+# ADM evaluation (IS, FID, sFID, Precision, Recall) of a sample batch.
 # SAMPLES: an ADM sample .npz (arr_0 uint8 [N, H, W, 3]) or, for our evaluator, a PNG folder.
 # REF_NPZ: default outputs/ADM_npz/VIRTUAL_imagenet256_labeled.npz (from guided-diffusion's evaluations README).
 # Default: our PyTorch evaluator, scripts/evaluate.py, with the Inception weights of INCEPTION_WEIGHTS.
@@ -13,7 +13,7 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then  # the header above is the help;
     exit 0
 fi
 if [[ $# -lt 1 ]]; then
-    echo "usage: $0 SAMPLES [REF_NPZ] [scripts/evaluate.py options ...]" >&2
+    echo "Usage: $0 SAMPLES [REF_NPZ] [scripts/evaluate.py options ...]" >&2
     exit 2
 fi
 samples=$1

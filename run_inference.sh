@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# A config's FID sample set, on one or many nodes: ./run_inference.sh CONFIG [options] [section.key=value ...]
-# CONFIG comes first; scripts/sample.py's options (--ckpt, --output-dir, --seed, the release's flags, ...) and
-# overrides follow in any order. CONFIG, --ckpt and --output-dir are relative to your folder; paths inside the config
-# and in overrides are relative to the repository, as in the release. A failing run ends with the failing worker's
-# own message and exit code. --dry-run prints the torchrun command it would run (from the repository) and starts
-# nothing.
+# Usage: ./run_inference.sh CONFIG [options] [section.key=value ...]
+# A config's FID sample set, on one or many nodes. CONFIG comes first; scripts/sample.py's options (--ckpt,
+# --output-dir, --seed, the release's flags, ...) and overrides follow in any order. CONFIG, --ckpt and --output-dir
+# are relative to your folder; paths inside the config and in overrides are relative to the repository, as in the
+# release. A failing run ends with the failing worker's own message and exit code. --dry-run prints the torchrun
+# command it would run (from the repository) and starts nothing.
 # The release's environment interface: CFG_SCALE, CFG_INTERVAL_START, TIMESTEP_SHIFT, AUTOGUIDANCE_MODEL_SIZE,
 # AUTOGUIDANCE_CKPT_ITER (thousands), CFG_SCALE_SEM, CFG_SCALE_TEX, FID_NUM, NUM_SAMPLING_STEPS (empty = config value);
 # topology as in run_train.sh: GPUS_PER_NODE (default: the accelerators seen, or 1), NNODES or WORLD_SIZE (nodes,
@@ -20,7 +20,7 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then  # the header above is the help;
     exit 0
 fi
 if [[ $# -lt 1 ]]; then
-    echo "usage: $0 CONFIG [options] [section.key=value ...]" >&2
+    echo "Usage: $0 CONFIG [options] [section.key=value ...]" >&2
     exit 2
 fi
 source "$(dirname "$0")/scripts/launch_common.sh"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Train SFD on one or many nodes: ./run_train.sh CONFIG [section.key=value ...] [--dry-run] [--no-progress]
-# CONFIG comes first and is relative to your folder; options and overrides follow in any order (the later of two
-# overrides of one key wins). Paths inside the config and in overrides are relative to the repository, as in the
-# release. The config is checked before torchrun starts; a failing run ends with the failing worker's own message
-# and exit code. --dry-run starts nothing: it prints the torchrun command it would run, as a first line
-# "# torchrun: ..." (run from the repository), then the resolved config.
+# Usage: ./run_train.sh CONFIG [section.key=value ...] [--dry-run] [--no-progress]
+# Train SFD on one or many nodes. CONFIG comes first and is relative to your folder; options and overrides follow in
+# any order (the later of two overrides of one key wins). Paths inside the config and in overrides are relative to
+# the repository, as in the release. The config is checked before torchrun starts; a failing run ends with the
+# failing worker's own message and exit code. --dry-run starts nothing: it prints the torchrun command it would run,
+# as a first line "# torchrun: ..." (run from the repository), then the resolved config.
 # Topology: GPUS_PER_NODE (default: the accelerators seen, or 1 on a CPU); NNODES or WORLD_SIZE (nodes, default 1:
 # torchrun --standalone on a free port, or on MASTER_PORT if set); on several nodes MASTER_ADDR (required: the
 # rendezvous host, node 0), MASTER_PORT (29500), RDZV_ID (default SLURM_JOB_ID, else sfd) and NODE_RANK or RANK
@@ -17,7 +17,7 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then  # the header above is the help;
     exit 0
 fi
 if [[ $# -lt 1 ]]; then
-    echo "usage: $0 CONFIG [section.key=value ...] [--dry-run]" >&2
+    echo "Usage: $0 CONFIG [section.key=value ...] [--dry-run]" >&2
     exit 2
 fi
 source "$(dirname "$0")/scripts/launch_common.sh"

@@ -11,18 +11,17 @@ Rerunning skips the stages that finished; the trainers resume from their checkpo
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
+from sfd.cli import make_parser
 from sfd.demo.pipeline import ENCODERS, DemoPipeline, DemoSettings
 from sfd.demo.report import report_command, run_demo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(*__doc__.split("\n\n", 1))
     parser.add_argument("--run-dir", default=None, help="output folder (default: outputs/demo, or outputs/demo_quick)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--seed", type=int, default=0)

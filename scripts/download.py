@@ -14,10 +14,10 @@ Without network the error names every file still missing and where to put it. Th
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from sfd.cli import make_parser
 from sfd.config import load_config
 from sfd.generate import folder_name
 from sfd.hub import DownloadError, ReleaseTable, download
@@ -53,8 +53,7 @@ def run_command(table: ReleaseTable, name: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(*__doc__.split("\n\n", 1))
     parser.add_argument("rows", nargs="*", metavar="ROW", help="rows to fetch (see --list)")
     parser.add_argument("--list", action="store_true", help="print the rows and exit")
     parser.add_argument("--commands", action="store_true",

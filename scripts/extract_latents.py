@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from sfd import distributed
+from sfd.cli import make_parser
 from sfd.data.images import list_image_folder, read_file_list
 from sfd.data.shards import compute_stats
 from sfd.device import DEVICE_ENV, DEVICE_TYPES, DeviceError
@@ -31,13 +32,13 @@ from sfd.tokenizers.dinov2 import TIMM_NAMES, build_dinov2, tiny_dinov2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(*__doc__.split("\n\n", 1))
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--images", help="image folder with one subfolder per class")
     source.add_argument("--file-list", help="text file of '<image path> <label>' lines")
     parser.add_argument("--output", required=True, help="shard folder (created; existing shards are kept)")
-    parser.add_argument("--texture-vae", help="LDM-style texture VAE YAML (its ckpt_path is used unless --texture-ckpt)")
+    parser.add_argument("--texture-vae",
+                        help="LDM-style texture VAE YAML (its ckpt_path is used unless --texture-ckpt)")
     parser.add_argument("--texture-ckpt", help="texture VAE checkpoint overriding the YAML's ckpt_path")
     semantic = parser.add_mutually_exclusive_group()
     semantic.add_argument("--semvae", help="Semantic VAE checkpoint (semantic_ae_final.pt or one of ours)")

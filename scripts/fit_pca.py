@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from safetensors import safe_open
 
+from sfd.cli import make_parser
 from sfd.data.shards import shard_files
 from sfd.files import WriteError
 from sfd.tokenizers.pca import fit_pca
@@ -36,8 +36,7 @@ def token_batches(folder: Path, max_items: int, batch: int = 256):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(*__doc__.split("\n\n", 1))
     parser.add_argument("features", help="folder of features_shard*.safetensors (extract_latents.py --dino-only)")
     parser.add_argument("output", help="where to write the PCA (.safetensors)")
     parser.add_argument("--components", type=int, default=8, help="principal components kept (ReDi: 8)")

@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-import argparse
-
+from sfd.cli import make_parser
 from sfd.data.synthetic import write_synthetic_shards
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(*__doc__.split("\n\n", 1))
     parser.add_argument("output", help="folder for the shards")
     parser.add_argument("--items", type=int, default=256)
     parser.add_argument("--classes", type=int, default=8)

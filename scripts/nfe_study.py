@@ -11,19 +11,18 @@ the demo's tokenizers and FID network. Every score is a resumable stage. Output:
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
+from sfd.cli import make_parser
 from sfd.demo.nfe import NfeStudySettings, run_nfe_study
 from sfd.demo.pipeline import DemoPipeline, DemoSettings
 from sfd.demo.report import report_command
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(*__doc__.split("\n\n", 1))
     defaults = NfeStudySettings()
     parser.add_argument("--name", default=defaults.name, help="study folder name (default: %(default)s)")
     parser.add_argument("--step", type=int, default=defaults.step,

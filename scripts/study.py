@@ -2,7 +2,7 @@
 """The paper's claims at toy scale with repeated seeds: Table 1 (LightningDiT, + REPA, + SFD), the Δt ablation and
 the convergence speed-up, conditional and unconditional, with a converged solver and at equal NFE.
 
-    python scripts/study.py                  # what `make study` runs: 3 sources × Δt 0/0.1/0.3/0.5 × 3 seeds (~30 min CPU)
+    python scripts/study.py                  # `make study`: 3 sources × Δt 0/0.1/0.3/0.5 × 3 seeds (~30 min CPU)
     python scripts/study.py --repeats 5      # more seeds: only the new runs are trained
     python scripts/study.py --sources none none+repa semvae pca --name with_pca
     python scripts/study.py --quick          # every stage at tiny size, a couple of minutes
@@ -14,12 +14,12 @@ verdicts.json, results.json, fid_vs_step.png and fid_vs_delta_t.png.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
+from sfd.cli import make_parser
 from sfd.demo.pipeline import ENCODERS, DemoPipeline, DemoSettings
 from sfd.demo.report import report_command
 from sfd.demo.study import StudySettings, run_study
@@ -27,8 +27,7 @@ from sfd.sweep import SOURCE_CHOICES
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(*__doc__.split("\n\n", 1))
     defaults = StudySettings()
     parser.add_argument("--name", default=defaults.name, help="study folder name (default: %(default)s)")
     parser.add_argument("--sources", nargs="+", choices=list(SOURCE_CHOICES), default=list(defaults.sources),

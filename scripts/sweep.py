@@ -13,6 +13,7 @@ On precomputed latents (e.g. ImageNet from scripts/extract_latents.py; several G
         --latents data/imagenet_latents/train --pca-latents data/imagenet_pca8/train \\
         --reference outputs/ADM_npz/VIRTUAL_imagenet256_labeled.npz --inception-weights weights-inception.pth \\
         --steps 400000 --eval-every 100000 --samples 50000 --delta-t 0 0.1 0.3 0.5 0.7 sample.cfg_scale=1.0
+    (section.key=value overrides of the --config may come anywhere on the command line)
 Outputs: <run dir>/sweeps/<name>/table.md, <metric>_vs_delta_t.png and results.json. Every stage resumes, so a
 rerun with more Δt values, repeats or steps computes only what is missing (runs are named by their settings,
 e.g. dt0.3_w2_semvae, and shared between sweeps in the same run folder).
@@ -23,16 +24,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
+from sfd.cli import add_overrides_argument, make_parser, parse_with_overrides
 from sfd.files import WriteError
 from sfd.sweep import SOURCE_CHOICES, LatentsSweep, Scoring, grid, run_sweep, write_sweep_report
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = make_parser(*__doc__.split("\n\n", 1))
     axes = parser.add_argument_group("the grid (every combination is trained)")
     axes.add_argument("--delta-t", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5, 0.7],
                       help="semantic leads; 0 is the synchronous baseline (default: %(default)s)")
@@ -69,8 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                              "e.g. outputs/ADM_npz/VIRTUAL_imagenet256_labeled.npz in the release's)")
     latents.add_argument("--inception-weights", help="weights-inception-2015-12-05-6726825d.pth "
                                                      "(default: $INCEPTION_WEIGHTS)")
-    latents.add_argument("overrides", nargs="*", metavar="section.key=value", help="base config overrides")
-    args = parser.parse_args(argv)
+    add_overrides_argument(latents)
+    args = parse_with_overrides(parser, argv)
     if args.config is None and (args.latents or args.pca_latents or args.reference or args.overrides):
         parser.error("--latents, --pca-latents, --reference and config overrides need --config")
     return args

@@ -20,7 +20,7 @@ from typing import Sequence
 import yaml
 
 from sfd import distributed
-from sfd.cli import add_overrides_argument, parse_with_overrides
+from sfd.cli import add_overrides_argument, make_parser, parse_with_overrides
 from sfd.config import ConfigError, config_to_dict, load_config
 from sfd.device import DEVICE_ENV, DEVICE_TYPES, DeviceError
 from sfd.files import WriteError
@@ -28,8 +28,7 @@ from sfd.train import Trainer, TrainingError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(*__doc__.split("\n\n", 1))
     parser.add_argument("--config", required=True, help="SFD YAML (official layout)")
     add_overrides_argument(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")

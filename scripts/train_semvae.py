@@ -4,7 +4,8 @@
     python scripts/train_semvae.py configs/semvae/ch16.yaml
     python scripts/train_semvae.py configs/semvae/ch16.yaml data.feature_dir=/data/dinov2/train training.seed=1
 
-Rerunning the same command resumes exactly from the highest-step checkpoint in
+CONFIG comes first; options and section.key=value overrides follow in any order (of two overrides of one key the
+later wins). Rerunning the same command resumes exactly from the highest-step checkpoint in
 training.checkpointing.checkpoint_dir. See sfd/tokenizers/semvae_train.py for every config key.
 """
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Sequence
 
 from sfd.checkpoint import CheckpointError
+from sfd.cli import add_overrides_argument, make_parser, parse_with_overrides
 from sfd.config import ConfigError
 from sfd.device import DeviceError
 from sfd.files import WriteError
@@ -33,15 +36,11 @@ outputs:
 """
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = make_parser(__doc__, EPILOG)
     parser.add_argument("config", metavar="CONFIG", help="YAML in the official semvae_train layout, e.g. "
                                                          "configs/semvae/ch16.yaml")
-    parser.add_argument("overrides", metavar="key=value", nargs="*",
-                        help="config overrides in dotted form, e.g. data.batch_size=32 training.seed=1")
+    add_overrides_argument(parser)
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, npu, mps, cpu (default: "
                                                        "$SFD_DEVICE, else the machine's accelerator, else cpu); bf16 "
                                                        "autocast is used on accelerators only")
@@ -49,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stop after this many steps in this run, writing a checkpoint (for time-limited jobs; "
                              "rerun the same command to continue)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    return parse_with_overrides(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""Command lines of scripts/train.py and scripts/sample.py: options and section.key=value overrides in any order,
-and sfd.torchrun's one-line summary of a failed run."""
+"""Command lines of the scripts that take a config (scripts/train.py, sample.py, train_semvae.py, sweep.py,
+tools/export_pretrained.py): options and section.key=value overrides in any order, through sfd.cli; and
+sfd.torchrun's one-line summary of a failed run."""
 
 from pathlib import Path
 
@@ -47,6 +48,32 @@ def test_sample_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         script("sample").parse_args(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_every_script_with_a_config_takes_overrides_anywhere():
+    semvae = script("train_semvae").parse_args(["training.seed=1", "C", "--device", "cpu", "data.batch_size=2"])
+    assert semvae.config == "C" and semvae.device == "cpu"
+    assert semvae.overrides == ["training.seed=1", "data.batch_size=2"]
+    sweep = script("sweep").parse_args(["--config", "C", "--delta-t", "0", "0.3", "sample.cfg_scale=1.0",
+                                        "--latents", "L", "train.max_steps=5"])
+    assert sweep.delta_t == [0.0, 0.3] and sweep.latents == "L"  # an option with nargs="+" takes no override
+    assert sweep.overrides == ["sample.cfg_scale=1.0", "train.max_steps=5"]
+    export = load_script("tools/export_pretrained.py").parse_args(["C", "sample.cfg_scale=1.5", "OUT", "--ckpt", "K"])
+    assert (export.config, export.out, export.ckpt, export.overrides) == ("C", "OUT", "K", ["sample.cfg_scale=1.5"])
+
+
+@pytest.mark.parametrize("argv, message", [(["C", "stray"], "not a section.key=value override: 'stray'"),
+                                           (["C", "--device", "cpu", "stray"], "unrecognized arguments: stray")])
+def test_a_stray_positional_is_a_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        script("train_semvae").parse_args(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_sweep_overrides_need_a_config(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        script("sweep").parse_args(["--delta-t", "0", "sample.cfg_scale=1.0"])
+    assert exit_.value.code == 2 and "config overrides need --config" in capsys.readouterr().err
 
 
 def test_failed_run_summary_and_exit_code():

@@ -9,11 +9,12 @@ Each input is a JSON report of scripts/evaluate.py or a text file holding the ev
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 from pathlib import Path
+
+from sfd.cli import make_parser
 
 # (stdout label, JSON key) in ADM's print order.
 METRICS = (("Inception Score", "inception_score"), ("FID", "fid"), ("sFID", "sfid"), ("Precision", "precision"),
@@ -49,7 +50,7 @@ def comparison_table(a: dict[str, float], b: dict[str, float]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(*__doc__.split("\n\n", 1))
     parser.add_argument("a", help="first evaluation (JSON report or evaluator stdout)")
     parser.add_argument("b", help="second evaluation")
     args = parser.parse_args(argv)

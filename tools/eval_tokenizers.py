@@ -15,6 +15,7 @@ import sys
 import torch
 from tqdm import tqdm
 
+from sfd.cli import make_parser
 from sfd.data.images import list_image_folder, load_image
 from sfd.device import DeviceError, default_device, float64_device
 from sfd.files import write_json_atomic
@@ -23,7 +24,7 @@ from sfd.tokenizers.evaluation import feature_errors, psnr, ssim
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(*__doc__.split("\n\n", 1))
     parser.add_argument("--images", required=True, help="image folder with one subfolder per class")
     parser.add_argument("--texture-vae", help="texture VAE YAML")
     parser.add_argument("--texture-ckpt", help="checkpoint overriding the YAML's ckpt_path")

@@ -5,6 +5,7 @@
     python tools/export_pretrained.py RUN/config.yaml OUT --ckpt RUN/checkpoints/0400000.pt --scores scores.json
     python tools/export_pretrained.py configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml OUT \\
         --autoguidance-ckpt-iter 70 sample.cfg_scale=1.5 sample.autoguidance=true
+CONFIG and OUT come first; options and section.key=value overrides follow in any order.
 The folder holds model.safetensors (EMA weights), config.yaml, latents_stats.pt, the texture VAE
 (texture_vae.yaml + texture_vae.ckpt), guide/ when the config uses AutoGuidance, and README.md (a model card with
 the training settings and the scores of --scores). Upload it as a Hugging Face model repository and
@@ -16,22 +17,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Sequence
 
 from sfd.checkpoint import CheckpointError
+from sfd.cli import add_overrides_argument, make_parser, parse_with_overrides
 from sfd.config import ConfigError
 from sfd.pretrained import export_pretrained
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="the run's config.yaml, or an inference config")
-    parser.add_argument("out", help="folder to write")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = make_parser(*__doc__.split("\n\n", 1))
+    parser.add_argument("config", metavar="CONFIG", help="the run's config.yaml, or an inference config")
+    parser.add_argument("out", metavar="OUT", help="folder to write")
+    add_overrides_argument(parser)
     parser.add_argument("--ckpt", help="checkpoint whose EMA weights are exported (default: the config's ckpt_path)")
     parser.add_argument("--autoguidance-ckpt-iter", type=int, help="guide checkpoint at this many thousand steps")
     parser.add_argument("--scores", help="JSON file of measured scores for the model card")
-    args = parser.parse_args(argv)
+    return parse_with_overrides(parser, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         scores = json.loads(open(args.scores).read()) if args.scores else None
         out = export_pretrained(args.config, args.out, args.ckpt, args.autoguidance_ckpt_iter, scores,

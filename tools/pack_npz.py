@@ -8,15 +8,15 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from sfd.cli import make_parser
 from sfd.evaluation.npz import pack_png_folder
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(*__doc__.split("\n\n", 1))
     parser.add_argument("folder", help="folder of PNG images")
     parser.add_argument("output", nargs="?", help="output .npz (default: <folder>.npz beside the folder)")
     parser.add_argument("--limit", type=int, default=None, help="pack only the first LIMIT files (sorted names)")

@@ -13,11 +13,12 @@ import sys
 import torch
 from safetensors import SafetensorError, safe_open
 
+from sfd.cli import make_parser
 from sfd.visualize import image_grid, pca_rgb, save_png
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(*__doc__.split("\n\n", 1))
     parser.add_argument("shard", help="a latents_shard*.safetensors file")
     parser.add_argument("--texture-vae", help="texture VAE YAML; without it the texture column is a PCA map too")
     parser.add_argument("--texture-ckpt", help="checkpoint overriding the YAML's ckpt_path")
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
                 raise KeyError(f"{args.shard}: shard has no {', '.join(sorted(missing))}")
             texture = handle.get_slice(f"latents{suffix}")[: args.count].float()
             semantic = handle.get_slice(f"latents_sv{suffix}")[: args.count].float()
-            dino = handle.get_slice(f"feats_dino{suffix}")[: args.count].float() if f"feats_dino{suffix}" in keys else None
+            dino_key = f"feats_dino{suffix}"
+            dino = handle.get_slice(dino_key)[: args.count].float() if dino_key in keys else None
     except (KeyError, OSError, SafetensorError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
