@@ -102,7 +102,8 @@ def test_speedup_verdicts():
     text = speedup_verdict(summarise(rows_for(fids)), MAIN.sampler, "conditional")
     # the best baseline (+ REPA) ends at 20; SFD's mean curve 26 → 15 crosses 20 at 600 + 600 × 6/11
     assert "the best baseline, LightningDiT + REPA, ends at FID 20.00 ± 1.00 after 1200 steps" in text
-    assert f"reaches it at about {600 + 600 * 6 / 11:.0f} steps, a speed-up of {1200 / (600 + 600 * 6 / 11):.1f}×" in text
+    crossing = 600 + 600 * 6 / 11
+    assert f"reaches it at about {crossing:.0f} steps, a speed-up of {1200 / crossing:.1f}×" in text
     assert text.endswith("The claim holds (SFD needs fewer steps).")
     fids[(SFD, 1200)] = [24, 25, 26]
     assert "does not reach it within the budget" in speedup_verdict(summarise(rows_for(fids)), MAIN.sampler,

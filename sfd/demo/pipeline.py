@@ -147,9 +147,12 @@ def load_module(module: torch.nn.Module, path: Path) -> torch.nn.Module:
     return module.eval()
 
 
-# -- the pipeline ----------------------------------------------------------------------------------------------
+# -- stages 1-6: the data, the stand-in networks, the tokenizers and the latents -------------------------------
 
-class DemoPipeline:
+class DemoTokenizers:
+    """Everything the diffusion models are trained on, in one run folder: the Fashion-MNIST subsets, the texture VAE,
+    both DINOv2 stand-ins and their probes, the Semantic VAE (or the PCA) and the latent shards."""
+
     def __init__(self, settings: DemoSettings, log: Callable[[str], None] = print) -> None:
         self.settings = settings
         self.run_dir = Path(settings.run_dir)
@@ -164,7 +167,7 @@ class DemoPipeline:
         self.test_uint8, self.test_labels = test_images, torch.from_numpy(test_labels)
         self.train_x, self.test_x = to_model_images(train_images), to_model_images(test_images)
 
-    # stage 1-3: the stand-in networks
+    # stages 1-2: the stand-in networks (stage 3, the FID network, is the scoring's: DemoPipeline)
     def texture_vae(self):
         from sfd.demo.networks import demo_vae_config, train_texture_vae
         from sfd.tokenizers.texture_vae import TextureVAE
@@ -233,21 +236,6 @@ class DemoPipeline:
 
         return self.stages.run("encoder_probes", work)
 
-    def fid_classifier(self):
-        from sfd.demo.networks import FeatureClassifier, accuracy, train_classifier
-
-        path = self.models_dir / "fid_classifier.pt"
-
-        def work() -> dict:
-            classifier, losses = train_classifier(self.train_x, self.train_labels,
-                                                  steps=self.settings.classifier_steps, batch_size=128, lr=2e-3,
-                                                  seed=self.settings.seed + 20)
-            save_module(classifier, path)
-            return {"final_loss": losses[-1], "test_accuracy": accuracy(classifier, self.test_x, self.test_labels, 256)}
-
-        result = self.stages.run("fid_classifier", work)
-        return load_module(FeatureClassifier(), path), result
-
     # stage 4: Semantic VAE on the stand-in features
     def semvae(self, encoder):
         from sfd.tokenizers.semvae import load_semvae
@@ -259,7 +247,8 @@ class DemoPipeline:
         def tokens(images: torch.Tensor) -> Callable[[range], dict]:
             def encode_shard(shard: range) -> dict:
                 with torch.no_grad():
-                    batches = [encoder(images[i: min(i + 256, shard.stop)]) for i in range(shard.start, shard.stop, 256)]
+                    batches = [encoder(images[i: min(i + 256, shard.stop)])
+                               for i in range(shard.start, shard.stop, 256)]
                 return {"patch_tokens": torch.cat(batches).half()}
             return encode_shard
 
@@ -327,7 +316,7 @@ class DemoPipeline:
         return self.latents(vae, PCAProjector.load(path), encoder, stage=f"pca{k}_latents_{self.settings.encoder}",
                             folder=folder)
 
-    # stage 7: the diffusion models
+    # the latents of stages 5 and 6
     def latent_folder(self, semantics: str) -> Path:
         """The training latents of a semantic source; ``none`` reads the texture channels of the SemVAE folder."""
         encoder = self.settings.encoder
@@ -335,6 +324,33 @@ class DemoPipeline:
             return self.run_dir / f"latents_{encoder}_pca{self.settings.pca_components}" / "train"
         return self.run_dir / f"latents_{encoder}" / "train"
 
+
+# -- stages 7-8: the diffusion models and their scores ----------------------------------------------------------
+
+@torch.no_grad()
+def classifier_outputs(classifier, images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features and predicted classes of RGB uint8 [N, 32, 32, 3] images."""
+    features, predicted = [], []
+    tensor = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    for start in range(0, len(tensor), 256):
+        batch = tensor[start: start + 256]
+        features.append(classifier.features(batch).double().numpy())
+        predicted.append(classifier(batch).argmax(1).numpy())
+    return np.concatenate(features), np.concatenate(predicted)
+
+
+class DemoPipeline(DemoTokenizers):
+    """The demo's stages 1-8: the tokenizers' stages, then the FID network and every diffusion model trained alike and
+    scored by FID at several training lengths; the backend of :func:`sfd.sweep.run_sweep` (``train`` and
+    ``evaluate``)."""
+
+    def __init__(self, settings: DemoSettings, log: Callable[[str], None] = print) -> None:
+        super().__init__(settings, log)
+        # The networks the scores need, set by prepare(): the texture VAE decodes the samples, the FID network
+        # embeds them and the reference statistics are its features of the held-out images.
+        self.vae = self.classifier = self.reference = self.probes = None
+
+    # stage 7: the diffusion models
     def run_name(self, variant: Variant) -> str:
         """Runs, stages and samples carry the encoder, so both stand-ins can share a run folder."""
         return f"{self.settings.encoder}_{variant.name}"
@@ -348,7 +364,8 @@ class DemoPipeline:
             f"data.valid_path={train.parent / 'valid'}", "data.in_memory=true",
             f"vae.config={self.models_dir / 'texture_vae.yaml'}",
             f"train.output_dir={self.run_dir / 'runs'}", f"train.exp_name={self.run_name(variant)}",
-            f"train.max_steps={steps or settings.diffusion_steps}", f"train.global_batch_size={settings.diffusion_batch}",
+            f"train.max_steps={steps or settings.diffusion_steps}",
+            f"train.global_batch_size={settings.diffusion_batch}",
             f"train.ckpt_every={checkpoint_every or settings.eval_every}",
             f"train.valid_every={checkpoint_every or settings.eval_every}",
             f"train.global_seed={settings.seed + variant.repeat}",
@@ -398,7 +415,7 @@ class DemoPipeline:
                 images.append(sampler.images(indices, labels[indices.start: indices.stop]))
             images = np.concatenate(images)
             np.savez_compressed(self.samples_file(variant, step, scoring), images=images, labels=labels.numpy())
-            features, predicted = self.classifier_outputs(self.classifier, images)
+            features, predicted = classifier_outputs(self.classifier, images)
             result = {"fid": frechet_distance(feature_statistics(features), self.reference), "nfe": sampler.mean_nfe,
                       "samples": count}
             if scoring.conditional:  # the null label asks for no class
@@ -410,23 +427,27 @@ class DemoPipeline:
                                  keep=lambda result: result.get("samples") == count)
         return {key: result[key] for key in ("fid", "class_accuracy", "nfe") if key in result}
 
-    @staticmethod
-    @torch.no_grad()
-    def classifier_outputs(classifier, images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Penultimate features and predicted classes of RGB uint8 [N, 32, 32, 3] images."""
-        features, predicted = [], []
-        tensor = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        for start in range(0, len(tensor), 256):
-            batch = tensor[start: start + 256]
-            features.append(classifier.features(batch).double().numpy())
-            predicted.append(classifier(batch).argmax(1).numpy())
-        return np.concatenate(features), np.concatenate(predicted)
+    # stage 3: the FID network, a classifier trained apart from every network it scores, and its reference
+    def fid_classifier(self):
+        from sfd.demo.networks import FeatureClassifier, accuracy, train_classifier
+
+        path = self.models_dir / "fid_classifier.pt"
+
+        def work() -> dict:
+            classifier, losses = train_classifier(self.train_x, self.train_labels,
+                                                  steps=self.settings.classifier_steps, batch_size=128, lr=2e-3,
+                                                  seed=self.settings.seed + 20)
+            save_module(classifier, path)
+            return {"final_loss": losses[-1], "test_accuracy": accuracy(classifier, self.test_x, self.test_labels, 256)}
+
+        result = self.stages.run("fid_classifier", work)
+        return load_module(FeatureClassifier(), path), result
 
     def reference_statistics(self, classifier):
         from sfd.evaluation.metrics import feature_statistics
 
         images = ((self.test_x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return feature_statistics(self.classifier_outputs(classifier, images)[0])
+        return feature_statistics(classifier_outputs(classifier, images)[0])
 
     # everything
     def prepare(self, variants: Sequence[Variant]) -> None:

@@ -111,7 +111,8 @@ def delta_t_verdict(summary: Sequence[dict], sampler: str, conditioning: str, se
         return f"(b) Δt [{sampler}, {conditioning}]: needs Δt = 0 and a semantic lead."
     best = min(entries, key=lambda e: e["fid"])
     curve = ", ".join(f"Δt {e['delta_t']:g}: {_cell(e)}" for e in entries)
-    text = f"(b) Δt [{sampler}, {conditioning}, {step} steps] ({curve}): the lowest mean FID is at Δt = {best['delta_t']:g}"
+    text = (f"(b) Δt [{sampler}, {conditioning}, {step} steps] ({curve}): the lowest mean FID is at "
+            f"Δt = {best['delta_t']:g}")
     if best["delta_t"] == 0:
         beaten = [e for e in entries if e is not best and compare(best, e) == "better"]
         text += (", the synchronous model. The claim is contradicted" if len(beaten) == len(entries) - 1 else
@@ -242,7 +243,8 @@ def write_study_report(rows: Sequence[dict], folder: Path, title: str, main: Sco
     check_table = convergence_lines(rows, summarise(rows), main, check)
     converged = sum(line.endswith("| converged |") for line in check_table)
     lines = [f"# {title}", "",
-             f"{len({row['label'] for row in rows})} models × {len(seeds)} training seeds ({', '.join(map(str, seeds))}); "
+             f"{len({row['label'] for row in rows})} models × {len(seeds)} training seeds "
+             f"({', '.join(map(str, seeds))}); "
              "values are means ± sample standard deviations over seeds. A difference counts when it exceeds twice "
              "the larger of the two standard deviations.", "",
              "## Verdicts", "", *[f"* {text}" for text in found.values()],
