@@ -102,7 +102,7 @@ def build_optimizer(model: torch.nn.Module, config: SFDConfig, accelerator: Acce
     """AdamW over the trainable parameters with the config's settings (the release's optimizer). Where torch has a
     fused AdamW kernel for the device (CPU, CUDA, XPU, MPS) it is used: one pass per parameter instead of a dozen
     element-wise passes over all of them, the same update within rounding (3× faster on a 130M-parameter model on
-    this project's CPU; scripts/bench_vs_release.py)."""
+    this project's CPU; tools/bench_vs_release.py)."""
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
     settings = config.optimizer

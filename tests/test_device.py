@@ -1,6 +1,6 @@
 """The device layer (sfd/device.py) without the devices: the accelerator query is injected and torch's
 device-specific calls (backend lookup, autocast, GradScaler) are replaced by recorders, so the CUDA, NPU, XPU and
-MPS decisions are checked on a CPU machine. What runs on a real accelerator is checked by scripts/check_device.py."""
+MPS decisions are checked on a CPU machine. What runs on a real accelerator is checked by `scripts/bench.py device`."""
 
 from __future__ import annotations
 

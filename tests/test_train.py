@@ -166,13 +166,6 @@ def test_ema_export_loads_for_inference(data, tmp_path):
     assert export_ema.main([str(tmp_path / "missing")]) == 2
 
 
-def test_bench_train_runs():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import bench_train
-
-    assert bench_train.main(["--config", str(ROOT / "configs/tiny/sfd_tiny.yaml"), "--batch", "4", "--steps", "1"]) == 0
-
-
 def test_in_memory_data_path_trains_identically(data, tmp_path):
     """data.in_memory gives the same batches (flips included, over an epoch boundary) and so the same weights."""
     from sfd.data.latents import InMemoryLatents
