@@ -26,10 +26,17 @@ from tqdm import tqdm
 from sfd import distributed
 from sfd.build import guide_checkpoint, load_guide, load_model, model_checkpoint
 from sfd.checkpoint import CheckpointError
-from sfd.cli import add_overrides_argument, parse_with_overrides
+from sfd.cli import add_overrides_argument, make_parser, parse_with_overrides
 from sfd.config import ConfigError, resolve_path
-from sfd.device import (DEVICE_ENV, DEVICE_TYPES, PRECISIONS, DeviceError, compile_by_default, compile_module,
-                        set_matmul_precision)
+from sfd.device import (
+    DEVICE_ENV,
+    DEVICE_TYPES,
+    PRECISIONS,
+    DeviceError,
+    compile_by_default,
+    compile_module,
+    set_matmul_precision,
+)
 from sfd.files import WriteError
 from sfd.generate import (
     DEMO_LABELS,
@@ -51,8 +58,7 @@ from sfd.visualize import save_png
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # No abbreviations: the launchers make --ckpt, --out and --output-dir absolute by their full names before they
     # change into the repository, so an abbreviated path flag would silently name a file in the wrong folder.
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = make_parser(*__doc__.split("\n\n", 1), allow_abbrev=False)
     parser.add_argument("--config", required=True, help="SFD inference YAML (official layout)")
     add_overrides_argument(parser)
     parser.add_argument("--demo", action="store_true", help="write one grid image instead of an FID folder")

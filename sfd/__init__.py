@@ -5,7 +5,7 @@ The Python API in a few names:
     config = sfd.load_config("configs/sfd/lightningdit_xl/inference_4m_autoguidance.yaml", ["sample.cfg_scale=1.5"])
     model = sfd.build_model(config)                    # or sfd.load_model(path) with the config's weights
     terms = sfd.FlowMatchingLoss.from_config(config)(model, x1, y, dino, t=t, noise=noise)
-    latents = sfd.sample_from_config(model, z, y, config, guide=guide).x
+    latents = sfd.sample(model, z, y, sfd.SamplerOptions.from_config(config, guide)).x
     released = sfd.from_pretrained("sfd-xl-800ep-ag")  # model, guide, config, decoder (sfd.pretrained)
 """
 
@@ -16,12 +16,12 @@ from sfd.guidance import Guidance, guided_velocity
 from sfd.lightningdit import SIZES, LightningDiT, LightningDiTArgs, ModelOutput
 from sfd.loss import FlowMatchingLoss, LossTerms
 from sfd.pretrained import Pretrained, from_pretrained, save_pretrained
-from sfd.samplers import SampleResult, sample, sample_from_config
+from sfd.samplers import SampleResult, SamplerOptions, sample
 from sfd.schedule import TimeSplit
 
 __all__ = [
     "SIZES", "CheckpointError", "ConfigError", "FlowMatchingLoss", "Guidance", "LightningDiT", "LightningDiTArgs",
-    "LossTerms", "ModelOutput", "Pretrained", "SFDConfig", "SampleResult", "TimeSplit", "build_model", "export_weights",
-    "from_pretrained", "guided_velocity", "load_config", "load_guide", "load_model", "load_weights", "model_args", "sample",
-    "sample_from_config", "save_config", "save_pretrained",
+    "LossTerms", "ModelOutput", "Pretrained", "SFDConfig", "SampleResult", "SamplerOptions", "TimeSplit", "build_model",
+    "export_weights", "from_pretrained", "guided_velocity", "load_config", "load_guide", "load_model", "load_weights",
+    "model_args", "sample", "save_config", "save_pretrained",
 ]

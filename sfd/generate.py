@@ -19,7 +19,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from sfd.device import Accelerator
 from sfd.files import remove_stale_temporaries, write_json_atomic
 from sfd.guidance import guidance_on, guidance_scales
 from sfd.runlock import lock_run_folder
-from sfd.samplers import SamplingPlan
+from sfd.samplers import SamplerOptions, sample
 from sfd.visualize import save_png
 
 DEMO_LABELS = (106, 22, 279, 975, 388, 15, 36, 979)  # the release's demo grid classes
@@ -122,7 +122,7 @@ class ImageSampler:
     seed: int = 0
     precision: str = "fp32"  # no | fp32 | tf32 | bf16 | fp16; bf16/fp16 autocast the sampling on accelerators
     nfe: list[int] = field(default_factory=list)  # drift evaluations of every batch sampled so far, in order
-    plan: SamplingPlan = field(init=False)  # the config's sampling settings, decided once for every batch
+    options: SamplerOptions = field(init=False)  # the config's sampling settings, decided once for every batch
 
     @property
     def mean_nfe(self) -> float:
@@ -130,17 +130,17 @@ class ImageSampler:
         return sum(self.nfe) / len(self.nfe) if self.nfe else float("nan")
 
     def __post_init__(self) -> None:
-        self.plan = SamplingPlan.from_config(self.config, self.guide)
-        self.plan.check_device(self.device)
+        self.options = SamplerOptions.from_config(self.config, self.guide)
+        self.options.check_device(self.device)
 
     def latents(self, indices: Sequence[int], labels: torch.Tensor) -> torch.Tensor:
+        """Final states of samples ``indices``: noise of (seed, i), SDE noise of (seed, i, 2)."""
         args = self.model.args
         side = args.input_size
         z = initial_noise(self.seed, indices, (args.in_chans, side, side), self.device)
+        generator = rng.SampleGenerators([rng.derive_seed(self.seed, i, 2) for i in indices], self.device)
         with Accelerator.of(self.device).autocast(self.precision):
-            result = self.plan(self.model, z, labels.to(self.device),
-                               generator=rng.SampleGenerators([rng.derive_seed(self.seed, i, 2) for i in indices],
-                                                              self.device))
+            result = sample(self.model, z, labels.to(self.device), self.options, generator)
         self.nfe.append(result.nfe)
         return result.x
 
@@ -154,35 +154,17 @@ def batches_of_rank(num_samples: int, batch_size: int, rank: int, world_size: in
         yield range(batch * batch_size, min((batch + 1) * batch_size, num_samples))
 
 
-def generate_folder(
-    sampler: ImageSampler,
-    plan: LabelPlan,
-    folder: Path,
-    *,
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: Callable[[int], None] = lambda n: None,
-    nfe_by_batch: Optional[dict[int, int]] = None,
-) -> int:
-    """Write this process's missing PNGs ``{i:06d}.png``; returns how many batches were (re)generated and records
-    in ``nfe_by_batch`` the drift evaluations each of them took, by the index of its first sample."""
+def pending_batches(plan: LabelPlan, folder: Path, batch_size: int, rank: int = 0, world_size: int = 1,
+                    progress: Callable[[int], None] = lambda n: None) -> Iterator[tuple[range, list[Path]]]:
+    """This process's batches (:func:`batches_of_rank`) that miss at least one PNG ``{i:06d}.png``, each with its
+    paths; a complete batch only advances ``progress``."""
     folder.mkdir(parents=True, exist_ok=True)
-    done = 0
     for indices in batches_of_rank(plan.num_samples, batch_size, rank, world_size):
         paths = [folder / f"{i:06d}.png" for i in indices]
         if all(path.exists() for path in paths):
             progress(len(indices))
-            continue
-        labels = plan.labels(indices)
-        for path, image in zip(paths, sampler.images(indices, labels)):
-            if not path.exists():
-                save_png(image, path)
-        if nfe_by_batch is not None:
-            nfe_by_batch[indices.start] = sampler.nfe[-1]
-        done += 1
-        progress(len(indices))
-    return done
+        else:
+            yield indices, paths
 
 
 SETTINGS_NAME = "settings.json"  # a sample folder's manifest
@@ -198,12 +180,13 @@ def image_settings(sampler: ImageSampler, plan: LabelPlan, batch_size: int,
     folder's manifest. ``provenance`` adds what only the caller knows (checkpoint files, the device). The
     batch size and tolerances count only for an adaptive solver, whose step sizes are shared by a batch; the sample
     count only for balanced labels, whose class of sample i depends on it."""
-    config, sampling = sampler.config, sampler.plan
+    config, sampling = sampler.config, sampler.options
     settings: dict[str, Any] = {
         "seed": sampler.seed, "model.model_type": config.model.model_type, **dict(provenance or {}),
         "sampler.precision": sampler.precision,  # bf16/fp16 autocast the network; fp32/tf32 set the matmuls
-        "sampler.method": sampling.method, "sampler.sde": sampling.sde, "sampler.num_steps": sampling.num_steps,
-        "sampler.shift": sampling.shift, "time_split.delta_t": sampling.split.delta_t,
+        "sampler.method": sampling.sampling_method, "sampler.sde": sampling.sde,
+        "sampler.num_steps": sampling.num_sampling_steps, "sampler.shift": sampling.timestep_shift,
+        "time_split.delta_t": sampling.split.delta_t,
         "time_split.semantic_chans": sampling.split.semantic_chans,
         "labels.num_classes": plan.num_classes, "labels.balanced": plan.balanced, "labels.fixed": plan.fixed,
         "labels.seed": plan.seed,
@@ -317,9 +300,14 @@ def write_fid_set(
             if not (folder / SETTINGS_NAME).exists():
                 write_json_atomic(folder / SETTINGS_NAME, settings)
         distributed.barrier()
-        nfe_by_batch: dict[int, int] = {}
-        generate_folder(sampler, plan, folder, batch_size=batch_size, rank=topology.rank,
-                        world_size=topology.world_size, progress=progress, nfe_by_batch=nfe_by_batch)
+        nfe_by_batch: dict[int, int] = {}  # drift evaluations of each batch generated here, by its first index
+        for indices, paths in pending_batches(plan, folder, batch_size, topology.rank, topology.world_size, progress):
+            images = sampler.decode(sampler.latents(indices, plan.labels(indices)))
+            for path, image in zip(paths, images):
+                if not path.exists():
+                    save_png(image, path)
+            nfe_by_batch[indices.start] = sampler.nfe[-1]
+            progress(len(indices))
         gathered = distributed.all_gather(nfe_by_batch)
         npz = folder.parent / f"{folder.name}.npz"
         if topology.is_main:

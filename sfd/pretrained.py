@@ -10,8 +10,9 @@ Three kinds of names:
   cache alone).
 
 The result holds the network in eval mode, its AutoGuidance guide when it has one, the config, and the decoder
-(latent statistics + texture VAE) that turns final states into images, ready for ``sfd.sample_from_config`` or
-:meth:`Pretrained.sampler`. The folder format is docs/formats.md §8.
+(latent statistics + texture VAE) that turns final states into images, ready for ``sfd.sample`` (with
+``sfd.SamplerOptions.from_config(config, guide)``) or :meth:`Pretrained.sampler`. The folder format is
+docs/formats.md §8.
 """
 
 from __future__ import annotations

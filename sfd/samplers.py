@@ -1,5 +1,6 @@
-"""Samplers: the probability-flow ODE over the global time τ ∈ [0, τ_max] and an Euler–Maruyama SDE.
+"""Sampling: one options object (:class:`SamplerOptions`) and one entry point (:func:`sample`).
 
+The probability-flow ODE runs over the global time τ ∈ [0, τ_max]; an Euler–Maruyama SDE has the same marginals.
 The drift at (x, τ) is the (guided) velocity at (t_tex, t_sem) = split(τ), multiplied by the phase mask, so the
 texture channels stay at their initial noise while τ < Δt and the semantic channels freeze once τ > 1 (paper §3,
 three-phase sampling; docs/method.md §5). For the synchronous model the split is the identity and there is no mask.
@@ -7,19 +8,23 @@ three-phase sampling; docs/method.md §5). For the synchronous model the split i
 Fixed-step Euler and Heun are explicit loops over the grid; every other method name (dopri5 for the released
 numbers, rk4, ...) goes to torchdiffeq with the tolerances passed as one-element lists, as the release does
 (that makes torchdiffeq compute the error norm in float64 and reproduces the official step sequence).
+
+A sampler setting is a field of ``SampleConfig`` (sfd/config.py) and a field of the same name in
+:class:`SamplerOptions`, which copies it by name and takes its default from there; :func:`sample` reads it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import partial
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 from torchdiffeq import odeint
 
-from sfd.config import SFDConfig
+from sfd.config import SampleConfig, SFDConfig
 from sfd.device import has_float64
 from sfd.guidance import Guidance, guided_velocity
 from sfd.schedule import TimeSplit
@@ -36,8 +41,6 @@ ADAPTIVE_RK_METHODS = FLOAT64_METHODS
 TORCHDIFFEQ_FIXED_GRID_METHODS = ("midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
                                   "fixed_adams")
 
-Drift = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (τ [B], x) -> dx/dτ
-
 # SDE diffusion coefficients w(t) on the linear path (the release's `compute_diffusion`). "SBDM" (w = (1−t)/t) is
 # left out: it is infinite at t = 0, which the first step of the synchronous sampler and the texture group of the
 # semantic-first sampler (at τ = Δt) both hit.
@@ -50,6 +53,65 @@ DIFFUSION_FORMS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
 }
 
 
+@dataclass(frozen=True)
+class SamplerOptions:
+    """Every sampling setting, decided once and applied to any number of batches: from a config
+    (:meth:`from_config`: the release's rules, guidance included) or by hand. The fields named like ``SampleConfig``'s
+    mean what they mean there and take its defaults, so a new setting is declared in the config and here."""
+
+    split: TimeSplit = TimeSplit()  # the model's time split (Δt, semantic channels); the default is synchronous
+    guidance: Optional[Guidance] = None  # None: the plain conditional velocity
+    mode: str = SampleConfig.mode  # ODE | SDE (Euler–Maruyama, noise from the generator given to sample())
+    sampling_method: str = SampleConfig.sampling_method  # euler | heun | any torchdiffeq method (ODE)
+    num_sampling_steps: int = SampleConfig.num_sampling_steps  # grid points (adaptive solvers: output points)
+    atol: float = SampleConfig.atol  # torchdiffeq tolerances
+    rtol: float = SampleConfig.rtol
+    timestep_shift: float = SampleConfig.timestep_shift  # 0 = off (TimeSplit.grid)
+    phase_split: bool = SampleConfig.phase_split  # ODE: one solve per phase of a semantic-first model
+    diffusion_form: str = SampleConfig.diffusion_form  # SDE: w(t), a key of DIFFUSION_FORMS
+    diffusion_norm: float = SampleConfig.diffusion_norm  # SDE: scale of w(t)
+    keep_trajectory: bool = False  # return every grid state (otherwise only the final one is held)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("ODE", "SDE"):
+            raise ValueError(f"sample.mode: expected ODE or SDE (got {self.mode!r})")
+        if self.sde and self.diffusion_form not in DIFFUSION_FORMS:
+            raise ValueError(f"sample.diffusion_form: unknown {self.diffusion_form!r}; "
+                             f"known: {', '.join(DIFFUSION_FORMS)}")
+        if self.phased and self.timestep_shift > 0 and self.sampling_method in FIXED_GRID_METHODS:
+            raise ValueError("sample.phase_split: a fixed grid with phase boundaries has no timestep shift "
+                             "(set sample.timestep_shift=0)")
+
+    @classmethod
+    def from_config(cls, config: SFDConfig, guide: Optional[nn.Module] = None) -> "SamplerOptions":
+        """The options of ``config.sample`` (every field of the same name) and ``config.model`` (the time split),
+        guided by ``guide`` (AutoGuidance) when given, else by CFG when ``sample.cfg_scale`` > 1."""
+        config_keys = {field.name for field in fields(SampleConfig)}
+        settings = {field.name: getattr(config.sample, field.name) for field in fields(cls)
+                    if field.name in config_keys}
+        return cls(split=TimeSplit.from_config(config), guidance=Guidance.from_config(config, guide), **settings)
+
+    @property
+    def sde(self) -> bool:
+        return self.mode == "SDE"
+
+    @property
+    def phased(self) -> bool:
+        """Phase-aware ODE integration: asked for and meaningful (a semantic-first model has phases)."""
+        return self.phase_split and not self.sde and self.split.semantic_first
+
+    @property
+    def batch_coupled(self) -> bool:
+        """Whether a sample depends on its batch-mates: an adaptive solver (dopri5, ...) picks one step size for the
+        whole batch; the fixed grids (Euler, Heun, Euler–Maruyama) step every row alike."""
+        return not self.sde and self.sampling_method not in FIXED_GRID_METHODS
+
+    def check_device(self, device: torch.device) -> None:
+        """Refuse, before any work, options whose solver cannot run on ``device`` (see :func:`check_method_device`)."""
+        if not self.sde:
+            check_method_device(self.sampling_method, device)
+
+
 @dataclass
 class SampleResult:
     x: torch.Tensor  # final state at τ_max, [B, C, H, W]
@@ -57,19 +119,53 @@ class SampleResult:
     trajectory: Optional[torch.Tensor] = None  # [grid points, B, C, H, W], only with keep_trajectory=True
 
 
-def make_drift(model: nn.Module, split: TimeSplit, y: torch.Tensor, guidance: Optional[Guidance] = None,
-               phase: Optional[int] = None) -> Drift:
-    """dx/dτ: the guided velocity at split(τ), masked to the channel groups that move at τ, or, with ``phase``,
-    to the groups that move inside that phase (see :meth:`TimeSplit.phase_mask`)."""
+def sample(model: nn.Module, z: torch.Tensor, y: torch.Tensor, options: SamplerOptions,
+           generator: Optional[torch.Generator] = None) -> SampleResult:
+    """Integrate from noise ``z`` [B, C, H, W] at τ = 0 to τ_max with labels ``y`` [B], as ``options`` say: the ODE
+    over the (shifted) grid, the ODE phase by phase (``phase_split``: no step straddles the jumps of the drift at
+    τ = Δt and τ = 1; adaptive solvers restart at both, fixed grids get points on them, :meth:`TimeSplit.phase_grid`)
+    or the SDE, whose noise comes from ``generator``. Returns the final state, the number of drift evaluations and,
+    only with ``keep_trajectory``, the state at every grid point (otherwise no earlier state is kept)."""
+    drift = Drift(model, options.split, y, options.guidance)
+    grid = options.split.grid(options.num_sampling_steps, options.timestep_shift).to(z.device)
+    with torch.no_grad():
+        if options.sde:
+            diffusion = partial(DIFFUSION_FORMS[options.diffusion_form], norm=options.diffusion_norm)
+            states = euler_maruyama(drift, z, grid, diffusion, generator, keep_trajectory=options.keep_trajectory)
+        elif options.phased:
+            states = solve_phases(drift, z, options)
+        else:
+            states = ode_solver(options)(drift, z, grid, options.keep_trajectory)
+    trajectory = torch.stack(states) if options.keep_trajectory else None
+    return SampleResult(x=states[-1], nfe=drift.evaluations, trajectory=trajectory)
 
-    def drift(tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        t_tex, t_sem = split.times(tau)
+
+@dataclass
+class Drift:
+    """dx/dτ: the guided velocity at split(τ), masked to the channel groups that move at τ, or, with ``phase``, to
+    the groups that move inside that phase (see :meth:`TimeSplit.phase_mask`). Counts its evaluations (the NFE)."""
+
+    model: nn.Module
+    split: TimeSplit
+    y: torch.Tensor
+    guidance: Optional[Guidance] = None
+    phase: Optional[int] = None
+    evaluations: int = 0
+
+    def __call__(self, tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``tau``: one time for the batch (a solver's scalar) or one per row [B]."""
+        self.evaluations += 1
+        if tau.dim() == 0:
+            tau = tau.expand(x.shape[0])
+        t_tex, t_sem = self.split.times(tau)
         # Under bf16/fp16 autocast the network returns half-precision velocities; the state stays in its dtype.
-        velocity = guided_velocity(model, x, t_tex, t_sem, y, guidance, split.semantic_chans).to(x.dtype)
-        mask = split.active_mask(tau, x.shape[1]) if phase is None else split.phase_mask(phase, x)
+        velocity = guided_velocity(self.model, x, t_tex, t_sem, self.y, self.guidance,
+                                   self.split.semantic_chans).to(x.dtype)
+        if self.phase is None:
+            mask = self.split.active_mask(tau, x.shape[1])
+        else:
+            mask = self.split.phase_mask(self.phase, x)
         return velocity if mask is None else velocity * mask
-
-    return drift
 
 
 def record(states: list[torch.Tensor], x: torch.Tensor, keep_trajectory: bool) -> None:
@@ -85,7 +181,7 @@ def euler(drift: Drift, x: torch.Tensor, grid: torch.Tensor, keep_trajectory: bo
     """x_{k+1} = x_k + (τ_{k+1} − τ_k)·f(τ_k, x_k); returns every grid state, or only the final one."""
     states = [x]
     for tau, tau_next in zip(grid[:-1], grid[1:]):
-        x = x + (tau_next - tau) * drift(tau.expand(x.shape[0]), x)
+        x = x + (tau_next - tau) * drift(tau, x)
         record(states, x, keep_trajectory)
     return states
 
@@ -96,9 +192,9 @@ def heun(drift: Drift, x: torch.Tensor, grid: torch.Tensor, keep_trajectory: boo
     states = [x]
     for tau, tau_next in zip(grid[:-1], grid[1:]):
         step = tau_next - tau
-        slope = drift(tau.expand(x.shape[0]), x)
+        slope = drift(tau, x)
         predicted = x + step * slope
-        x = x + step * 0.5 * (slope + drift(tau_next.expand(x.shape[0]), predicted))
+        x = x + step * 0.5 * (slope + drift(tau_next, predicted))
         record(states, x, keep_trajectory)
     return states
 
@@ -110,17 +206,14 @@ def check_method_device(method: str, device: torch.device) -> None:
                          f"sample.sampling_method=euler/heun or SFD_DEVICE=cpu")
 
 
-def solve_ode(drift: Drift, x: torch.Tensor, grid: torch.Tensor, method: str, atol: float, rtol: float,
-              keep_trajectory: bool = True) -> list[torch.Tensor]:
-    """torchdiffeq ``odeint`` (dopri5 by default in configs). Adaptive methods use the grid only as output points.
-    Returns the state at every grid point, or, without ``keep_trajectory``, only the final one; then torchdiffeq is
-    asked for the two end times alone where that leaves every step unchanged (see ADAPTIVE_RK_METHODS), instead of
-    holding all grid states (250 in the released setting) at once."""
+def solve_ode(drift: Drift, x: torch.Tensor, grid: torch.Tensor, keep_trajectory: bool = True, *,
+              method: str = SampleConfig.sampling_method, atol: float = SampleConfig.atol,
+              rtol: float = SampleConfig.rtol) -> list[torch.Tensor]:
+    """torchdiffeq ``odeint``. Adaptive methods use the grid only as output points. Returns the state at every grid
+    point, or, without ``keep_trajectory``, only the final one; then torchdiffeq is asked for the two end times
+    alone where that leaves every step unchanged (see ADAPTIVE_RK_METHODS), instead of holding all grid states (250
+    in the released setting) at once."""
     check_method_device(method, x.device)
-
-    def func(tau: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return drift(torch.ones(state.shape[0], device=state.device) * tau, state)
-
     grid = grid.to(x.device)
     times, options = grid, None
     only_end_time = not keep_trajectory and len(grid) > 2
@@ -128,122 +221,41 @@ def solve_ode(drift: Drift, x: torch.Tensor, grid: torch.Tensor, method: str, at
         times = grid[[0, -1]]
     elif only_end_time and method in TORCHDIFFEQ_FIXED_GRID_METHODS:
         times, options = grid[[0, -1]], {"grid_constructor": lambda _func, _y0, _t: grid}
-    solution = odeint(func, x, times, method=method, atol=[atol], rtol=[rtol], options=options)
+    solution = odeint(drift, x, times, method=method, atol=[atol], rtol=[rtol], options=options)
     # clone: a view would keep the whole solution tensor (every requested time) alive and be saved with it.
     return list(solution) if keep_trajectory else [solution[-1].clone()]
 
 
-def euler_maruyama(
-    velocity: Drift,
-    x: torch.Tensor,
-    grid: torch.Tensor,
-    split: TimeSplit,
-    diffusion: Callable[[torch.Tensor], torch.Tensor],
-    generator: Optional[torch.Generator],
-    eps: float = 1e-3,
-    keep_trajectory: bool = True,
-) -> list[torch.Tensor]:
-    """SDE sampler with the same marginals as the ODE: dx = [v + w(t)·s(x, t)] dτ + sqrt(2 w(t)) dW, with the
-    score of the linear path s = (t·v − x)/(1 − t) and each channel group at its own time. Noise enters only the
-    groups that move at τ. The last step is the noise-free mean step (the release's default last step). Returns
-    every grid state, or only the final one."""
+def ode_solver(options: SamplerOptions) -> Callable[..., list[torch.Tensor]]:
+    """The solver of ``options.sampling_method``, called as ``solver(drift, x, grid, keep_trajectory)``."""
+    if options.sampling_method == "euler":
+        return euler
+    if options.sampling_method == "heun":
+        return heun
+    return partial(solve_ode, method=options.sampling_method, atol=options.atol, rtol=options.rtol)
+
+
+def solve_phases(drift: Drift, x: torch.Tensor, options: SamplerOptions) -> list[torch.Tensor]:
+    """The ODE solved phase after phase, each with its own fixed channel mask; fixed grids get a point on every
+    phase boundary. Returns the grid states (a boundary that is not a grid point is left out) or the final one."""
+    split, steps, keep_trajectory = drift.split, options.num_sampling_steps, options.keep_trajectory
+    if options.sampling_method in FIXED_GRID_METHODS:
+        grid = split.phase_grid(steps)
+    else:
+        grid = split.grid(steps, options.timestep_shift)
+    grid = grid.to(x.device)
+    solve = ode_solver(options)
     states = [x]
-    num_chans = x.shape[1]
-    for index, (tau, tau_next) in enumerate(zip(grid[:-1], grid[1:])):
-        tau_b = tau.expand(x.shape[0])
-        step = tau_next - tau
-        t = split.per_channel(*split.times(tau_b), num_chans).clamp(0.0, 1.0)
-        v = velocity(tau_b, x)
-        w = diffusion(t)
-        score = (t * v - x) / (1 - t).clamp(min=eps)
-        mask = split.active_mask(tau_b, num_chans)
-        mask = torch.ones_like(t) if mask is None else mask
-        x = x + step * mask * (v + w * score)
-        if index < len(grid) - 2:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + mask * torch.sqrt(2 * w * step) * noise
-        record(states, x, keep_trajectory)
-    return states
-
-
-def sample(
-    model: nn.Module,
-    z: torch.Tensor,
-    y: torch.Tensor,
-    split: TimeSplit,
-    *,
-    method: str = "dopri5",
-    num_steps: int = 250,
-    atol: float = 1e-6,
-    rtol: float = 1e-3,
-    shift: float = 0.0,
-    guidance: Optional[Guidance] = None,
-    sde: bool = False,
-    diffusion_form: str = "sigma",
-    diffusion_norm: float = 1.0,
-    generator: Optional[torch.Generator] = None,
-    keep_trajectory: bool = False,
-    phase_split: bool = False,
-) -> SampleResult:
-    """Integrate from noise ``z`` [B, C, H, W] at τ = 0 to τ_max with labels ``y`` [B].
-
-    ``method``: ``euler`` | ``heun`` | any torchdiffeq method (ODE); with ``sde=True`` Euler–Maruyama is used and
-    ``generator`` supplies its noise. Returns the final state and the number of drift evaluations, and the state at
-    every grid point only with ``keep_trajectory`` (otherwise no earlier state is kept). ``phase_split`` (ODE,
-    semantic-first models) solves the three phases one after the other, each with its own fixed channel mask, so
-    that no step straddles the jumps of the drift at τ = Δt and τ = 1: adaptive solvers restart at both
-    boundaries, fixed grids get points on them (:meth:`TimeSplit.phase_grid`; no timestep shift)."""
-    calls = 0
-
-    def counted(fn: Drift) -> Drift:
-        def wrapped(tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            nonlocal calls
-            calls += 1
-            return fn(tau, x)
-
-        return wrapped
-
-    grid = split.grid(num_steps, shift).to(z.device)
-    with torch.no_grad():
-        if sde:
-            if diffusion_form not in DIFFUSION_FORMS:
-                raise ValueError(f"sample.diffusion_form: unknown {diffusion_form!r}; "
-                                 f"known: {', '.join(DIFFUSION_FORMS)}")
-            form = DIFFUSION_FORMS[diffusion_form]
-            velocity = counted(lambda tau, x: guided_velocity(model, x, *split.times(tau), y, guidance,
-                                                              split.semantic_chans))
-            states = euler_maruyama(velocity, z, grid, split, lambda t: form(t, diffusion_norm), generator,
-                                    keep_trajectory=keep_trajectory)
-        elif phase_split and split.semantic_first:
-            if shift > 0 and method in FIXED_GRID_METHODS:
-                raise ValueError("sample.phase_split: a fixed grid with phase boundaries has no timestep shift "
-                                 "(set sample.timestep_shift=0)")
-            if method in FIXED_GRID_METHODS:
-                grid = split.phase_grid(num_steps).to(z.device)
-            states, x = [z], z
-            for phase, times in enumerate(phase_segments(grid, split)):
-                drift = counted(make_drift(model, split, y, guidance, phase=phase))
-                segment = integrate(drift, x, times, method, atol, rtol, keep_trajectory)
-                x = segment[-1]
-                if keep_trajectory:  # grid points only (a boundary that is not a grid point is left out)
-                    states += [state for time, state in zip(times[1:], segment[1:]) if bool((grid == time).any())]
-                else:
-                    states = [x]
+    for phase, times in enumerate(phase_segments(grid, split)):
+        drift.phase = phase
+        segment = solve(drift, x, times, keep_trajectory)
+        x = segment[-1]
+        if keep_trajectory:
+            states += [state for time, state in zip(times[1:], segment[1:]) if bool((grid == time).any())]
         else:
-            drift = counted(make_drift(model, split, y, guidance))
-            states = integrate(drift, z, grid, method, atol, rtol, keep_trajectory)
-    trajectory = torch.stack(states) if keep_trajectory else None
-    return SampleResult(x=states[-1], nfe=calls, trajectory=trajectory)
-
-
-def integrate(drift: Drift, x: torch.Tensor, grid: torch.Tensor, method: str, atol: float, rtol: float,
-              keep_trajectory: bool) -> list[torch.Tensor]:
-    """One ODE solve over ``grid`` with the named method (see :func:`sample`)."""
-    if method == "euler":
-        return euler(drift, x, grid, keep_trajectory)
-    if method == "heun":
-        return heun(drift, x, grid, keep_trajectory)
-    return solve_ode(drift, x, grid, method, atol, rtol, keep_trajectory)
+            states = [x]
+    drift.phase = None
+    return states
 
 
 def phase_segments(grid: torch.Tensor, split: TimeSplit) -> list[torch.Tensor]:
@@ -256,6 +268,39 @@ def phase_segments(grid: torch.Tensor, split: TimeSplit) -> list[torch.Tensor]:
         inside = grid[(grid > start) & (grid < end)]
         segments.append(torch.cat([start[None], inside, end[None]]))
     return segments
+
+
+def euler_maruyama(
+    drift: Drift,
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    diffusion: Callable[[torch.Tensor], torch.Tensor],
+    generator: Optional[torch.Generator],
+    eps: float = 1e-3,
+    keep_trajectory: bool = True,
+) -> list[torch.Tensor]:
+    """SDE sampler with the same marginals as the ODE: dx = [v + w(t)·s(x, t)] dτ + sqrt(2 w(t)) dW, with the
+    score of the linear path s = (t·v − x)/(1 − t) and each channel group at its own time. Noise enters only the
+    groups that move at τ. The last step is the noise-free mean step (the release's default last step). Returns
+    every grid state, or only the final one."""
+    split = drift.split
+    states = [x]
+    num_chans = x.shape[1]
+    for index, (tau, tau_next) in enumerate(zip(grid[:-1], grid[1:])):
+        tau_b = tau.expand(x.shape[0])
+        step = tau_next - tau
+        t = split.per_channel(*split.times(tau_b), num_chans).clamp(0.0, 1.0)
+        v = drift(tau_b, x)  # masked: frozen groups get no velocity, and the update below masks them anyway
+        w = diffusion(t)
+        score = (t * v - x) / (1 - t).clamp(min=eps)
+        mask = split.active_mask(tau_b, num_chans)
+        mask = torch.ones_like(t) if mask is None else mask
+        x = x + step * mask * (v + w * score)
+        if index < len(grid) - 2:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + mask * torch.sqrt(2 * w * step) * noise
+        record(states, x, keep_trajectory)
+    return states
 
 
 def sampler_overrides(name: str) -> list[str]:
@@ -271,63 +316,3 @@ def sampler_overrides(name: str) -> list[str]:
         return overrides
     raise ValueError(f"sampler {name!r}: expected euler-N, heun-N (N >= 2 grid points) or an adaptive method such as "
                      "dopri5, optionally followed by -phases")
-
-
-@dataclass(frozen=True)
-class SamplingPlan:
-    """Every sampling setting of a run, decided once from a config (the release's rules, guidance included) and
-    then applied to any number of batches. The fields are the arguments of :func:`sample`; their defaults are the
-    config's (``SampleConfig``), so the plan has none of its own."""
-
-    split: TimeSplit
-    method: str
-    num_steps: int
-    atol: float
-    rtol: float
-    shift: float
-    guidance: Optional[Guidance]
-    sde: bool
-    diffusion_form: str
-    diffusion_norm: float
-    phase_split: bool
-
-    @property
-    def batch_coupled(self) -> bool:
-        """Whether a sample depends on its batch-mates: an adaptive solver (dopri5, ...) picks one step size for the
-        whole batch; the fixed grids (Euler, Heun, Euler–Maruyama) step every row alike."""
-        return not self.sde and self.method not in FIXED_GRID_METHODS
-
-    def check_device(self, device: torch.device) -> None:
-        """Refuse, before any work, a plan whose solver cannot run on ``device`` (see :func:`check_method_device`)."""
-        if not self.sde:
-            check_method_device(self.method, device)
-
-    @classmethod
-    def from_config(cls, config: SFDConfig, guide: Optional[nn.Module] = None) -> "SamplingPlan":
-        """The plan of ``config.sample`` and ``config.model``, guided by ``guide`` (AutoGuidance) when given."""
-        settings = config.sample
-        return cls(TimeSplit.from_config(config), method=settings.sampling_method,
-                   num_steps=settings.num_sampling_steps, atol=settings.atol, rtol=settings.rtol,
-                   shift=settings.timestep_shift, guidance=Guidance.from_config(config, guide),
-                   sde=settings.mode == "SDE", diffusion_form=settings.diffusion_form,
-                   diffusion_norm=settings.diffusion_norm, phase_split=settings.phase_split)
-
-    def __call__(self, model: nn.Module, z: torch.Tensor, y: torch.Tensor,
-                 generator: Optional[torch.Generator] = None, keep_trajectory: bool = False) -> SampleResult:
-        return sample(model, z, y, self.split, method=self.method, num_steps=self.num_steps, atol=self.atol,
-                      rtol=self.rtol, shift=self.shift, guidance=self.guidance, sde=self.sde,
-                      diffusion_form=self.diffusion_form, diffusion_norm=self.diffusion_norm, generator=generator,
-                      keep_trajectory=keep_trajectory, phase_split=self.phase_split)
-
-
-def sample_from_config(
-    model: nn.Module,
-    z: torch.Tensor,
-    y: torch.Tensor,
-    config: SFDConfig,
-    guide: Optional[nn.Module] = None,
-    generator: Optional[torch.Generator] = None,
-) -> SampleResult:
-    """``sample`` with every setting taken from ``config.sample`` and ``config.model`` (see :class:`SamplingPlan`;
-    build the plan once when sampling many batches)."""
-    return SamplingPlan.from_config(config, guide)(model, z, y, generator)

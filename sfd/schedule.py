@@ -88,7 +88,8 @@ class TimeSplit:
                              f"boundaries (need at least {len(lengths) + 1})")
         counts = [max(1, round(intervals * length / self.tau_max)) for length in lengths]
         counts[counts.index(max(counts))] += intervals - sum(counts)  # the longest phase absorbs the rounding
-        pieces = [torch.linspace(a, b, n + 1, dtype=torch.float64)[:-1] for a, b, n in zip(edges[:-1], edges[1:], counts)]
+        pieces = [torch.linspace(start, end, count + 1, dtype=torch.float64)[:-1]
+                  for start, end, count in zip(edges[:-1], edges[1:], counts)]
         return torch.cat([*pieces, torch.tensor([self.tau_max], dtype=torch.float64)]).float()
 
     def phase_mask(self, phase: int, like: torch.Tensor) -> torch.Tensor:

@@ -120,9 +120,9 @@ def test_sampling_settings_are_decided_once_per_run(sfd_tiny, monkeypatch):
     sampler = ImageSampler(model, config, decode=lambda latents: latents.numpy())
     first = sampler.latents(range(2), torch.tensor([0, 1]))
     second = sampler.latents(range(2, 4), torch.tensor([2, 3]))
-    assert len(calls) == 1 and sampler.plan.guidance.scale_tex == 1.5 and sampler.nfe == [2, 2]
-    alone = sfd.sample_from_config(model, initial_noise(0, range(2), (48, 16, 16), torch.device("cpu")),
-                                   torch.tensor([0, 1]), config)  # the same settings by the library's road
+    assert len(calls) == 1 and sampler.options.guidance.scale_tex == 1.5 and sampler.nfe == [2, 2]
+    alone = sfd.sample(model, initial_noise(0, range(2), (48, 16, 16), torch.device("cpu")), torch.tensor([0, 1]),
+                       sfd.SamplerOptions.from_config(config))  # the same settings by the library's road
     assert torch.equal(first, alone.x) and not torch.equal(first, second)
 
 
@@ -176,16 +176,6 @@ def test_load_guide_rewrites_the_iteration_and_checks_the_guide(tmp_path):
                                                      f"sample.autoguidance_config={DATA / 'sfd_tiny_guide.yaml'}"])
     with pytest.raises(ValueError, match="model.semfirst_delta_t is 0.3, the main model's is 0.2"):
         sfd.load_guide(other, DATA / "sfd_tiny.yaml")
-
-
-def test_bench_sample_runs(capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import bench_sample
-
-    assert bench_sample.main(["--config", str(ROOT / "configs/tiny/sfd_tiny.yaml"), "--steps", "3", "--batch", "1",
-                              "--device", "cpu"]) == 0
-    table = capsys.readouterr().out
-    assert "| euler-3 | cfg | 2 |" in table and "| heun-3 | none | 4 |" in table
 
 
 def folder_sampler(model, config, seed=0):

@@ -43,7 +43,8 @@ def test_scale_one_is_the_conditional_prediction(sfd_tiny, sfd_tiny_guide):
     with torch.no_grad():
         cond = model(case["x"], case["t_tex"], case["t_sem"], case["y"]).velocity
         for guide in (None, sfd_tiny_guide):
-            out = guided_velocity(model, case["x"], case["t_tex"], case["t_sem"], case["y"], Guidance(1.0, 1.0, guide), 16)
+            out = guided_velocity(model, case["x"], case["t_tex"], case["t_sem"], case["y"], Guidance(1.0, 1.0, guide),
+                                  16)
             assert torch.equal(out, cond)
         # one group at scale 1 stays exactly conditional while the other is guided
         mixed = guided_velocity(model, case["x"], case["t_tex"], case["t_sem"], case["y"],

@@ -1,13 +1,15 @@
 """Three-phase samplers against the official goldens, and their invariants."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 import sfd
+from sfd import samplers
 from sfd.guidance import Guidance
 from sfd.lightningdit import LightningDiT
-from sfd import samplers
-from sfd.samplers import sample
+from sfd.samplers import SamplerOptions, sample
 from sfd.schedule import TimeSplit
 from tests.conftest import TOL_DOPRI5, TOL_EULER, golden, rel_error, tiny_model_args
 
@@ -23,7 +25,8 @@ def check(result, case, z, tol):
 def test_euler_matches_golden_trajectory(sfd_tiny):
     model, _ = sfd_tiny
     case = golden("sample_euler_sfd_tiny")
-    result = sample(model, case["z"], case["y"], SFD_SPLIT, method="euler", num_steps=20, keep_trajectory=True)
+    options = SamplerOptions(SFD_SPLIT, sampling_method="euler", num_sampling_steps=20, keep_trajectory=True)
+    result = sample(model, case["z"], case["y"], options)
     assert result.nfe == 19
     assert torch.equal(SFD_SPLIT.grid(20), case["t_grid"])
     check(result, case, case["z"], TOL_EULER)
@@ -35,8 +38,8 @@ def test_dopri5_with_cfg_matches_golden(sfd_tiny):
     model, _ = sfd_tiny
     case = golden("sample_dopri5_cfg_sfd_tiny")
     z, y = case["z"][:2], case["y"][:2]
-    result = sample(model, z, y, SFD_SPLIT, method="dopri5", num_steps=250, atol=1e-6, rtol=1e-3,
-                    guidance=Guidance(scale_tex=1.5, scale_sem=1.5))
+    result = sample(model, z, y, SamplerOptions(SFD_SPLIT, guidance=Guidance(scale_tex=1.5, scale_sem=1.5),
+                                                sampling_method="dopri5", num_sampling_steps=250, atol=1e-6, rtol=1e-3))
     assert result.nfe == 26
     check(result, case, z, TOL_DOPRI5)
 
@@ -45,8 +48,9 @@ def test_shifted_euler_with_autoguidance_matches_golden(sfd_tiny, sfd_tiny_guide
     model, _ = sfd_tiny
     case = golden("sample_euler_ag_sfd_tiny")
     assert torch.equal(SFD_SPLIT.grid(30, shift=0.3), case["t_grid"])
-    result = sample(model, case["z"], case["y"], SFD_SPLIT, method="euler", num_steps=30, shift=0.3,
-                    guidance=Guidance(scale_tex=1.5, scale_sem=1.5, guide=sfd_tiny_guide))
+    result = sample(model, case["z"], case["y"], SamplerOptions(
+        SFD_SPLIT, guidance=Guidance(scale_tex=1.5, scale_sem=1.5, guide=sfd_tiny_guide), sampling_method="euler",
+        num_sampling_steps=30, timestep_shift=0.3))
     assert result.nfe == 29
     check(result, case, case["z"], TOL_EULER)
 
@@ -54,18 +58,19 @@ def test_shifted_euler_with_autoguidance_matches_golden(sfd_tiny, sfd_tiny_guide
 def test_synchronous_baseline_euler_matches_golden(baseline_tiny):
     model, _ = baseline_tiny
     case = golden("sample_euler_baseline_tiny")
-    result = sample(model, case["z"], case["y"], TimeSplit(0.0, 0), method="euler", num_steps=20)
+    result = sample(model, case["z"], case["y"], SamplerOptions(TimeSplit(0.0, 0), sampling_method="euler",
+                                                                num_sampling_steps=20))
     assert result.nfe == 19
     check(result, case, case["z"], TOL_EULER)
 
 
-def test_sample_from_config_uses_the_release_rules(sfd_tiny, sfd_tiny_guide):
+def test_options_from_config_use_the_release_rules(sfd_tiny, sfd_tiny_guide):
     model, _ = sfd_tiny
     case = golden("sample_euler_ag_sfd_tiny")
     config = sfd.load_config("tests/data/sfd_tiny.yaml", [
         "sample.sampling_method=euler", "sample.num_sampling_steps=30", "sample.timestep_shift=0.3",
         "sample.autoguidance=true", "sample.cfg_scale=1.5"])
-    result = sfd.sample_from_config(model, case["z"], case["y"], config, guide=sfd_tiny_guide)
+    result = sfd.sample(model, case["z"], case["y"], sfd.SamplerOptions.from_config(config, guide=sfd_tiny_guide))
     check(result, case, case["z"], TOL_EULER)
 
 
@@ -86,7 +91,8 @@ def test_linspace_boundary_quirk():
 def test_phases_freeze_texture_then_semantics(sfd_tiny):
     model, _ = sfd_tiny
     z = torch.randn(1, 48, 16, 16, generator=torch.Generator().manual_seed(0))
-    result = sample(model, z, torch.tensor([3]), SFD_SPLIT, method="euler", num_steps=27 + 1, keep_trajectory=True)
+    result = sample(model, z, torch.tensor([3]), SamplerOptions(SFD_SPLIT, sampling_method="euler",
+                                                                num_sampling_steps=27 + 1, keep_trajectory=True))
     grid = SFD_SPLIT.grid(28)
     for index, tau in enumerate(grid):
         state = result.trajectory[index]
@@ -109,7 +115,7 @@ def test_delta_t_zero_is_the_synchronous_ode():
     """With Δt = 0 the sampler is the plain ODE from t = 0 to 1: no masks, no clamping, identical states."""
     model = tiny_model()
     z, y = torch.randn(2, 6, 4, 4), torch.tensor([0, 2])
-    result = sample(model, z, y, TimeSplit(0.0, 2), method="euler", num_steps=8)
+    result = sample(model, z, y, SamplerOptions(TimeSplit(0.0, 2), sampling_method="euler", num_sampling_steps=8))
     x = z
     grid = torch.linspace(0, 1, 8)
     with torch.no_grad():
@@ -122,9 +128,9 @@ def test_heun_is_more_accurate_than_euler():
     model = tiny_model()
     z, y = torch.randn(2, 6, 4, 4), torch.tensor([0, 2])
     split = TimeSplit(0.3, 2)
-    exact = sample(model, z, y, split, method="rk4", num_steps=261).x
-    euler = sample(model, z, y, split, method="euler", num_steps=11)
-    heun = sample(model, z, y, split, method="heun", num_steps=11)
+    exact = sample(model, z, y, SamplerOptions(split, sampling_method="rk4", num_sampling_steps=261)).x
+    euler = sample(model, z, y, SamplerOptions(split, sampling_method="euler", num_sampling_steps=11))
+    heun = sample(model, z, y, SamplerOptions(split, sampling_method="heun", num_sampling_steps=11))
     assert heun.nfe == 20 and euler.nfe == 10
     assert (heun.x - exact).abs().max() < (euler.x - exact).abs().max()
 
@@ -133,15 +139,15 @@ def test_heun_is_more_accurate_than_euler():
 def test_sde_without_noise_is_euler_and_is_seeded(split):
     model = tiny_model()
     z, y = torch.randn(2, 6, 4, 4), torch.tensor([0, 2])
-    euler = sample(model, z, y, split, method="euler", num_steps=12)
-    quiet = sample(model, z, y, split, sde=True, num_steps=12, diffusion_norm=0.0)
+    euler = sample(model, z, y, SamplerOptions(split, sampling_method="euler", num_sampling_steps=12))
+    quiet = sample(model, z, y, SamplerOptions(split, mode="SDE", num_sampling_steps=12, diffusion_norm=0.0))
     assert torch.allclose(quiet.x, euler.x, atol=1e-6)
-    noisy = [sample(model, z, y, split, sde=True, num_steps=12, generator=torch.Generator().manual_seed(s)).x
-             for s in (1, 1, 2)]
+    sde = SamplerOptions(split, mode="SDE", num_sampling_steps=12)
+    noisy = [sample(model, z, y, sde, generator=torch.Generator().manual_seed(s)).x for s in (1, 1, 2)]
     assert torch.equal(noisy[0], noisy[1]) and not torch.equal(noisy[0], noisy[2])
     assert torch.isfinite(noisy[0]).all()
     with pytest.raises(ValueError, match="diffusion_form"):
-        sample(model, z, y, split, sde=True, num_steps=4, diffusion_form="SBDM")
+        sample(model, z, y, SamplerOptions(split, mode="SDE", num_sampling_steps=4, diffusion_form="SBDM"))
 
 
 @pytest.mark.parametrize("method", ["euler", "heun"])
@@ -149,11 +155,12 @@ def test_fixed_step_samplers_hold_only_the_final_state_unless_asked(method):
     model = tiny_model()
     z, y = torch.randn(2, 6, 4, 4), torch.tensor([0, 2])
     split = TimeSplit(0.3, 2)
-    full = sample(model, z, y, split, method=method, num_steps=9, keep_trajectory=True)
-    final = sample(model, z, y, split, method=method, num_steps=9)
+    full = sample(model, z, y, SamplerOptions(split, sampling_method=method, num_sampling_steps=9,
+                                              keep_trajectory=True))
+    final = sample(model, z, y, SamplerOptions(split, sampling_method=method, num_sampling_steps=9))
     assert full.trajectory.shape == (9, 2, 6, 4, 4) and final.trajectory is None
     assert torch.equal(final.x, full.x) and final.nfe == full.nfe
-    drift = samplers.make_drift(model, split, y)
+    drift = samplers.Drift(model, split, y)
     with torch.no_grad():
         states = getattr(samplers, method)(drift, z, split.grid(9), keep_trajectory=False)
     assert len(states) == 1 and torch.equal(states[0], full.x)
@@ -162,8 +169,9 @@ def test_fixed_step_samplers_hold_only_the_final_state_unless_asked(method):
 def test_sde_holds_only_the_final_state_unless_asked():
     model = tiny_model()
     z, y = torch.randn(2, 6, 4, 4), torch.tensor([0, 2])
-    runs = [sample(model, z, y, TimeSplit(0.3, 2), sde=True, num_steps=9, keep_trajectory=keep,
-                   generator=torch.Generator().manual_seed(0)) for keep in (True, False)]
+    runs = [sample(model, z, y, SamplerOptions(TimeSplit(0.3, 2), mode="SDE", num_sampling_steps=9,
+                                               keep_trajectory=keep), generator=torch.Generator().manual_seed(0))
+            for keep in (True, False)]
     assert runs[0].trajectory.shape[0] == 9 and runs[1].trajectory is None
     assert torch.equal(runs[0].x, runs[1].x)
 
@@ -189,8 +197,9 @@ def test_dopri5_asks_only_for_the_end_time_and_gets_the_same_steps(sfd_tiny, mon
     case = golden("sample_dopri5_cfg_sfd_tiny")
     z, y = case["z"][:2], case["y"][:2]
     asked = record_odeint_times(monkeypatch)
-    runs = [sample(model, z, y, SFD_SPLIT, method="dopri5", num_steps=250, atol=1e-6, rtol=1e-3,
-                   guidance=Guidance(scale_tex=1.5, scale_sem=1.5), keep_trajectory=keep) for keep in (True, False)]
+    runs = [sample(model, z, y, SamplerOptions(SFD_SPLIT, guidance=Guidance(scale_tex=1.5, scale_sem=1.5),
+                                               sampling_method="dopri5", num_sampling_steps=250, atol=1e-6, rtol=1e-3,
+                                               keep_trajectory=keep)) for keep in (True, False)]
     assert asked == [250, 2]
     assert runs[0].trajectory.shape[0] == 250 and runs[1].trajectory is None
     assert torch.equal(runs[0].x, runs[1].x) and runs[0].nfe == runs[1].nfe == 26
@@ -201,8 +210,9 @@ def test_torchdiffeq_fixed_grid_method_steps_on_the_full_grid_without_keeping_it
     model = tiny_model()
     z, y = torch.randn(2, 6, 4, 4), torch.tensor([0, 2])
     asked = record_odeint_times(monkeypatch)
-    full = sample(model, z, y, TimeSplit(0.3, 2), method="rk4", num_steps=12, keep_trajectory=True)
-    final = sample(model, z, y, TimeSplit(0.3, 2), method="rk4", num_steps=12)
+    rk4 = SamplerOptions(TimeSplit(0.3, 2), sampling_method="rk4", num_sampling_steps=12)
+    full = sample(model, z, y, replace(rk4, keep_trajectory=True))
+    final = sample(model, z, y, rk4)
     assert asked == [12, 2] and final.trajectory is None
     assert torch.equal(final.x, full.x) and final.nfe == full.nfe == 4 * 11
 
@@ -224,7 +234,8 @@ def test_phase_split_freezes_each_group_outside_its_phase(sfd_tiny):
     y = torch.tensor([1, 2])
     grid = SFD_SPLIT.phase_grid(14)
     for method in ("euler", "heun"):
-        result = sample(model, z, y, SFD_SPLIT, method=method, num_steps=14, phase_split=True, keep_trajectory=True)
+        phased = SamplerOptions(SFD_SPLIT, sampling_method=method, num_sampling_steps=14, phase_split=True)
+        result = sample(model, z, y, replace(phased, keep_trajectory=True))
         states = result.trajectory
         assert len(states) == 14
         at_delta = int((grid == torch.tensor(0.3)).nonzero())
@@ -232,7 +243,7 @@ def test_phase_split_freezes_each_group_outside_its_phase(sfd_tiny):
         assert torch.equal(states[at_delta][:, :32], z[:, :32])
         assert all(torch.equal(states[k][:, 32:], states[at_one][:, 32:]) for k in range(at_one, 14))
         assert not torch.equal(states[-1][:, :32], states[at_one][:, :32])
-        final = sample(model, z, y, SFD_SPLIT, method=method, num_steps=14, phase_split=True)
+        final = sample(model, z, y, phased)
         assert torch.equal(final.x, states[-1]) and final.nfe == result.nfe
 
 
@@ -243,19 +254,40 @@ def test_phase_split_dopri5_solves_the_same_ode(sfd_tiny):
     model, _ = sfd_tiny
     z = torch.randn(2, 48, 16, 16, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([5, 6])
-    plain = sample(model, z, y, SFD_SPLIT, method="dopri5", num_steps=5, rtol=1e-6, atol=1e-8)
-    split = sample(model, z, y, SFD_SPLIT, method="dopri5", num_steps=5, rtol=1e-6, atol=1e-8, phase_split=True)
+    tight = SamplerOptions(SFD_SPLIT, sampling_method="dopri5", num_sampling_steps=5, rtol=1e-6, atol=1e-8)
+    plain = sample(model, z, y, tight)
+    split = sample(model, z, y, replace(tight, phase_split=True))
     assert rel_error(split.x - z, plain.x - z) < 1e-3
     assert 0 < split.nfe < plain.nfe / 2
 
 
-def test_plan_reads_phase_split_from_the_config():
+def test_options_read_phase_split_from_the_config():
     config = sfd.load_config("tests/data/sfd_tiny.yaml", ["sample.phase_split=true", "sample.sampling_method=heun"])
-    plan = samplers.SamplingPlan.from_config(config)
-    assert plan.phase_split and plan.method == "heun"
-    assert not samplers.SamplingPlan.from_config(sfd.load_config("tests/data/sfd_tiny.yaml")).phase_split
+    plan = SamplerOptions.from_config(config)
+    assert plan.phase_split and plan.sampling_method == "heun"
+    assert not SamplerOptions.from_config(sfd.load_config("tests/data/sfd_tiny.yaml")).phase_split
     with pytest.raises(sfd.ConfigError, match="sample.phase_split: phase-aware integration is for the ODE samplers"):
         sfd.load_config("tests/data/sfd_tiny.yaml", ["sample.phase_split=true", "sample.mode=SDE"])
+
+
+def test_options_take_every_setting_by_its_config_name():
+    """A sampler setting is a SampleConfig field and a SamplerOptions field of the same name with the config's
+    default; from_config copies it with no line of its own."""
+    from dataclasses import fields
+
+    from sfd.config import SampleConfig
+
+    config_fields = {field.name: field.default for field in fields(SampleConfig)}
+    own = ("split", "guidance", "keep_trajectory")
+    shared = [field.name for field in fields(SamplerOptions) if field.name not in own]
+    assert all(name in config_fields for name in shared)
+    assert all(getattr(SamplerOptions(), name) == config_fields[name] for name in shared)
+    config = sfd.load_config("tests/data/sfd_tiny.yaml", [
+        "sample.mode=SDE", "sample.sampling_method=heun", "sample.num_sampling_steps=9", "sample.atol=1e-5",
+        "sample.rtol=1e-2", "sample.timestep_shift=0.5", "sample.diffusion_form=linear", "sample.diffusion_norm=0.5"])
+    options = SamplerOptions.from_config(config)
+    assert all(getattr(options, name) == getattr(config.sample, name) for name in shared)
+    assert options.split == TimeSplit(0.3, 16) and options.guidance.scale_tex == 1.5 and options.sde
 
 
 def test_named_sampler_settings():
