@@ -28,6 +28,7 @@ import scipy
 import torch
 from tqdm import tqdm
 
+from sfd.cli import make_parser
 from sfd.device import DeviceError, default_device
 from sfd.evaluation.inception import WEIGHTS_ENV, WEIGHTS_SHA256, InceptionFeatures, load_inception
 from sfd.evaluation.metrics import (
@@ -190,7 +191,7 @@ def default_json_path(sample: str | Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = make_parser(
         description="ADM evaluation suite (FID, sFID, Inception Score, Precision, Recall) in PyTorch, equivalent to "
                     "guided-diffusion's evaluations/evaluator.py. Prints its five result lines on stdout.")
     parser.add_argument("ref_batch", help="reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz)")
