@@ -241,7 +241,7 @@ def test_mps_has_no_float64():
 
 
 def test_dopri5_on_mps_is_one_clear_error():
-    from sfd.samplers import SamplingPlan, check_method_device
+    from sfd.samplers import SamplerOptions, check_method_device
 
     message = "dopri5 needs float64, which MPS lacks; use sample.sampling_method=euler/heun or SFD_DEVICE=cpu"
     with pytest.raises(ValueError) as error:
@@ -249,7 +249,7 @@ def test_dopri5_on_mps_is_one_clear_error():
     assert str(error.value) == message
     check_method_device("euler", torch.device("mps"))
     check_method_device("dopri5", torch.device("cpu"))
-    plan = SamplingPlan.from_config(sfd.load_config(ROOT / "tests/data/sfd_tiny.yaml"))  # dopri5
+    plan = SamplerOptions.from_config(sfd.load_config(ROOT / "tests/data/sfd_tiny.yaml"))  # dopri5
     with pytest.raises(ValueError, match="^dopri5 needs float64"):
         plan.check_device(torch.device("mps"))
 

@@ -7,7 +7,7 @@ import torch
 
 from sfd.config import load_config
 from sfd.data.synthetic import write_synthetic_shards
-from sfd.samplers import sample_from_config
+from sfd.samplers import SamplerOptions, sample
 from sfd.train import Trainer
 
 ROOT = Path(__file__).parent.parent
@@ -38,7 +38,7 @@ def test_config_trains_and_samples_at_tiny_size(path, tmp_path):
     last = trainer.run(progress=False)
     assert trainer.step == 2 and torch.isfinite(torch.tensor(last["loss"]))
     z = torch.randn(2, config.model.in_chans, 4, 4, generator=torch.Generator().manual_seed(0))
-    result = sample_from_config(trainer.ema.eval(), z, torch.tensor([0, 3]), config)
+    result = sample(trainer.ema.eval(), z, torch.tensor([0, 3]), SamplerOptions.from_config(config))
     assert result.x.shape == z.shape and torch.isfinite(result.x).all() and result.nfe == 2
 
 
