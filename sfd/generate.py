@@ -16,7 +16,6 @@ and their labels into ``{folder}.npz`` (arr_0 uint8 NHWC, arr_1 labels).
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
@@ -29,9 +28,9 @@ from sfd import distributed, rng
 from sfd.config import SFDConfig
 from sfd.data.latents import load_stats
 from sfd.device import Accelerator
-from sfd.files import remove_stale_temporaries, write_json_atomic
+from sfd.files import write_json_atomic
 from sfd.guidance import guidance_on, guidance_scales
-from sfd.runlock import lock_run_folder
+from sfd.runlock import owned_folder
 from sfd.samplers import SamplerOptions, sample
 from sfd.visualize import save_png
 
@@ -291,14 +290,9 @@ def write_fid_set(
     atomically. Returns the .npz path (on every process, once it exists)."""
     settings = image_settings(sampler, plan, batch_size, provenance)
     check_folder_settings(folder, settings)  # every process reads the same file: all refuse together
-    lock = lock_run_folder(folder, topology.is_main)
-    try:
-        if topology.is_main:
-            if lock.note:
-                print(f"warning: {folder}: {lock.note}", file=sys.stderr, flush=True)
-            remove_stale_temporaries(folder, older_than_s=0)  # PNGs half-written by a killed run (we hold the lock)
-            if not (folder / SETTINGS_NAME).exists():
-                write_json_atomic(folder / SETTINGS_NAME, settings)
+    with owned_folder(folder, topology.is_main):  # also removes PNGs half-written by a killed run
+        if topology.is_main and not (folder / SETTINGS_NAME).exists():
+            write_json_atomic(folder / SETTINGS_NAME, settings)
         distributed.barrier()
         nfe_by_batch: dict[int, int] = {}  # drift evaluations of each batch generated here, by its first index
         for indices, paths in pending_batches(plan, folder, batch_size, topology.rank, topology.world_size, progress):
@@ -316,8 +310,6 @@ def write_fid_set(
                 record_nfe(folder, generated, batch_size)
             pack_folder(folder, plan)
         distributed.barrier()
-    finally:
-        lock.release()
     return npz
 
 
