@@ -122,9 +122,9 @@ class Scoring:
     """How a model is sampled for one score: the ODE solver and whether the class label is given.
 
     ``method``: ``dopri5`` (adaptive, the paper's; ``rtol``/``atol`` its tolerances; any torchdiffeq method works)
-    or a fixed-grid ``euler`` / ``heun`` with ``steps`` grid points over τ ∈ [0, 1 + Δt]; ``conditional``: class-balanced labels, or the null
-    label for every sample (unconditional generation by the same network, which trains its null-label branch
-    through label dropout)."""
+    or a fixed-grid ``euler`` / ``heun`` with ``steps`` grid points over τ ∈ [0, 1 + Δt]; ``conditional``:
+    class-balanced labels, or the null label for every sample (unconditional generation by the same network, which
+    trains its null-label branch through label dropout)."""
 
     method: str = "dopri5"
     steps: int = 25
@@ -338,8 +338,8 @@ def findings(summary: Sequence[dict], metric: str = "fid") -> list[str]:
                 better = (lead[metric] > synchronous[metric]) == higher_is_better
                 spread = max(lead[f"{metric}_std"], synchronous[f"{metric}_std"])
                 text += (f"; the best semantic lead, Δt = {lead['delta_t']:g} ({_cell(lead, metric)}), is "
-                         f"{'better' if better else 'worse'} than the synchronous Δt = 0 ({_cell(synchronous, metric)}) "
-                         f"by {gap:.2f}, ")
+                         f"{'better' if better else 'worse'} than the synchronous Δt = 0 "
+                         f"({_cell(synchronous, metric)}) by {gap:.2f}, ")
                 text += (("more than" if gap > 2 * spread else "within") + f" twice the spread between repeated runs "
                          f"(std {spread:.2f})" if spread else "from one run each (no repeats: the run-to-run spread is "
                          "unknown)")

@@ -7,7 +7,6 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
 from safetensors.torch import load_file

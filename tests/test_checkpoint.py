@@ -102,6 +102,7 @@ def test_export_round_trip_and_atomicity(tmp_path, tiny, released_state):
 def test_load_model_resolves_paths_beside_the_config():
     model, config = sfd.load_model(DATA / "sfd_tiny.yaml")
     assert not model.training and config.ckpt_path == "sfd_tiny.pt"
-    guide = sfd.load_guide(sfd.load_config(DATA / "sfd_tiny.yaml", ["sample.autoguidance=true"]), DATA / "sfd_tiny.yaml")
+    guided = sfd.load_config(DATA / "sfd_tiny.yaml", ["sample.autoguidance=true"])
+    guide = sfd.load_guide(guided, DATA / "sfd_tiny.yaml")
     assert isinstance(guide, sfd.LightningDiT)
     assert sfd.load_guide(config, DATA / "sfd_tiny.yaml") is None

@@ -14,6 +14,7 @@ from sfd.demo.networks import (
     MIN_LR_FACTOR,
     FeatureClassifier,
     PatchEncoder,
+    _build_seeded,
     accuracy,
     augment_views,
     demo_vae_config,
@@ -27,7 +28,6 @@ from sfd.demo.networks import (
     train_patch_encoder_ssl,
     train_texture_vae,
 )
-from sfd.demo.networks import _build_seeded
 from sfd.tokenizers.dinov2 import tokens_to_map
 from sfd.tokenizers.texture_vae import TextureVAE
 

@@ -14,8 +14,8 @@ import torch.distributed as dist
 import sfd
 from sfd import device as layer
 from sfd import distributed
-from tests.conftest import DATA, load_script
 from sfd.device import Accelerator, DeviceError
+from tests.conftest import DATA, load_script
 
 ROOT = Path(__file__).parent.parent
 ACCELERATORS = ("cuda", "npu", "xpu", "mps")

@@ -5,8 +5,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sfd.tokenizers.dinov2 import (IMAGENET_MEAN, IMAGENET_STD, build_dinov2, extraction_preprocess,
-                                   load_dinov2_weights, semvae_training_transform, tiny_dinov2, tokens_to_map)
+from sfd.tokenizers.dinov2 import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_dinov2,
+    extraction_preprocess,
+    load_dinov2_weights,
+    semvae_training_transform,
+    tiny_dinov2,
+    tokens_to_map,
+)
 
 
 def hub_layout(encoder):

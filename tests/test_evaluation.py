@@ -21,17 +21,31 @@ import torchvision
 from PIL import Image
 
 from sfd.evaluation import adm, inception, metrics, npz
-from sfd.evaluation.inception import (InceptionFeatures, InceptionV3, InceptionWeightsError, check_images,
-                                      file_sha256, load_inception, spatial_features, tf1_resize_bilinear)
-from sfd.evaluation.metrics import (FeatureStatistics, feature_statistics, frechet_distance, inception_score,
-                                    manifold_radii, pairwise_squared_distances, precision_recall, softmax_float32)
+from sfd.evaluation.inception import (
+    InceptionFeatures,
+    InceptionV3,
+    InceptionWeightsError,
+    check_images,
+    load_inception,
+    spatial_features,
+    tf1_resize_bilinear,
+)
+from sfd.evaluation.metrics import (
+    FeatureStatistics,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    manifold_radii,
+    pairwise_squared_distances,
+    precision_recall,
+    softmax_float32,
+)
+from sfd.files import file_sha256
 
 ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import compare_eval  # noqa: E402
 import pack_npz  # noqa: E402
-
-
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,7 @@ from safetensors.torch import load_file, save_file
 from sfd.checkpoint import CheckpointError
 from sfd.tokenizers.distributions import DiagonalGaussian
 from sfd.tokenizers.semvae import SIZES, SemanticVAE, SemVAEArgs, init_weights, load_semvae
-from sfd.tokenizers.semvae_train import (SemVAELoss, configured_input_dim, load_train_config, semvae_args,
-                                         token_cosine)
+from sfd.tokenizers.semvae_train import SemVAELoss, configured_input_dim, load_train_config, semvae_args, token_cosine
 
 DATA = Path(__file__).parent / "data" / "semvae"
 ROOT = Path(__file__).parents[1]

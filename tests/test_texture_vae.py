@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import DATA, golden, rel_error
 from sfd.config import ConfigError
 from sfd.tokenizers.texture_vae import (
     VAE_PREFIXES,
@@ -19,6 +18,7 @@ from sfd.tokenizers.texture_vae import (
     ldm_to_diffusers_key,
     load_texture_vae,
 )
+from tests.conftest import DATA, golden, rel_error
 
 TOL_VAE = 1e-4  # docs/goldens.md §5: VAE encode/decode
 

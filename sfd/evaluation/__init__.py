@@ -5,10 +5,25 @@
 """
 
 from sfd.evaluation.adm import Activations, FeatureNetwork, Results, compute_activations, evaluate
-from sfd.evaluation.inception import (WEIGHTS_SHA256, InceptionFeatures, InceptionV3, InceptionWeightsError,
-                                      load_inception, spatial_features, tf1_resize_bilinear)
-from sfd.evaluation.metrics import (FeatureStatistics, feature_statistics, frechet_distance, inception_score,
-                                    manifold_radii, pairwise_squared_distances, precision_recall, softmax_float32)
+from sfd.evaluation.inception import (
+    WEIGHTS_SHA256,
+    InceptionFeatures,
+    InceptionV3,
+    InceptionWeightsError,
+    load_inception,
+    spatial_features,
+    tf1_resize_bilinear,
+)
+from sfd.evaluation.metrics import (
+    FeatureStatistics,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    manifold_radii,
+    pairwise_squared_distances,
+    precision_recall,
+    softmax_float32,
+)
 from sfd.evaluation.npz import iter_images, load_images, load_npz_statistics, pack_png_folder, save_sample_npz
 
 __all__ = [
