@@ -7,10 +7,11 @@ order come from seeded ``torch.Generator``s, and a checkpoint holds everything a
 step, noise-generator state, data position, loss averages), so rerunning the same command after a crash continues
 with exactly the batches, noise and losses of an uninterrupted run.
 
-Config files use the official ``tokenizer/configs/semvae_train/*.yaml`` layout unchanged; a few keys are added for
-what the release hard-codes (``training.seed``, ``training.loss.cosine_axis``, ``training.optimizer.weight_decay``,
-...). Features are read lazily from safetensors files (memory-mapped), so memory stays bounded for the 504 GB
-ImageNet feature set (docs/semvae.md §3.5).
+The trainer has the shape every trainer of the project shares (sfd/training_loop.py): a step object
+(:class:`SemVAEStep`), the run-folder services (one live run per log folder, fallback past a truncated or foreign
+newest checkpoint) and the loop. Config files use the official ``tokenizer/configs/semvae_train/*.yaml`` layout
+unchanged (the typed schema: sfd/tokenizers/semvae_config.py). Features are read lazily from safetensors files
+(memory-mapped), so memory stays bounded for the 504 GB ImageNet feature set (docs/semvae.md §3.5).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Seq
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from sfd.checkpoint import (
@@ -37,18 +37,22 @@ from sfd.checkpoint import (
     explain_mismatch,
     read_file,
 )
-from sfd.config import ConfigError, load_structured, require
+from sfd.config import ConfigError
 from sfd.device import Accelerator, default_device
 from sfd.files import write_text_atomic
 from sfd.rng import derive_seed
 from sfd.runlock import owned_folder
-from sfd.tokenizers.semvae import SemanticVAE, SemVAEArgs, grid_side, init_weights
+from sfd.tokenizers.semvae import SemanticVAE, grid_side, init_weights
+from sfd.tokenizers.semvae_config import (  # noqa: F401  (load_train_config and the helpers are used from here)
+    LossSection,
+    SemVAETrainConfig,
+    TrainingSection,
+    config_yaml,
+    configured_input_dim,
+    load_train_config,
+    semvae_args,
+)
 from sfd.training_loop import Every, RunLog, run_steps
-
-# Feature width of each encoder name the official trainer knows (train.py looks input_dim up by data.model_name).
-INPUT_DIMS = {"dinov2_vits14_reg": 384, "dinov2_vitb14_reg": 768, "dinov2_vitl14_reg": 1024,
-              "dinov2_vitg14_reg": 1536, "mae_base": 768, "mae_large": 1024, "clip_vit_base_patch16": 768,
-              "clip_vit_large_patch14": 1024, "siglip_base_patch16_224": 768}
 
 CHECKPOINT_PATTERN = re.compile(r"^semantic_ae_checkpoint_step_(\d+)\.pt$")
 CHECKPOINT_NAME = "semantic_ae_checkpoint_step_{}.pt"
@@ -57,183 +61,6 @@ FINAL_NAME = "semantic_ae_final.pt"
 
 class DataError(ValueError):
     """Feature files that cannot be used; the message is one line naming the file."""
-
-
-# ------------------------------------------------------------------------------------------------ config
-
-@dataclass
-class ModelParams:
-    hidden_dim: int = 768  # E, transformer width
-    transformer_heads: int = 6
-    transformer_blocks: int = 4  # per side (encoder and decoder)
-
-
-@dataclass
-class ModelSection:
-    variational: bool = True  # only the variational model is released (and implemented)
-    bottleneck_dim: int = 16  # C, latent channels
-    arch: str = "transformer"  # only the released transformer arch is implemented
-    params: ModelParams = field(default_factory=ModelParams)
-    input_dim: Optional[int] = None  # D; null: INPUT_DIMS[data.model_name], else the width of the features
-
-
-@dataclass
-class DataSection:
-    # A folder of *.safetensors shards, or the official {feature_dir}/{model_name}/features_{N}samples.safetensors.
-    feature_dir: str = "outputs/dataset/imagenet-dinov2/train"
-    model_name: str = "dinov2_vitb14_reg"  # feature extractor; names the official file's folder and sets input_dim
-    max_samples: Optional[int] = 1_281_167  # use the first N samples (null: all); names the official file
-    batch_size: int = 64
-    num_workers: int = 4  # DataLoader reader processes (the data itself is deterministic)
-    shuffle: bool = True  # seeded permutation per epoch (training.seed, epoch)
-
-
-@dataclass
-class OptimizerSection:
-    type: str = "AdamW"  # only AdamW is implemented (the release's choice)
-    lr: float = 5e-5  # base learning rate
-    weight_decay: float = 0.01  # PyTorch's AdamW default, applied to every parameter as in the release
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-
-
-@dataclass
-class SchedulerSection:
-    warmup_steps: int = 500  # linear 0.01·lr → lr
-    constant_steps: int = 800_000  # then lr held constant
-    min_lr_factor: float = 0.1  # then cosine to min_lr_factor·lr at training.total_iterations
-
-
-@dataclass
-class LossSection:
-    mse_weight: float = 1.0
-    cos_weight: float = 1.0
-    l1_weight: float = 0.0
-    kl_weight: float = 1e-7  # on the batch mean of per-sample KL sums (docs/semvae.md §3.3)
-    classification_weight: float = 0.0  # the release disables its classification head; must stay 0
-    # tokens: the release's cosine over the token axis (docs/semvae.md §3.2); features: per token
-    cosine_axis: str = "tokens"
-
-
-@dataclass
-class CheckpointingSection:
-    save_every: int = 100_000  # steps between checkpoints (resume continues from the highest step)
-    checkpoint_dir: str = "outputs/semantic_vae/dinov2_vitb14_reg/transformer_ch16/checkpoints"
-
-
-@dataclass
-class EvaluationSection:
-    feature_dir: Optional[str] = "outputs/dataset/imagenet-dinov2/val"  # held-out features; null: no evaluation
-    model_name: str = "dinov2_vitb14_reg"
-    max_samples: Optional[int] = 500  # the first N held-out samples
-    batch_size: int = 64
-    eval_every: int = 2000  # steps; also before the first and after the last step
-    output_dir: str = "outputs/semantic_vae/dinov2_vitb14_reg/transformer_ch16/eval"  # eval_log.jsonl
-
-
-@dataclass
-class LogSection:
-    log_dir: str = "outputs/semantic_vae/dinov2_vitb14_reg/transformer_ch16"  # config.yaml, train_log.jsonl
-    log_every: int = 100  # steps between log lines
-    swandb_exp_name: str = "arch_transformer_ch16"  # run name (the release's SwanLab name; our TensorBoard subfolder)
-    tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
-
-
-@dataclass
-class TrainingSection:
-    mixed_precision: str = "bf16"  # bf16: autocast on accelerators (CPU runs fp32, bf16 is far slower there) | no
-    max_epochs: int = 10_000_000_000
-    total_iterations: int = 1_000_000  # optimizer steps
-    checkpoint_path: str = ""  # start from this checkpoint (official or ours) when checkpoint_dir holds none
-    seed: int = 0  # weight init, posterior noise and data order
-    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
-    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
-    loss: LossSection = field(default_factory=LossSection)
-    checkpointing: CheckpointingSection = field(default_factory=CheckpointingSection)
-    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
-    log: LogSection = field(default_factory=LogSection)
-
-
-@dataclass
-class SemVAETrainConfig:
-    # Free-form values other keys interpolate, e.g. ${variables.bottleneck_dim} (official layout).
-    variables: Dict[str, Any] = field(default_factory=lambda: {
-        "output_root": "outputs/semantic_vae/dinov2_vitb14_reg/transformer_ch16", "bottleneck_dim": 16,
-        "model_name": "dinov2_vitb14_reg"})
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    training: TrainingSection = field(default_factory=TrainingSection)
-
-
-def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SemVAETrainConfig:
-    """An official-layout SemVAE YAML (or the defaults, the released recipe) with ``section.key=value`` overrides,
-    interpolations resolved and validated. Raises ConfigError with one line naming the file and key."""
-    config = load_structured(SemVAETrainConfig, path, overrides)
-    source = str(path) if path is not None else "config"
-    validate_train_config(config, source)
-    return config
-
-
-def validate_train_config(config: SemVAETrainConfig, source: str = "config") -> None:
-    """Every rule on the values, checked once; raises ConfigError naming the key."""
-    model, training = config.model, config.training
-    check = functools.partial(require, source=source)
-    check(model.arch == "transformer", "model.arch", f"only 'transformer' (the released arch) is implemented, "
-                                                     f"got {model.arch!r}")
-    check(model.variational, "model.variational", "only the variational model is implemented")
-    for key, value in (("model.bottleneck_dim", model.bottleneck_dim),
-                       ("model.params.hidden_dim", model.params.hidden_dim),
-                       ("model.params.transformer_heads", model.params.transformer_heads),
-                       ("model.params.transformer_blocks", model.params.transformer_blocks),
-                       ("data.batch_size", config.data.batch_size),
-                       ("training.evaluation.batch_size", training.evaluation.batch_size),
-                       ("training.total_iterations", training.total_iterations),
-                       ("training.max_epochs", training.max_epochs),
-                       ("training.checkpointing.save_every", training.checkpointing.save_every),
-                       ("training.evaluation.eval_every", training.evaluation.eval_every),
-                       ("training.log.log_every", training.log.log_every),
-                       ("training.optimizer.lr", training.optimizer.lr)):
-        check(value > 0, key, f"must be positive (got {value})")
-    check(model.params.hidden_dim % model.params.transformer_heads == 0, "model.params.hidden_dim",
-          f"{model.params.hidden_dim} is not divisible by transformer_heads={model.params.transformer_heads}")
-    check(model.input_dim is None or model.input_dim > 0, "model.input_dim",
-          f"must be positive (got {model.input_dim})")
-    for key, value in (("data.max_samples", config.data.max_samples),
-                       ("training.evaluation.max_samples", training.evaluation.max_samples)):
-        check(value is None or value > 0, key, f"must be positive or null (got {value})")
-    check(config.data.num_workers >= 0, "data.num_workers", f"must be >= 0 (got {config.data.num_workers})")
-    check(training.mixed_precision in ("bf16", "no"), "training.mixed_precision",
-          f"expected bf16 or no (got {training.mixed_precision!r})")
-    check(training.optimizer.type == "AdamW", "training.optimizer.type",
-          f"only AdamW (the release's optimizer) is implemented, got {training.optimizer.type!r}")
-    check(len(training.optimizer.betas) == 2 and all(0 <= b < 1 for b in training.optimizer.betas),
-          "training.optimizer.betas", f"expected two values in [0, 1) (got {list(training.optimizer.betas)})")
-    check(training.optimizer.weight_decay >= 0, "training.optimizer.weight_decay", "must be >= 0")
-    check(training.scheduler.warmup_steps >= 0 and training.scheduler.constant_steps >= 0, "training.scheduler",
-          "warmup_steps and constant_steps must be >= 0")
-    check(0 <= training.scheduler.min_lr_factor <= 1, "training.scheduler.min_lr_factor", "must be in [0, 1]")
-    loss = training.loss
-    check(loss.cosine_axis in ("tokens", "features"), "training.loss.cosine_axis",
-          f"expected tokens (the release) or features (got {loss.cosine_axis!r})")
-    check(loss.classification_weight == 0, "training.loss.classification_weight",
-          "the classification head is not implemented (the release trains with weight 0)")
-    for name in ("mse_weight", "cos_weight", "l1_weight", "kl_weight"):
-        check(getattr(loss, name) >= 0, f"training.loss.{name}", f"must be >= 0 (got {getattr(loss, name)})")
-
-
-def config_yaml(config: SemVAETrainConfig) -> str:
-    """The resolved config as YAML (stored as the ``config`` string of checkpoints, like the release)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
-
-
-def semvae_args(config: SemVAETrainConfig, input_dim: int) -> SemVAEArgs:
-    params = config.model.params
-    return SemVAEArgs(input_dim=input_dim, bottleneck_dim=config.model.bottleneck_dim, hidden_dim=params.hidden_dim,
-                      transformer_heads=params.transformer_heads, transformer_blocks=params.transformer_blocks)
-
-
-def configured_input_dim(config: SemVAETrainConfig) -> Optional[int]:
-    """D from the config: model.input_dim, else the official table by data.model_name, else unknown (None)."""
-    return config.model.input_dim or INPUT_DIMS.get(config.data.model_name)
 
 
 # ------------------------------------------------------------------------------------------------ loss and schedule
