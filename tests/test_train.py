@@ -207,7 +207,7 @@ def corrupt(path: Path, kind: str, data) -> None:
     elif kind == "other model":  # a checkpoint of the texture-only baseline: other keys and shapes
         other = Trainer(tiny_config(data, path.parent / "other", config="configs/tiny/baseline_tiny.yaml"))
         torch.save({"model": other.model.state_dict(), "ema": other.ema.state_dict(),
-                    "opt": other.optimizer.state_dict(), "step": 6, "images_seen": 48}, path)
+                    "opt": other.state.optimizer.state_dict(), "step": 6, "images_seen": 48}, path)
     elif kind == "malicious":
         torch.save({"model": Evil()}, path)
     else:
