@@ -27,8 +27,9 @@ data:
 demo: $(STAMP) data
 	OMP_NUM_THREADS=2 $(PY) scripts/demo.py
 
-# The paper's three claims (Table 1, the Δt ablation, convergence) with 3 seeds on the demo's pipeline: reuses its
-# tokenizers and seed-0 runs, resumable (~30 min on 2 cores): outputs/demo/studies/table1/report.md
+# The paper's claims (Table 1, Δt, convergence) and the semantic-anchor diagnostics with 5 paired seeds to 10,800
+# steps on the demo's pipeline: reuses its tokenizers and seed-0 runs, resumable (hours on 2 cores; run it in the
+# background): outputs/demo/studies/anchors/report.md
 study: $(STAMP) data
 	OMP_NUM_THREADS=2 $(PY) scripts/study.py
 

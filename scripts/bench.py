@@ -9,7 +9,7 @@ Examples:
     python scripts/bench.py forward --batch 1 4                         # SFD-XL/1 in fp32 on this machine's device
     python scripts/bench.py step --precision bf16 --compile --batch 32 64 --json step.json
     python scripts/bench.py step --config configs/sfd/autoguidance_b/train.yaml model.use_checkpoint=true
-    python scripts/bench.py loop --config sfd/demo/configs/sfd_fashion.yaml --batch 32 --steps 100
+    python scripts/bench.py loop --config sfd/experiments/configs/sfd_fashion.yaml --batch 32 --steps 100
     python scripts/bench.py sample --batch 4 --samplers dopri5 euler-50 heun-9-phases
     python scripts/bench.py device --out outputs/bench/device           # the accelerator suite
 """
@@ -596,7 +596,7 @@ def memory_text(mib: float) -> str:
 
 
 def throughput_table(rows: list[dict]) -> str:
-    """One line per precision mode with the forward and step columns side by side (the README's benchmark table)."""
+    """One line per precision mode with the forward and step columns side by side (docs/benchmarks.md §8.1)."""
     def pair(forward: dict, step: dict) -> list:
         mfu = f"{100 * step['mfu']:.1f} %" if step.get("mfu") is not None else None
         if step.get("error") or forward.get("error"):

@@ -15,9 +15,9 @@ import sys
 
 import torch
 
-from sfd.cli import make_parser
-from sfd.demo.pipeline import ENCODERS, DemoPipeline, DemoSettings
-from sfd.demo.report import report_command, run_demo
+from sfd.cli import make_parser, report_command
+from sfd.experiments.demo import run_demo
+from sfd.experiments.fashion import ENCODERS, FashionBackend, FashionSettings
 
 
 def main(argv=None) -> int:
@@ -32,9 +32,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     changes = dict(seed=args.seed, encoder=args.encoder, **({"diffusion_steps": args.steps} if args.steps else {}))
-    settings = (DemoSettings.quick(args.run_dir or "outputs/demo_quick", **changes) if args.quick else
-                DemoSettings(run_dir=args.run_dir or "outputs/demo", **changes))
-    return report_command(lambda: run_demo(DemoPipeline(settings)))
+    settings = (FashionSettings.quick(args.run_dir or "outputs/demo_quick", **changes) if args.quick else
+                FashionSettings(run_dir=args.run_dir or "outputs/demo", **changes))
+    return report_command(lambda: run_demo(FashionBackend(settings)))
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ import sys
 
 import torch
 
-from sfd.cli import make_parser
-from sfd.demo.nfe import NfeStudySettings, run_nfe_study
-from sfd.demo.pipeline import DemoPipeline, DemoSettings
-from sfd.demo.report import report_command
+from sfd.cli import make_parser, report_command
+from sfd.experiments.fashion import FashionBackend, FashionSettings
+from sfd.experiments.nfe import NfeStudySettings, run_nfe_study
 
 
 def main(argv=None) -> int:
@@ -32,7 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", help="folder with the Fashion-MNIST *-ubyte.gz files")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    return report_command(lambda: run_nfe_study(DemoPipeline(DemoSettings(run_dir=args.run_dir,
+    return report_command(lambda: run_nfe_study(FashionBackend(FashionSettings(run_dir=args.run_dir,
                                                                            data_root=args.data_root)),
                                                 NfeStudySettings(args.name, args.step, args.repeats)))
 

@@ -82,7 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sampler", metavar="NAME",
                         help="a named sampler setting instead of the config's: dopri5 (the release's), euler-N, "
                              "heun-N, each optionally with -phases (phase-aware integration), e.g. heun-9-phases "
-                             "(README 'Sampler cost'); config overrides given after it still win")
+                             "(docs/benchmarks.md §8.3); config overrides given after it still win")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="regional torch.compile of the network and the guide (the repeated block compiled once); "
                              "auto: on for accelerators, off on CPUs (default: %(default)s)")

@@ -1,15 +1,16 @@
 #!/usr/bin/env python
-"""The paper's claims at toy scale with repeated seeds: Table 1 (LightningDiT, + REPA, + SFD), the Δt ablation and
-the convergence speed-up, conditional and unconditional, with a converged solver and at equal NFE.
+"""The paper's claims at toy scale with paired seeds — Table 1 (LightningDiT, + REPA, + SFD), the Δt ablation, the
+convergence speed-up — and the semantic-anchor diagnostics (oracle semantics, semantic Fréchet distance).
 
-    python scripts/study.py                  # `make study`: 3 sources × Δt 0/0.1/0.3/0.5 × 3 seeds (~30 min CPU)
-    python scripts/study.py --repeats 5      # more seeds: only the new runs are trained
-    python scripts/study.py --sources none none+repa semvae pca --name with_pca
-    python scripts/study.py --quick          # every stage at tiny size, a couple of minutes
+    python scripts/study.py                      # the full study: 4 models × 5 seeds × 10,800 steps (hours on a CPU)
+    python scripts/study.py --steps 3600         # the same runs to 3,600 steps first; a later call extends them
+    python scripts/study.py --seeds 1 3          # only these seeds (run parts side by side; no combined report)
+    python scripts/study.py --delta-t 0 0.1 0.3 0.5 --repeats 3 --name delta_t   # the Δt ablation
+    python scripts/study.py --quick              # every stage at tiny size, a couple of minutes
 The study shares the demo's run folder (outputs/demo): its tokenizers, encoders and the demo's seed-0 runs are
-reused. Every stage resumes, so an interrupted study continues where it stopped. On a machine with a GPU the
-trainers and samplers use it. Output: <run dir>/studies/<name>/report.md (verdicts first), table.md,
-verdicts.json, results.json, fid_vs_step.png and fid_vs_delta_t.png.
+reused and continued. Every stage resumes, so an interrupted study continues where it stopped. On a machine with a
+GPU the trainers and samplers use it. Output: <run dir>/studies/<name>/report.md (the verdict rule, then the
+verdicts), table.md, verdicts.json, results.json, fid_vs_step.png and semantic_fd_vs_step.png.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-from sfd.cli import make_parser
-from sfd.demo.pipeline import ENCODERS, DemoPipeline, DemoSettings
-from sfd.demo.report import report_command
-from sfd.demo.study import StudySettings, run_study
-from sfd.sweep import SOURCE_CHOICES
+from sfd.cli import make_parser, report_command
+from sfd.experiments.fashion import ENCODERS, FashionBackend, FashionSettings
+from sfd.experiments.study import StudySettings, run_study
+from sfd.experiments.sweep import SOURCE_CHOICES, Scoring
 
 
 def main(argv=None) -> int:
@@ -36,20 +36,28 @@ def main(argv=None) -> int:
     parser.add_argument("--delta-t", type=float, nargs="+", default=list(defaults.delta_ts),
                         help="semantic leads of the models with semantic channels (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="training seeds (default: %(default)s)")
-    parser.add_argument("--steps", type=int, help="training steps per model (default: the demo's 1200)")
-    parser.add_argument("--eval-every", type=int, help="scored training lengths (default: the demo's 600)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="train and score only these seeds (default: all)")
+    parser.add_argument("--steps", type=int, default=defaults.steps,
+                        help="training steps per model; scored lengths beyond it wait (default: %(default)s)")
     parser.add_argument("--encoder", choices=ENCODERS, default="ssl", help="DINOv2 stand-in (default: ssl)")
     parser.add_argument("--run-dir", help="run folder (default: outputs/demo, or outputs/demo_quick with --quick)")
     parser.add_argument("--data-root", help="folder with the Fashion-MNIST *-ubyte.gz files")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
     def study() -> Path:
-        settings = (DemoSettings.quick(args.run_dir or "outputs/demo_quick", args.data_root, encoder=args.encoder)
-                    if args.quick else DemoSettings(run_dir=args.run_dir or "outputs/demo", data_root=args.data_root,
-                                                    encoder=args.encoder))
-        return run_study(DemoPipeline(settings), StudySettings(args.name, args.sources, args.delta_t, args.repeats,
-                                                               args.steps, args.eval_every))
+        if args.quick:
+            settings = StudySettings(args.name, args.sources, args.delta_t, args.repeats, args.seeds, steps=20,
+                                     lengths=(10, 20), verdict_steps=(20,), curve_samples=20, verdict_samples=40,
+                                     reference_images=256, main=Scoring("euler", 6, phases=True))
+            backend = FashionSettings.quick(args.run_dir or "outputs/demo_quick", args.data_root,
+                                            encoder=args.encoder, reference_images=settings.reference_images)
+        else:
+            settings = StudySettings(args.name, args.sources, args.delta_t, args.repeats, args.seeds, args.steps)
+            backend = FashionSettings(run_dir=args.run_dir or "outputs/demo", data_root=args.data_root,
+                                      encoder=args.encoder, reference_images=settings.reference_images)
+        return run_study(FashionBackend(backend), settings)
 
     return report_command(study)
 

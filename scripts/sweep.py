@@ -29,8 +29,10 @@ from typing import Sequence
 import torch
 
 from sfd.cli import add_overrides_argument, make_parser, parse_with_overrides
+from sfd.experiments.latents_backend import LatentsBackend
+from sfd.experiments.report import write_sweep_report
+from sfd.experiments.sweep import SOURCE_CHOICES, Scoring, grid, run_sweep
 from sfd.files import WriteError
-from sfd.sweep import SOURCE_CHOICES, LatentsSweep, Scoring, grid, run_sweep, write_sweep_report
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -81,24 +83,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def base_model(args):
     """The ``model`` section the variants change: the demo config's, or --config with its overrides."""
     from sfd.config import load_config
-    from sfd.demo.pipeline import base_model as demo_model
+    from sfd.experiments.fashion import base_model as demo_model
 
     return demo_model() if args.config is None else load_config(args.config, args.overrides).model
 
 
 def fashion_sweep(args, variants) -> Path:
-    from sfd.demo.pipeline import DemoPipeline, DemoSettings
-    from sfd.demo.report import setup_lines
+    from sfd.experiments.fashion import FashionBackend, FashionSettings
+    from sfd.experiments.report import setup_lines
 
     run_dir = args.run_dir or ("outputs/demo_quick" if args.quick else "outputs/demo")
-    settings = DemoSettings.quick(run_dir, args.data_root) if args.quick else DemoSettings(run_dir=run_dir,
+    settings = FashionSettings.quick(run_dir, args.data_root) if args.quick else FashionSettings(run_dir=run_dir,
                                                                                            data_root=args.data_root)
     settings.seed, settings.pca_components = args.seed, args.pca_components
     if args.samples:
         settings.samples = args.samples
-    pipeline = DemoPipeline(settings)
+    pipeline = FashionBackend(settings)
     steps = args.steps or settings.diffusion_steps
-    rows = pipeline.sweep(variants, steps, args.eval_every or settings.eval_every)
+    # the demo's final scorings but the oracle diagnostic, which the study runs (scripts/study.py)
+    final = [scoring for scoring in settings.final_scorings if not scoring.oracle]
+    rows = pipeline.sweep(variants, steps, args.eval_every or settings.eval_every, final_scorings=final)
     return write_sweep_report(rows, Path(run_dir) / "sweeps" / args.name,
                               f"Sweep '{args.name}' on Fashion-MNIST (toy scale, CPU)",
                               [*setup_lines(pipeline), f"Budget: {steps} training steps per point."])
@@ -122,7 +126,7 @@ def latents_sweep(args, variants) -> Path | None:
     if not Path(args.reference).is_file():
         raise FileNotFoundError(f"{args.reference}: reference batch not found")
     output = Path(args.run_dir or "outputs/sweep")
-    sweep = LatentsSweep(Path(args.config), output, folders, Path(args.reference), args.samples or 50_000,
+    sweep = LatentsBackend(Path(args.config), output, folders, Path(args.reference), args.samples or 50_000,
                          overrides=args.overrides, seed=args.seed, inception_weights=args.inception_weights)
     if sweep.topology.is_main:
         sweep.feature_network()  # missing or wrong Inception weights fail now, not after training

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 # section.key=value (or deeper: section.sub.key=value). A path or a number never has this shape: the text before the
 # first "=" is dotted identifiers, with no "/" and no leading digit.
@@ -60,3 +61,17 @@ def make_parser(description: str, epilog: str | None = None, **kwargs) -> argpar
     """An ArgumentParser whose --help and usage errors start with ``Usage:``. Sub-commands get the same formatter
     from ``subparsers.add_parser(name, formatter_class=UsageFormatter, ...)``."""
     return argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=UsageFormatter, **kwargs)
+
+
+def report_command(make_report: Callable[[], Path]) -> int:
+    """The tail of the experiment commands (scripts/demo.py, study.py, nfe_study.py): run ``make_report``, print
+    where the report is and return 0, or print the one-line reason and return 2."""
+    from sfd.files import WriteError
+
+    try:
+        report = make_report()
+    except (FileNotFoundError, ValueError, WriteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"report: {report}")
+    return 0

@@ -52,7 +52,7 @@ def require_domains(rows: Sequence[tuple[str, Any, bool, str]], *, source: str) 
 
 # Keys of the release's layout that are accepted, so that its YAML files load unchanged, but that this project does
 # not act on: key → (the value the release's configs use, why it has no effect). Any other value warns once per
-# process, naming the key (README, "Release keys without an effect").
+# process, naming the key (docs/usage.md §9.3).
 INERT_RELEASE_KEYS: dict[str, tuple[Any, str]] = {
     "train.ckpt": (None, "no code of the release reads it; initialise from weights with train.weight_init"),
     "train.load_ckpt": (None, "no code of the release reads it; initialise from weights with train.weight_init"),

@@ -7,7 +7,7 @@ the rest of the project asks about it: the ``torch.device`` of a local rank, the
 the gradient scaler for a precision, data-loader pinning, synchronisation, memory statistics and the device's name.
 ``sfd/distributed.py`` (the process-group layer) builds on it; no other module tests for a device type.
 
-Precision names (README "Devices and precision"):
+Precision names (docs/usage.md §10):
 
 * ``no`` / ``fp32``: full float32, TF32 off;
 * ``tf32``: float32 weights and activations, matrix products with TF32 inputs on CUDA (HF32 on an Ascend NPU) — the

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sfd.demo.fashion_mnist import load_fashion_mnist, to_model_images
-from sfd.demo.pipeline import DemoPipeline, DemoSettings
-from sfd.demo.report import run_demo
+from sfd.experiments.demo import run_demo
+from sfd.experiments.fashion import FashionBackend, FashionSettings, base_model
+from sfd.experiments.fashion_mnist import load_fashion_mnist, to_model_images
 
 ROOT = Path(__file__).parent.parent
 
@@ -26,8 +26,8 @@ def test_reader_and_image_conversion(fake_fashion):
 
 
 def test_quick_pipeline_runs_every_stage_and_resumes(fake_fashion, tmp_path):
-    settings = DemoSettings.quick(str(tmp_path / "demo"), data_root=str(fake_fashion))
-    report = Path(run_demo(DemoPipeline(settings, log=lambda message: None)))
+    settings = FashionSettings.quick(str(tmp_path / "demo"), data_root=str(fake_fashion))
+    report = Path(run_demo(FashionBackend(settings, log=lambda message: None)))
     run_dir = tmp_path / "demo"
     stages = {p.stem for p in (run_dir / "stages").glob("*.json")}
     assert {"texture_vae", "semantic_encoder_ssl", "semantic_encoder_supervised", "encoder_probes", "fid_classifier",
@@ -51,16 +51,24 @@ def test_quick_pipeline_runs_every_stage_and_resumes(fake_fashion, tmp_path):
     assert shards and (run_dir / "latents_ssl" / "train" / "latents_stats.pt").exists()
     evaluation = json.loads((run_dir / "stages" / "eval_ssl_dt0.3_w2_semvae_0000020_euler-6.json").read_text())
     assert evaluation["fid"] > 0 and 0 <= evaluation["class_accuracy"] <= 1 and evaluation["nfe"] == 5
+    assert "semantic_fd" in evaluation
+    # the oracle bound: SFD's texture from held-out images' true semantics, with the texture-to-source distances
+    oracle = json.loads((run_dir / "stages" / "eval_ssl_dt0.3_w2_semvae_0000020_euler-6_oracle.json").read_text())
+    assert oracle["samples"] == 40 and 0 < oracle["source_ratio"] and "semantic_fd" not in oracle
+    assert "Oracle bound after 20 steps (euler-6): with the true semantic latents of held-out images" in text
+    assert "Expect other machines to differ" in text
+    assert "eval_ssl_lightningdit_0000020_euler-6_oracle" not in stages  # texture-only models have no oracle
+    check_generation_paths(FashionBackend(settings, log=lambda message: None))
 
     messages = []
-    run_demo(DemoPipeline(settings, log=messages.append))  # a rerun only skips
+    run_demo(FashionBackend(settings, log=messages.append))  # a rerun only skips
     stage_messages = [message for message in messages if message.startswith("[")]
     assert all("skipped" in message for message in stage_messages) and len(stage_messages) == len(stages)
 
     # the supervised stand-in stays selectable: it shares the networks above and gets its own semantics and runs
     vae_written = (run_dir / "stages" / "texture_vae.json").stat().st_mtime_ns
-    supervised = DemoSettings.quick(str(run_dir), data_root=str(fake_fashion), encoder="supervised")
-    text = Path(run_demo(DemoPipeline(supervised, log=lambda message: None))).read_text()
+    supervised = FashionSettings.quick(str(run_dir), data_root=str(fake_fashion), encoder="supervised")
+    text = Path(run_demo(FashionBackend(supervised, log=lambda message: None))).read_text()
     assert "**supervised** DINOv2 stand-in" in text
     times = next(line for line in text.splitlines() if line.startswith("* Stage times"))
     assert "train_supervised_dt0.3_w2_semvae" in times and "train_ssl_" not in times  # its own models only
@@ -81,6 +89,32 @@ def test_quick_pipeline_runs_every_stage_and_resumes(fake_fashion, tmp_path):
     assert Image.open(grid).size == (3 * 32, 32)
 
 
+def check_generation_paths(backend):
+    """Without the oracle, the evaluation's generation is the plain sampler's, bit for bit; with it, the samples
+    take the held-out images' classes."""
+    import torch
+
+    from sfd.build import build_model
+    from sfd.checkpoint import load_weights
+    from sfd.experiments.sweep import Scoring, Variant
+    from sfd.generate import ImageSampler, LabelPlan
+
+    backend.prepare([])
+    variant = Variant.of(base_model(), "semvae")
+    latents, labels, nfe = backend.generate(variant, 20, Scoring("euler", 6), 12)
+    config = backend.diffusion_config(variant, scoring=Scoring("euler", 6))
+    model = build_model(config)
+    load_weights(model, backend.checkpoint_path(variant, 20), prefer="ema")
+    plain = ImageSampler(model.eval(), config, None, seed=backend.settings.seed + 1000)
+    expected = LabelPlan(12, 10, balanced=True).labels(range(12))
+    with torch.no_grad():
+        assert torch.equal(latents, plain.latents(range(12), expected).float()) and torch.equal(labels, expected)
+    _, held_labels = backend.generate(variant, 20, Scoring("euler", 6, oracle=True), 12)[:2]
+    assert torch.equal(held_labels, backend.held_out_latents()[1][:12])
+    with pytest.raises(ValueError, match="has no SemVAE semantic channels"):
+        backend.generate(Variant.of(base_model(), "none"), 20, Scoring("euler", 6, oracle=True), 12)
+
+
 def test_settings_reject_an_unknown_encoder(tmp_path):
     with pytest.raises(ValueError, match="encoder: 'clip' is not one of ssl, supervised"):
-        DemoSettings(run_dir=str(tmp_path), encoder="clip")
+        FashionSettings(run_dir=str(tmp_path), encoder="clip")

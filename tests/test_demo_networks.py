@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfd.demo.networks import (
+from sfd.experiments.networks import (
     MIN_LR_FACTOR,
     FeatureClassifier,
     PatchEncoder,

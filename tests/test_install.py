@@ -28,7 +28,7 @@ CHECK = textwrap.dedent('''
     from packaging.requirements import Requirement
 
     import sfd
-    from sfd.demo.pipeline import base_model
+    from sfd.experiments.fashion import base_model
 
     missing = []
     for line in metadata.requires("sfd") or []:

@@ -8,19 +8,10 @@ import pytest
 
 from sfd.config import load_config
 from sfd.data.synthetic import write_synthetic_shards
-from sfd.demo.pipeline import base_model
-from sfd.sweep import (
-    LatentsSweep,
-    Scoring,
-    Variant,
-    evaluation_steps,
-    findings,
-    grid,
-    latent_channels,
-    run_sweep,
-    summarise,
-    write_sweep_report,
-)
+from sfd.experiments.fashion import base_model
+from sfd.experiments.latents_backend import LatentsBackend
+from sfd.experiments.report import findings, summarise, write_sweep_report
+from sfd.experiments.sweep import Scoring, Variant, evaluation_steps, grid, latent_channels, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -85,10 +76,11 @@ def test_summary_findings_and_report(tmp_path):
     summary = summarise(rows)
     assert [(e["delta_t"], e["runs"], e["fid"]) for e in summary] == [(0.0, 2, 11.0), (0.3, 2, 7.25)]
     assert summary[0]["fid_std"] == pytest.approx(2 ** 0.5)
-    text = findings(summary)[0]
+    text = findings(rows)[0]
+    # paired differences −3 and −4.5: mean −3.75, SE 0.75, t(0.975, 1) = 12.71, so the interval spans 0
     assert text == ("semvae, β=2: the best FID at 10 steps is at Δt = 0.3 (7.25 ± 0.35); the best semantic lead, "
-                    "Δt = 0.3 (7.25 ± 0.35), is better than the synchronous Δt = 0 (11.00 ± 1.41) by 3.75, more than "
-                    "twice the spread between repeated runs (std 1.41).")
+                    "Δt = 0.3 (7.25 ± 0.35), is better than the synchronous Δt = 0 (11.00 ± 1.41), paired difference "
+                    "-3.75 ± 0.75 (95 % CI -13.28 to +5.78, 2 seeds): not decided.")
     table = write_sweep_report(rows, tmp_path / "sweep", "Test sweep", ["setup line"])
     content = table.read_text()
     assert "| SemVAE semantics, Δt 0.3 | 2 | 0.3 |  | conditional | 2 | 7.25 ± 0.35 | 0.500 ± 0.000 |" in content
@@ -156,7 +148,7 @@ def test_latents_backend_end_to_end(tmp_path):
     pca = write_synthetic_shards(tmp_path / "pca", num_items=16, num_classes=4, semantic_chans=8, shard_size=16)
     np.savez(tmp_path / "ref.npz", np.random.default_rng(0).integers(0, 255, (8, 256, 256, 3), dtype=np.uint8))
     network = TinyFeatures()
-    sweep = LatentsSweep(ROOT / "configs/tiny/train_sfd_cpu.yaml", tmp_path / "out", {"semvae": semvae, "pca": pca},
+    sweep = LatentsBackend(ROOT / "configs/tiny/train_sfd_cpu.yaml", tmp_path / "out", {"semvae": semvae, "pca": pca},
                          tmp_path / "ref.npz", samples=4, network=network, network_id="tiny", progress=False,
                          topology=distributed.Topology(),
                          overrides=[f"vae.config={DATA / 'vae_tiny.yaml'}", "data.num_classes=4",

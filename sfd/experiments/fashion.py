@@ -13,26 +13,26 @@ from their checkpoints):
 5. ``latents_<encoder>``: latent extraction into the project's shard format, with statistics.
 6. ``pca<k>_<encoder>`` and ``pca<k>_latents_<encoder>`` (only when a variant asks for them): ReDi-style semantic
    channels, a PCA of the same features, extracted with the same texture latents.
-7. ``train_<encoder>_<variant>``: the models compared (names from :class:`sfd.sweep.Variant`): by default the
-   paper's Table 1 at toy scale — LightningDiT (texture latents only), LightningDiT + REPA (aligned to the
+7. ``train_<encoder>_<variant>``: the models compared (names from :class:`sfd.experiments.sweep.Variant`): by
+   default the paper's Table 1 at toy scale — LightningDiT (texture latents only), LightningDiT + REPA (aligned to the
    encoder's features) and SFD (texture + SemVAE semantics, Δt = 0.3, REPA) — with the same backbone, steps, batch
    and seed. Asking for more steps resumes a run.
 8. ``eval_<encoder>_<variant>_<step>_<scoring>``: samples decoded and scored by FID against the held-out test
-   images, at several training lengths and with each :class:`sfd.sweep.Scoring` (solver; class-balanced labels
-   or the null label for every sample).
+   images, at several training lengths and with each :class:`sfd.experiments.sweep.Scoring` (solver;
+   class-balanced labels, the null label for every sample, or oracle semantics).
 9. report.md (rewritten on every run): the Table-1-style comparison, sample grids per class, encoder probes, loss
    curves, FID-vs-step plots and the findings of the sweeps and studies run in the same folder.
 
-The same object is the Fashion-MNIST backend of ``scripts/sweep.py`` and ``scripts/study.py`` (:mod:`sfd.sweep`,
-:mod:`sfd.demo.study`): any grid of semantic source, Δt, semantic weight and seed, trained and scored exactly like
-the demo's models.
+The same object is the Fashion-MNIST backend of ``scripts/sweep.py`` and ``scripts/study.py``
+(:mod:`sfd.experiments.sweep`, :mod:`sfd.experiments.study`): any grid of semantic source, Δt, semantic weight and
+seed, trained and scored exactly like the demo's models.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -43,11 +43,14 @@ import yaml
 
 from sfd.config import SFDConfig, load_config, read_yaml
 from sfd.data.shards import compute_stats
-from sfd.demo.fashion_mnist import load_fashion_mnist, subset, to_model_images
+from sfd.evaluation.metrics import feature_statistics, frechet_distance
+from sfd.experiments.fashion_mnist import load_fashion_mnist, subset, to_model_images
+from sfd.experiments.sweep import Scoring, Variant, channel_overrides, latent_channels, run_sweep
 from sfd.extract import LatentEncoders, write_missing_shards
 from sfd.files import atomic_path, write_json_atomic, write_text_atomic
-from sfd.sweep import Scoring, Variant, channel_overrides, run_sweep
 
+# What an evaluation stage returns to the sweep (its stage file also records the sample count).
+EVALUATION_KEYS = ("fid", "class_accuracy", "nfe", "semantic_fd", "source_distance", "control_distance", "source_ratio")
 ENCODERS = ("ssl", "supervised")  # the DINOv2 stand-ins: self-supervised (default) or a classifier's features
 # The demo configs ship inside the package (package data), so an installed sfd runs the demo from any folder.
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "sfd_fashion.yaml"
@@ -65,7 +68,7 @@ def table1_variants() -> tuple[Variant, ...]:
 
 
 @dataclass
-class DemoSettings:
+class FashionSettings:
     run_dir: str = "outputs/demo"
     data_root: Optional[str] = None  # folder with the four *-ubyte.gz files (default: Debian's, then torchvision)
     seed: int = 0
@@ -83,10 +86,14 @@ class DemoSettings:
     diffusion_batch: int = 32
     eval_every: int = 600  # FID at these training lengths
     samples: int = 500  # samples per evaluation (class-balanced when conditional)
+    # FID reference: the held-out images above (None) or this many of the Fashion-MNIST test set (10,000: all of it);
+    # scores against another reference are stages of their own.
+    reference_images: Optional[int] = None
     # Every model is scored with the paper's adaptive solver at the release's tolerances at every length; at the
     # last length also unconditionally and at an equal, small number of model evaluations (Euler, 24 NFE).
     scoring: Scoring = Scoring()
-    final_scorings: Sequence[Scoring] = (Scoring(conditional=False), Scoring("euler", 25))
+    # The last length also scores SFD with oracle semantics (the bound a perfect semantic generator would give).
+    final_scorings: Sequence[Scoring] = (Scoring(conditional=False), Scoring("euler", 25), Scoring(oracle=True))
     # The models compared (report.md compares these); default: the paper's Table 1 at toy scale
     # (:func:`table1_variants`).
     variants: Optional[Sequence[Variant]] = None
@@ -100,12 +107,13 @@ class DemoSettings:
             self.variants = table1_variants()
 
     @classmethod
-    def quick(cls, run_dir: str, data_root: Optional[str] = None, **changes) -> "DemoSettings":
+    def quick(cls, run_dir: str, data_root: Optional[str] = None, **changes) -> "FashionSettings":
         """The CI-sized pipeline: every stage, tiny sizes, a few hundred images, seconds per stage."""
         return cls(**{**dict(run_dir=run_dir, data_root=data_root, train_images=256, test_images=128, vae_steps=10,
                              encoder_steps=10, ssl_steps=4, ssl_batch=32, classifier_steps=10, semvae_steps=10,
                              diffusion_steps=20, diffusion_batch=16, eval_every=10, samples=40,
-                             scoring=Scoring("euler", 6), final_scorings=(Scoring("euler", 6, conditional=False),),
+                             scoring=Scoring("euler", 6),
+                             final_scorings=(Scoring("euler", 6, conditional=False), Scoring("euler", 6, oracle=True)),
                              overrides=("model.hidden_size=32", "model.depth=2", "model.num_heads=2",
                                         "model.repa_projector_dim=32")), **changes})
 
@@ -137,6 +145,17 @@ class Stages:
         return result
 
 
+def demo_latents(folder: Path, stats: Optional[Path] = None):
+    """A latent folder's texture and SemVAE channels, unflipped, normalised with ``stats``' statistics (default: its
+    own) as the demo config normalises training latents."""
+    from sfd.data.latents import LatentShardDataset
+
+    data = load_config(DEMO_CONFIG).data
+    return LatentShardDataset(folder, latent_norm=data.latent_norm, latent_sv_norm=data.latent_sv_norm,
+                              latent_multiplier=data.latent_multiplier, semantic=True, with_dino=False, flip_prob=0.0,
+                              seed=0, stats_dir=stats)
+
+
 def save_module(module: torch.nn.Module, path: Path, **extra) -> None:
     with atomic_path(path) as tmp:
         torch.save({"state_dict": module.state_dict(), **extra}, tmp)
@@ -149,11 +168,11 @@ def load_module(module: torch.nn.Module, path: Path) -> torch.nn.Module:
 
 # -- stages 1-6: the data, the stand-in networks, the tokenizers and the latents -------------------------------
 
-class DemoTokenizers:
+class FashionTokenizers:
     """Everything the diffusion models are trained on, in one run folder: the Fashion-MNIST subsets, the texture VAE,
     both DINOv2 stand-ins and their probes, the Semantic VAE (or the PCA) and the latent shards."""
 
-    def __init__(self, settings: DemoSettings, log: Callable[[str], None] = print) -> None:
+    def __init__(self, settings: FashionSettings, log: Callable[[str], None] = print) -> None:
         self.settings = settings
         self.run_dir = Path(settings.run_dir)
         self.models_dir = self.run_dir / "models"
@@ -166,10 +185,11 @@ class DemoTokenizers:
         self.train_uint8, self.train_labels = train_images, torch.from_numpy(train_labels)
         self.test_uint8, self.test_labels = test_images, torch.from_numpy(test_labels)
         self.train_x, self.test_x = to_model_images(train_images), to_model_images(test_images)
+        self._held_out: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # held_out_latents(), read once
 
-    # stages 1-2: the stand-in networks (stage 3, the FID network, is the scoring's: DemoPipeline)
+    # stages 1-2: the stand-in networks (stage 3, the FID network, is the scoring's: FashionBackend)
     def texture_vae(self):
-        from sfd.demo.networks import demo_vae_config, train_texture_vae
+        from sfd.experiments.networks import demo_vae_config, train_texture_vae
         from sfd.tokenizers.texture_vae import TextureVAE
 
         path = self.models_dir / "texture_vae.pt"
@@ -191,7 +211,7 @@ class DemoTokenizers:
         """The texture VAE as a release-layout tokenizer: ``models/texture_vae.ckpt`` (LDM names) and
         ``models/texture_vae.yaml`` (the shipped demo tokenizer config, pointing at it), so the diffusion models'
         configs (``vae.config``) decode with scripts/sample.py and the release's launchers."""
-        from sfd.demo.networks import DEMO_VAE_YAML
+        from sfd.experiments.networks import DEMO_VAE_YAML
 
         ckpt, yaml_path = self.models_dir / "texture_vae.ckpt", self.models_dir / "texture_vae.yaml"
         if not ckpt.exists():
@@ -204,7 +224,7 @@ class DemoTokenizers:
 
     def semantic_encoder(self, kind: str):
         """A DINOv2 stand-in (:data:`ENCODERS`): the self-supervised one never sees a label."""
-        from sfd.demo.networks import PatchEncoder, train_patch_encoder, train_patch_encoder_ssl
+        from sfd.experiments.networks import PatchEncoder, train_patch_encoder, train_patch_encoder_ssl
 
         path = self.models_dir / f"semantic_encoder_{kind}.pt"
         settings = self.settings
@@ -226,8 +246,8 @@ class DemoTokenizers:
     def encoder_probes(self, encoders: dict) -> dict:
         """k-NN and linear-probe test accuracy of each encoder's mean-pooled patch tokens (fitted on the training
         images, scored on the held-out ones), with an untrained encoder of the same architecture as the floor."""
-        from sfd.demo.networks import untrained_patch_encoder
         from sfd.evaluation.probe import probe_report
+        from sfd.experiments.networks import untrained_patch_encoder
 
         def work() -> dict:
             chosen = {**encoders, "untrained": untrained_patch_encoder(self.settings.seed + 30)}
@@ -324,6 +344,28 @@ class DemoTokenizers:
             return self.run_dir / f"latents_{encoder}_pca{self.settings.pca_components}" / "train"
         return self.run_dir / f"latents_{encoder}" / "train"
 
+    def held_out_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out images' composite latents (texture, then SemVAE semantics), normalised as the models see
+        their training latents, and their labels."""
+        from sfd.data.latents import InMemoryLatents
+
+        if self._held_out is None:
+            train = self.latent_folder("semvae")
+            memory = InMemoryLatents(demo_latents(train.parent / "valid", stats=train))
+            self._held_out = (memory.latents[0], memory.labels)
+        return self._held_out
+
+    def semantic_fd_floor(self, count: int) -> float:
+        """The semantic Fréchet distance of ``count`` training images' true semantic latents against the held-out
+        ones: what a perfect semantic generator would score with that many samples."""
+        from sfd.data.latents import InMemoryLatents
+        from sfd.experiments.diagnostics import semantic_frechet_distance
+
+        truth, _ = self.held_out_latents()
+        train = InMemoryLatents(demo_latents(self.latent_folder("semvae"))).latents[0]
+        semantic_chans = latent_channels(self.latent_folder("semvae"))[1]
+        return semantic_frechet_distance(train[:count, -semantic_chans:], truth[:, -semantic_chans:])
+
 
 # -- stages 7-8: the diffusion models and their scores ----------------------------------------------------------
 
@@ -339,12 +381,12 @@ def classifier_outputs(classifier, images_uint8: np.ndarray) -> tuple[np.ndarray
     return np.concatenate(features), np.concatenate(predicted)
 
 
-class DemoPipeline(DemoTokenizers):
+class FashionBackend(FashionTokenizers):
     """The demo's stages 1-8: the tokenizers' stages, then the FID network and every diffusion model trained alike and
-    scored by FID at several training lengths; the backend of :func:`sfd.sweep.run_sweep` (``train`` and
+    scored by FID at several training lengths; the backend of :func:`sfd.experiments.sweep.run_sweep` (``train`` and
     ``evaluate``)."""
 
-    def __init__(self, settings: DemoSettings, log: Callable[[str], None] = print) -> None:
+    def __init__(self, settings: FashionSettings, log: Callable[[str], None] = print) -> None:
         super().__init__(settings, log)
         # The networks the scores need, set by prepare(): the texture VAE decodes the samples, the FID network
         # embeds them and the reference statistics are its features of the held-out images.
@@ -391,45 +433,91 @@ class DemoPipeline(DemoTokenizers):
         return self.run_dir / "runs" / self.run_name(variant) / "checkpoints" / f"{step:07d}.pt"
 
     def evaluate(self, variant: Variant, step: int, scoring: Optional[Scoring] = None) -> dict:
-        """FID of ``samples`` images of the EMA weights at ``step`` against the test images, the mean NFE per batch
-        and, when conditional, the class accuracy of the samples. Sample i has the same noise in every model of a
-        repeat (seed + repeat), so models are compared on common noise."""
-        from sfd.build import build_model
-        from sfd.checkpoint import load_weights
-        from sfd.evaluation.metrics import feature_statistics, frechet_distance
-        from sfd.generate import ImageSampler, LabelPlan, LatentDecoder
-
+        """FID of ``scoring.samples`` (default: the settings') images of the EMA weights at ``step`` against the
+        reference images, the mean NFE per batch and, when conditional, the class accuracy of the samples; for
+        models with semantic channels also the semantic Fréchet distance of their first 500 samples, and with
+        oracle semantics the texture-to-source distances (:mod:`sfd.experiments.diagnostics`). Sample i has the
+        same noise in every model of a repeat (seed + repeat), so models are compared on common noise."""
         scoring = scoring or self.settings.scoring
-        count = self.settings.samples
+        count = scoring.samples or self.settings.samples
 
         def work() -> dict:
-            config = self.diffusion_config(variant, scoring=scoring)
-            model = build_model(config)
-            load_weights(model, self.checkpoint_path(variant, step), prefer="ema")
-            sampler = ImageSampler(model.eval(), config, LatentDecoder(self.vae, config, torch.device("cpu")),
-                                   seed=self.settings.seed + variant.repeat + 1000)
-            plan = LabelPlan(count, 10, balanced=True, fixed=None if scoring.conditional else 10)
-            images, labels = [], plan.labels(range(count))
-            for start in range(0, count, 100):
-                indices = range(start, min(start + 100, count))
-                images.append(sampler.images(indices, labels[indices.start: indices.stop]))
-            images = np.concatenate(images)
-            np.savez_compressed(self.samples_file(variant, step, scoring), images=images, labels=labels.numpy())
+            latents, labels, nfe = self.generate(variant, step, scoring, count)
+            images = self.vae_decoder(variant)(latents)
+            np.savez_compressed(self.samples_file(variant, step, scoring), images=images, labels=labels.numpy(),
+                                latents=latents.half().numpy())
             features, predicted = classifier_outputs(self.classifier, images)
-            result = {"fid": frechet_distance(feature_statistics(features), self.reference), "nfe": sampler.mean_nfe,
+            result = {"fid": frechet_distance(feature_statistics(features), self.reference), "nfe": nfe,
                       "samples": count}
             if scoring.conditional:  # the null label asks for no class
                 result["class_accuracy"] = float((predicted == labels.numpy()).mean())
+            result.update(self.semantic_scores(variant, scoring, latents))
             return result
 
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        result = self.stages.run(f"eval_{self.run_name(variant)}_{step:07d}_{scoring.name}", work,
+        result = self.stages.run(f"eval_{self.run_name(variant)}_{step:07d}_{scoring.name}{self.reference_tag}", work,
                                  keep=lambda result: result.get("samples") == count)
-        return {key: result[key] for key in ("fid", "class_accuracy", "nfe") if key in result}
+        return {key: result[key] for key in EVALUATION_KEYS if key in result}
+
+    def generate(self, variant: Variant, step: int, scoring: Scoring, count: int):
+        """Final latents [count, C, H, W] (normalised), labels and mean NFE per batch of the EMA weights at
+        ``step``: class-balanced labels, the null label (unconditional) or, with oracle semantics, held-out image
+        i's class and noised semantic latent for sample i."""
+        from sfd.build import build_model
+        from sfd.checkpoint import load_weights
+        from sfd.experiments.diagnostics import SemanticOracle
+        from sfd.generate import ImageSampler, LabelPlan, initial_noise
+
+        config = self.diffusion_config(variant, scoring=scoring)
+        model = build_model(config)
+        load_weights(model, self.checkpoint_path(variant, step), prefer="ema")
+        sampler = ImageSampler(model.eval(), config, decode=None, seed=self.settings.seed + variant.repeat + 1000)
+        if scoring.oracle:
+            if variant.semantics != "semvae":
+                raise ValueError(f"oracle: {variant.label} has no SemVAE semantic channels to hold to the truth")
+            truth, labels = self.held_out_latents()
+            if count > len(truth):
+                raise ValueError(f"samples: {count} oracle samples need as many held-out images (have {len(truth)})")
+            truth, labels = truth[:count, config.model.in_chans - config.model.semantic_chans:], labels[:count]
+        else:
+            labels = LabelPlan(count, 10, balanced=True, fixed=None if scoring.conditional else 10).labels(range(count))
+        latents = []
+        with torch.no_grad():
+            for start in range(0, count, 100):
+                indices = range(start, min(start + 100, count))
+                batch = sampler
+                if scoring.oracle:  # the oracle's noise is the semantic part of the sampler's own initial state
+                    side = model.args.input_size
+                    noise = initial_noise(sampler.seed, indices, (config.model.in_chans, side, side),
+                                          torch.device("cpu"))
+                    part = truth[indices.start: indices.stop]
+                    batch = replace(sampler, model=SemanticOracle(model, part, noise[:, -part.shape[1]:]))
+                latents.append(batch.latents(indices, labels[indices.start: indices.stop]).float())
+        return torch.cat(latents), labels, sampler.mean_nfe
+
+    def vae_decoder(self, variant: Variant):
+        from sfd.generate import LatentDecoder
+
+        return LatentDecoder(self.vae, self.diffusion_config(variant), torch.device("cpu"))
+
+    def semantic_scores(self, variant: Variant, scoring: Scoring, latents: torch.Tensor) -> dict:
+        """Semantic Fréchet distance (every sample against every held-out semantic latent) of normal generation;
+        texture-to-source distances of oracle generation; nothing for texture-only models."""
+        from sfd.experiments.diagnostics import semantic_frechet_distance, source_distances
+
+        if variant.semantics != "semvae":
+            return {}
+        truth, labels = self.held_out_latents()
+        model = self.diffusion_config(variant).model
+        texture_chans = model.in_chans - model.semantic_chans
+        if scoring.oracle:
+            count = len(latents)
+            return source_distances(latents[:, :texture_chans], truth[:count, :texture_chans], labels[:count].numpy())
+        return {"semantic_fd": semantic_frechet_distance(latents[:, texture_chans:], truth[:, texture_chans:])}
 
     # stage 3: the FID network, a classifier trained apart from every network it scores, and its reference
     def fid_classifier(self):
-        from sfd.demo.networks import FeatureClassifier, accuracy, train_classifier
+        from sfd.experiments.networks import FeatureClassifier, accuracy, train_classifier
 
         path = self.models_dir / "fid_classifier.pt"
 
@@ -443,10 +531,20 @@ class DemoPipeline(DemoTokenizers):
         result = self.stages.run("fid_classifier", work)
         return load_module(FeatureClassifier(), path), result
 
-    def reference_statistics(self, classifier):
-        from sfd.evaluation.metrics import feature_statistics
+    @property
+    def reference_tag(self) -> str:
+        """Part of the evaluation stage names: empty for the held-out images, ``_ref<N>`` for N test images."""
+        return "" if self.settings.reference_images is None else f"_ref{self.settings.reference_images}"
 
-        images = ((self.test_x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    def reference_statistics(self, classifier):
+        """The FID network's feature statistics of the reference images (:attr:`FashionSettings.reference_images`)."""
+        reference = self.test_x
+        if self.settings.reference_images is not None:
+            root = Path(self.settings.data_root) if self.settings.data_root else None
+            images, _ = subset(*load_fashion_mnist("test", root), self.settings.reference_images,
+                               self.settings.seed + 1)
+            reference = to_model_images(images)
+        images = ((reference + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         return feature_statistics(classifier_outputs(classifier, images)[0])
 
     # everything
@@ -466,13 +564,13 @@ class DemoPipeline(DemoTokenizers):
         self.reference = self.reference_statistics(self.classifier)
 
     def sweep(self, variants: Sequence[Variant], steps: Optional[int] = None, eval_every: Optional[int] = None,
-              final_scorings: Optional[Sequence[Scoring]] = None,
-              check_scorings: Sequence[Scoring] = ()) -> list[dict]:
+              final_scorings: Optional[Sequence[Scoring]] = None, check_scorings: Sequence[Scoring] = (),
+              scorings: Optional[Sequence[Scoring]] = None, **schedule) -> list[dict]:
         """Train and score ``variants`` at equal budgets (the demo's steps, evaluation lengths and scorings by
-        default)."""
+        default; ``schedule``: run_sweep's ``lengths`` and ``at``)."""
         self.prepare(variants)
         settings = self.settings
         return run_sweep(self, variants, steps or settings.diffusion_steps, eval_every or settings.eval_every,
-                         scorings=(settings.scoring,),
+                         scorings=(settings.scoring,) if scorings is None else scorings,
                          final_scorings=settings.final_scorings if final_scorings is None else final_scorings,
-                         check_scorings=check_scorings, log=self.log)
+                         check_scorings=check_scorings, log=self.log, **schedule)

@@ -59,7 +59,7 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 # ------------------------------------------------------------------------------------------------ the texture VAE
 
 def demo_vae_config() -> TextureVAEConfig:
-    """The demo's texture VAE (``sfd/demo/configs/demo_fashion_f4d4.yaml``, without its weights): LDM KL-VAE at
+    """The demo's texture VAE (``sfd/experiments/configs/demo_fashion_f4d4.yaml``, without its weights): LDM KL-VAE at
     32 px with three levels (4× downsampling to an 8×8 latent), 4 latent channels, the family's minimum width of 32
     (GroupNorm with 32 groups) and one resnet per encoder level (the decoder has two); 0.78M parameters. As in SD-VAE
     f16d32, the lowest level also attends (resolution 8 here, 16 there); at 8×8 = 64 tokens that is cheap.
