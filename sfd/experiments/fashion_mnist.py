@@ -16,7 +16,8 @@ DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
 def _read_idx(path: Path, header: int) -> np.ndarray:
     with gzip.open(path, "rb") as handle:
-        return np.frombuffer(handle.read(), dtype=np.uint8, offset=header)
+        # a writable copy: torch refuses to share memory with a read-only buffer (and warns)
+        return np.frombuffer(handle.read(), dtype=np.uint8, offset=header).copy()
 
 
 def load_fashion_mnist(split: str, root: Optional[Path] = None) -> tuple[np.ndarray, np.ndarray]:

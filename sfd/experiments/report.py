@@ -687,13 +687,14 @@ def demo_verdict(rows: Sequence[dict], sfd: str, baselines: Sequence[str], sampl
             "(scripts/study.py).")
 
 
-# Measured: `make demo` run on two 2-core CPU machines with the same code and settings.
+# Measured: `make demo` with the same code and settings on three 2-core CPU machines (docs/results.md).
 CROSS_MACHINE_NOTE = (
     "These figures come from one training seed on this machine. Expect other machines to differ: the same command "
-    "on two 2-core CPU machines gave LightningDiT 18.58 and 16.66, + REPA 18.75 and 16.52, SFD 22.58 and 20.28 "
-    "(about 2 FID, more than the spread between training seeds, because their kernels round differently and the "
-    "differences grow through training). Compare models within one run; the multi-seed study with paired "
-    "differences is in docs/results.md.")
+    "on three 2-core CPU machines gave LightningDiT 18.58, 16.66 and 16.57, + REPA 18.75, 16.52 and 16.89, SFD "
+    "22.58, 20.28 and 20.66 after 1,200 steps — up to 2.3 FID apart, more than the spread between training seeds, "
+    "because their kernels round differently and training carries the difference forward; even the order of the "
+    "two baselines changed. Compare models within one run; the multi-seed study with paired differences is in "
+    "docs/results.md.")
 
 
 def oracle_bound(rows: Sequence[dict], sfd: str, baseline: str, oracle: Scoring) -> str:
