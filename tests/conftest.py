@@ -56,6 +56,18 @@ def tiny_model_args(**changes):
     return LightningDiTArgs(**{**TINY_MODEL_ARGS, **changes})
 
 
+def random_tiny_model(**changes):
+    """The tiny LightningDiT with weights drawn from N(0, 0.2²) (seed 0), in eval mode: outputs far from zero, so
+    sampler tests see every term move."""
+    from sfd.lightningdit import LightningDiT
+
+    torch.manual_seed(0)
+    model = LightningDiT(tiny_model_args(**changes))
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.2)
+    return model.eval()
+
+
 def rel_error(ours: torch.Tensor, golden: torch.Tensor) -> float:
     return ((ours.float() - golden.float()).abs().max() / golden.float().abs().max()).item()
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from conftest import tiny_model_args
 
 from sfd.experiments.diagnostics import (
     SemanticOracle,
@@ -13,9 +12,9 @@ from sfd.experiments.diagnostics import (
     semantic_frechet_distance,
     source_distances,
 )
-from sfd.lightningdit import LightningDiT
 from sfd.samplers import SamplerOptions, sample
 from sfd.schedule import TimeSplit
+from tests.conftest import random_tiny_model
 
 SEMANTIC = 2  # the tiny model's trailing channels (6 in all: 4 texture, 2 semantic)
 
@@ -34,11 +33,7 @@ class Recording(torch.nn.Module):
 
 
 def tiny_model():
-    torch.manual_seed(0)
-    model = LightningDiT(tiny_model_args(semantic_first=True))
-    for parameter in model.parameters():
-        parameter.data.normal_(0, 0.2)
-    return model.eval()
+    return random_tiny_model(semantic_first=True)
 
 
 @pytest.mark.parametrize("method, phases", [("euler", False), ("heun", True), ("dopri5", False), ("dopri5", True)])

@@ -8,10 +8,9 @@ import torch
 import sfd
 from sfd import samplers
 from sfd.guidance import Guidance
-from sfd.lightningdit import LightningDiT
 from sfd.samplers import SamplerOptions, sample
 from sfd.schedule import TimeSplit
-from tests.conftest import TOL_DOPRI5, TOL_EULER, golden, rel_error, tiny_model_args
+from tests.conftest import TOL_DOPRI5, TOL_EULER, golden, random_tiny_model, rel_error
 
 SFD_SPLIT = TimeSplit(0.3, 16)
 
@@ -104,11 +103,7 @@ def test_phases_freeze_texture_then_semantics(sfd_tiny):
 
 
 def tiny_model():
-    torch.manual_seed(0)
-    model = LightningDiT(tiny_model_args(semantic_first=False))
-    for parameter in model.parameters():
-        parameter.data.normal_(0, 0.2)
-    return model.eval()
+    return random_tiny_model(semantic_first=False)
 
 
 def test_delta_t_zero_is_the_synchronous_ode():
