@@ -43,6 +43,7 @@ import yaml
 
 from sfd.config import SFDConfig, load_config, read_yaml
 from sfd.data.shards import compute_stats
+from sfd.distributed import Topology
 from sfd.evaluation.metrics import feature_statistics, frechet_distance
 from sfd.experiments.fashion_mnist import load_fashion_mnist, subset, to_model_images
 from sfd.experiments.sweep import Scoring, Variant, channel_overrides, latent_channels, run_sweep
@@ -391,6 +392,9 @@ class FashionBackend(FashionTokenizers):
         # The networks the scores need, set by prepare(): the texture VAE decodes the samples, the FID network
         # embeds them and the reference statistics are its features of the held-out images.
         self.vae = self.classifier = self.reference = self.probes = None
+        # The diffusion models train and sample on the machine's accelerator ($SFD_DEVICE, else CUDA/NPU, else the
+        # CPU); the small networks, decoding and scoring stay on the CPU.
+        self.device = Topology().device
 
     # stage 7: the diffusion models
     def run_name(self, variant: Variant) -> str:
@@ -471,7 +475,8 @@ class FashionBackend(FashionTokenizers):
         config = self.diffusion_config(variant, scoring=scoring)
         model = build_model(config)
         load_weights(model, self.checkpoint_path(variant, step), prefer="ema")
-        sampler = ImageSampler(model.eval(), config, decode=None, seed=self.settings.seed + variant.repeat + 1000)
+        sampler = ImageSampler(model.to(self.device).eval(), config, decode=None, device=self.device,
+                               seed=self.settings.seed + variant.repeat + 1000)
         if scoring.oracle:
             if variant.semantics != "semvae":
                 raise ValueError(f"oracle: {variant.label} has no SemVAE semantic channels to hold to the truth")
@@ -479,6 +484,7 @@ class FashionBackend(FashionTokenizers):
             if count > len(truth):
                 raise ValueError(f"samples: {count} oracle samples need as many held-out images (have {len(truth)})")
             truth, labels = truth[:count, config.model.in_chans - config.model.semantic_chans:], labels[:count]
+            truth = truth.to(self.device)
         else:
             labels = LabelPlan(count, 10, balanced=True, fixed=None if scoring.conditional else 10).labels(range(count))
         latents = []
@@ -488,11 +494,10 @@ class FashionBackend(FashionTokenizers):
                 batch = sampler
                 if scoring.oracle:  # the oracle's noise is the semantic part of the sampler's own initial state
                     side = model.args.input_size
-                    noise = initial_noise(sampler.seed, indices, (config.model.in_chans, side, side),
-                                          torch.device("cpu"))
+                    noise = initial_noise(sampler.seed, indices, (config.model.in_chans, side, side), self.device)
                     part = truth[indices.start: indices.stop]
                     batch = replace(sampler, model=SemanticOracle(model, part, noise[:, -part.shape[1]:]))
-                latents.append(batch.latents(indices, labels[indices.start: indices.stop]).float())
+                latents.append(batch.latents(indices, labels[indices.start: indices.stop]).float().cpu())
         return torch.cat(latents), labels, sampler.mean_nfe
 
     def vae_decoder(self, variant: Variant):
