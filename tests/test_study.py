@@ -118,10 +118,17 @@ def test_limit_verdicts_name_which_limit_binds():
         rows = rows_for({(BASE, 3600): base, (SFD, 3600): own}) + rows_for({(SFD, 3600): oracle}, ORACLE)
         return limit_verdict(rows, models(rows), 3600, MAIN, ORACLE)
 
-    assert verdict([15, 16, 17], [18, 19, 20.5], [12, 13, 14.5]).endswith("generating the semantics limits SFD.")
+    assert verdict([15, 16, 17], [18, 19, 20.5], [12, 13, 14.5]).endswith(
+        "generating the semantics limits SFD; with the true semantics SFD is better than LightningDiT.")
+    assert verdict([15, 16, 17], [18, 19, 20.5], [14, 16.5, 17.2]).endswith(
+        "generating the semantics limits SFD; with the true semantics SFD is not decidedly better or worse than "
+        "LightningDiT.")
+    assert verdict([15, 16, 17], [15.1, 16.2, 17], [15.2, 15.9, 17.1]).endswith(
+        "neither limit is shown; with the true semantics SFD is not decidedly better or worse than LightningDiT.")
     assert verdict([15, 16, 17], [18, 19, 20.5], [17, 18, 19.2]).endswith("both limits bind.")
     assert verdict([15, 16, 17], [18, 19, 20.5], [18.1, 19, 20.6]).endswith("using the semantics limits SFD.")
-    assert verdict([15, 16, 17], [12, 13, 14.5], [12.1, 12.9, 14.6]).endswith("neither limit is shown.")
+    assert verdict([15, 16, 17], [12, 13, 14.5], [12.1, 12.9, 14.6]).endswith(
+        "neither limit is shown; with the true semantics SFD is better than LightningDiT.")
     rows = rows_for({(BASE, 3600): [1, 2], (SFD, 3600): [1, 2]})
     assert "not scored with oracle semantics" in limit_verdict(rows, models(rows), 3600, MAIN, ORACLE)
 

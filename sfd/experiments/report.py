@@ -261,8 +261,9 @@ def write_sweep_report(rows: Sequence[dict], folder: str | Path, title: str, set
 LIMIT_RULE = (
     "Which limit binds is read from the oracle rows with the same paired rule: **generating the semantics** limits "
     "SFD when SFD with oracle semantics is better than SFD generating its own; **using them** limits it when SFD "
-    "with oracle semantics is not better than the texture-only LightningDiT (even the true semantic latents then "
-    "give the texture nothing a model without them lacks). Both can hold at once.")
+    "with oracle semantics is worse than the texture-only LightningDiT (even the true semantic latents then leave "
+    "the texture behind a model without them). Both can hold at once; an interval that contains 0 decides neither, "
+    "and the verdict says so.")
 
 
 @dataclass(frozen=True)
@@ -424,10 +425,13 @@ def limit_verdict(rows: Sequence[dict], models: StudyModels, step: int, main: Sc
     versus = paired(rows, models.sfd, models.lightningdit, held, normal)
     if not gain.n:
         return f"(d) Semantic anchor at {step} steps: SFD was not scored with oracle semantics."
-    generation = gain.decision() == "lower"
-    use = versus.decision() != "lower"
-    found = ("both limits bind" if generation and use else "generating the semantics limits SFD" if generation else
-             "using the semantics limits SFD" if use else "neither limit is shown")
+    generation, against = gain.decision() == "lower", versus.decision()
+    found = ("both limits bind" if generation and against == "higher" else
+             "generating the semantics limits SFD" if generation else
+             "using the semantics limits SFD" if against == "higher" else "neither limit is shown")
+    found += {"lower": "; with the true semantics SFD is better than LightningDiT",
+              "higher": "", "not decided": "; with the true semantics SFD is not decidedly better or worse than "
+                                           "LightningDiT"}[against]
     return (f"(d) Semantic anchor at {step} steps: SFD with oracle semantics − SFD: {gain.text()}; SFD with oracle "
             f"semantics − LightningDiT: {versus.text()}. By the rule above, {found}.")
 
