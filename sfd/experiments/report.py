@@ -48,6 +48,11 @@ def field_of(row: dict, name: str) -> Any:
     return row.get(name, FIELD_DEFAULTS.get(name))
 
 
+def matches(row: dict, where: dict) -> bool:
+    """Does ``row`` hold every field of ``where`` (step, sampler, conditioning, samples, …)?"""
+    return all(field_of(row, name) == value for name, value in where.items())
+
+
 def model_key(row: dict) -> tuple:
     """The trained model a row belongs to, whatever its seed, length or scoring."""
     return tuple(field_of(row, name) for name in MODEL_FIELDS)
@@ -69,10 +74,15 @@ class Paired:
         return float(np.mean(self.differences)) if self.differences else float("nan")
 
     @property
+    def spread(self) -> float:
+        """Sample standard deviation of the differences (0 for one seed, NaN for none)."""
+        return float(np.std(self.differences, ddof=1)) if self.n > 1 else (0.0 if self.n else float("nan"))
+
+    @property
     def standard_error(self) -> float:
         if self.n < 2:
             return float("nan")
-        return float(np.std(self.differences, ddof=1) / np.sqrt(self.n))
+        return self.spread / float(np.sqrt(self.n))
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -103,7 +113,7 @@ def paired(rows: Sequence[dict], a: tuple, b: tuple, where: dict, where_b: Optio
     fields such as step, sampler, conditioning and samples."""
     def by_seed(model: tuple, fields: dict) -> dict[int, float]:
         return {row["repeat"]: row[metric] for row in rows if model_key(row) == model and metric in row
-                and all(field_of(row, k) == v for k, v in fields.items())}
+                and matches(row, fields)}
 
     first, second = by_seed(a, where), by_seed(b, where if where_b is None else where_b)
     return Paired(tuple(first[seed] - second[seed] for seed in sorted(set(first) & set(second))))
@@ -533,11 +543,11 @@ def convergence_lines(rows: Sequence[dict], main: Scoring, check: Scoring) -> li
     lines = []
     for key in sorted({model_key(row) for row in rows}, key=str):
         first = {row["sampler"]: row for row in rows if model_key(row) == key and row["repeat"] == 0
-                 and all(field_of(row, k) == v for k, v in where.items())}
+                 and matches(row, where)}
         if main.sampler not in first or check.sampler not in first:
             continue
         spread = mean_std([row["fid"] for row in rows if model_key(row) == key and row["sampler"] == main.sampler
-                           and all(field_of(row, k) == v for k, v in where.items())])[1]
+                           and matches(row, where)])[1]
         row, tight = first[main.sampler], first[check.sampler]
         change = abs(row["fid"] - tight["fid"])
         verdict = "converged" if spread and change < spread else "NOT converged" if spread else "spread unknown"
@@ -563,16 +573,15 @@ NFE_WHY_TWO_REFERENCES = (
 
 def nfe_summary(rows: Sequence[dict], reference: Scoring = NFE_REFERENCE) -> list[dict]:
     """One entry per sampler: NFE and FID mean ± std over seeds, and the paired difference to ``reference``."""
-    reference_fid = {row["repeat"]: row["fid"] for row in rows if row["sampler"] == reference.sampler}
+    model = model_key(rows[0]) if rows else ()  # one model, several samplers
     entries = []
     for sampler in dict.fromkeys(row["sampler"] for row in rows):
         mine = [row for row in rows if row["sampler"] == sampler]
         fid, fid_std = mean_std([row["fid"] for row in mine])
         nfe, _ = mean_std([row["nfe"] for row in mine])
-        paired = [row["fid"] - reference_fid[row["repeat"]] for row in mine if row["repeat"] in reference_fid]
-        diff, diff_std = mean_std(paired) if paired else (float("nan"), float("nan"))
-        entries.append({"sampler": sampler, "nfe": nfe, "fid": fid, "fid_std": fid_std, "diff": diff,
-                        "diff_std": diff_std, "seeds": len(mine)})
+        difference = paired(rows, model, model, {"sampler": sampler}, {"sampler": reference.sampler})
+        entries.append({"sampler": sampler, "nfe": nfe, "fid": fid, "fid_std": fid_std, "diff": difference.mean,
+                        "diff_std": difference.spread, "seeds": len(mine)})
     return entries
 
 
