@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sfd.files import write_text_atomic
 from sfd.lightningdit import REPA_TARGET_DIMS, SIZES, LightningDiTArgs, parse_model_type
+from sfd.phema import MAX_SIGMA_REL
 
 
 class ConfigError(ValueError):
@@ -223,6 +224,17 @@ class TrainConfig:
     valid_every: int = 10_000  # validation-loss interval in steps (needs data.valid_path)
     valid_items: int = 1000  # held-out latents used for the validation loss
     valid_timesteps: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])  # fixed global t
+    # Post-hoc EMA (docs/ema.md): power-function EMAs of these relative widths σ_rel (EDM2 tracks 0.05 and 0.10),
+    # kept beside the classic EMA and written to {run}/power_ema/ every power_ema_every steps and at the last step,
+    # so that any width can be reconstructed after training (tools/reconstruct_ema.py). Empty: off (the release).
+    power_ema_sigma_rels: List[float] = field(default_factory=list)
+    power_ema_every: int = 20_000  # snapshot interval in steps (5.1 M images at batch 256; EDM2: 8 Mi images)
+    # Evaluation during training (sfd/evaluation/sample_scores.py): every eval_every steps (0: off), FID of
+    # eval_samples class-balanced samples of the EMA, drawn with the sample.* settings, against
+    # data.fid_reference_file, logged to log.jsonl and TensorBoard. It draws nothing from the training's generators.
+    eval_every: int = 0
+    eval_samples: int = 1000
+    eval_inception_weights: Optional[str] = None  # the evaluator's Inception weights file (default: $INCEPTION_WEIGHTS)
 
     def validate(self, source: str = "config") -> None:
         require(self.global_batch_size > 0, "train.global_batch_size", "must be positive", source=source)
@@ -230,14 +242,20 @@ class TrainConfig:
                 f"expected fp32 (or no), bf16 or fp16 (got {self.precision!r})", source=source)
         require(0 <= self.ema_decay <= 1, "train.ema_decay", f"must be in [0, 1] (got {self.ema_decay})",
                 source=source)
-        for name in ("max_steps", "log_every", "ckpt_every", "valid_every"):
+        for name in ("max_steps", "log_every", "ckpt_every", "valid_every", "power_ema_every"):
             value = getattr(self, name)
             require(value > 0, f"train.{name}", f"must be positive (got {value})", source=source)
         require(all(0 <= t <= 1 for t in self.valid_timesteps), "train.valid_timesteps", "values must be in [0, 1]",
                 source=source)
         require_domains(source=source, rows=(
             ("train.valid_items", self.valid_items, self.valid_items > 0, "> 0"),
+            ("train.eval_every", self.eval_every, self.eval_every >= 0, ">= 0 (0: no evaluation during training)"),
+            ("train.eval_samples", self.eval_samples, self.eval_samples >= 2, ">= 2 (a covariance needs two)"),
+            *(("train.power_ema_sigma_rels", sigma, 0 < sigma <= MAX_SIGMA_REL, f"in (0, 1/sqrt(12) = "
+               f"{MAX_SIGMA_REL:.4f}] (1/sqrt(12) is the uniform average)") for sigma in self.power_ema_sigma_rels),
         ))
+        require(len(set(self.power_ema_sigma_rels)) == len(self.power_ema_sigma_rels), "train.power_ema_sigma_rels",
+                f"widths must be distinct (got {list(self.power_ema_sigma_rels)})", source=source)
 
 
 @dataclass

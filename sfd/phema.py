@@ -9,7 +9,9 @@ linear combination of the saved ones. This module is the mathematics and the tra
 * :func:`std_to_exponent` / :func:`exponent_to_std`: the width σ_rel ↔ the exponent γ (docs/ema.md §2);
 * :func:`power_function_beta`, :func:`power_function_weights` and :class:`PowerEMA`: tracking (docs/ema.md §3);
 * :func:`profile_inner_products`, :func:`solve_reconstruction`, :func:`reconstruct` and their exponential
-  counterparts: the least-squares reconstruction (docs/ema.md §5).
+  counterparts: the least-squares reconstruction (docs/ema.md §5);
+* :func:`save_snapshots`, :func:`snapshot_files`, :func:`load_snapshot` and :func:`write_reconstruction`: a run's
+  snapshot files and the checkpoints rebuilt from them, one file in memory at a time (docs/ema.md §6, §7).
 
 Time is counted in optimizer steps: step t is the t-th optimizer step, θ_t the weights right after it, and the
 average "at step t" has seen θ_1 … θ_t. With a constant batch this is the paper's image count divided by the batch
@@ -19,11 +21,16 @@ size, which changes none of the formulas (they depend on ratios of times only).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from sfd.checkpoint import CheckpointError, atomic_save, extract_state_dict, read_file
 
 ArrayLike = float | Sequence[float] | np.ndarray
 StateDict = dict[str, torch.Tensor]
@@ -37,6 +44,10 @@ def _key_difference(a: Mapping[str, object], b: Mapping[str, object]) -> str:
     """The first few keys in one mapping but not the other, for an error message."""
     different = sorted(set(a.keys()) ^ set(b.keys()))
     return ", ".join(different[:3]) + (f" and {len(different) - 3} more" if len(different) > 3 else "")
+
+
+def _cpu_copy(state: Mapping[str, torch.Tensor]) -> StateDict:
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
 
 
 def _scalar_or_array(values: np.ndarray, like: ArrayLike) -> np.ndarray | float:
@@ -242,11 +253,13 @@ def combine_state_dicts(weighted: Iterable[tuple[float, Mapping[str, torch.Tenso
             for key, tensor in last.items()}
 
 
-def _combine_snapshots(snapshots: Sequence[Snapshot], coefficients: np.ndarray, target_step: int) -> StateDict:
-    """The snapshots up to ``target_step`` weighted by ``coefficients``, oldest first, so that the integer entries
-    come from a snapshot at ``target_step``."""
-    order = sorted((int(step), index) for index, (step, _, _) in enumerate(snapshots) if step <= target_step)
-    return combine_state_dicts((coefficients[index], snapshots[index][2]) for _, index in order)
+def _combine_snapshots(steps: Sequence[int], coefficients: np.ndarray, target_step: int,
+                       load: Callable[[int], Mapping[str, torch.Tensor]]) -> StateDict:
+    """Σ coefficients[i] · load(i) over the snapshots i up to ``target_step``, oldest first, so that the integer
+    entries come from a snapshot at ``target_step``. load(i) is called when snapshot i's turn comes, so a caller
+    reading files holds one of them at a time."""
+    order = sorted((int(step), index) for index, step in enumerate(steps) if step <= target_step)
+    return combine_state_dicts((coefficients[index], load(index)) for _, index in order)
 
 
 def _snapshot_profiles(snapshots: Sequence[Snapshot], target_step: int | None) -> tuple[list, list, int]:
@@ -263,14 +276,15 @@ def reconstruct(snapshots: Sequence[Snapshot], target_sigma_rel: float, target_s
     state dict on the CPU with the snapshots' dtypes; integer entries come from a snapshot at ``target_step``."""
     steps, gammas, target = _snapshot_profiles(snapshots, target_step)
     coefficients = solve_reconstruction(steps, gammas, target, float(std_to_exponent(target_sigma_rel)))
-    return _combine_snapshots(snapshots, coefficients, target)
+    return _combine_snapshots(steps, coefficients, target, lambda index: snapshots[index][2])
 
 
 def reconstruct_exponential(snapshots: Sequence[Snapshot], decay: float, target_step: int | None = None) -> StateDict:
     """The classic EMA with ``decay`` at ``target_step`` from power-function snapshots (solve_exponential_reconstruction
     says when that is well-posed); otherwise as :func:`reconstruct`."""
     steps, gammas, target = _snapshot_profiles(snapshots, target_step)
-    return _combine_snapshots(snapshots, solve_exponential_reconstruction(steps, gammas, target, decay), target)
+    coefficients = solve_exponential_reconstruction(steps, gammas, target, decay)
+    return _combine_snapshots(steps, coefficients, target, lambda index: snapshots[index][2])
 
 
 class PowerEMA:
@@ -322,8 +336,7 @@ class PowerEMA:
     def snapshot(self) -> dict[float, StateDict]:
         """{σ_rel: a CPU copy of that average's state dict}, to be written at a fixed interval of steps together with
         ``self.step``; reconstruct() takes them as (step, std_to_exponent(σ_rel), state dict)."""
-        return {sigma: {key: value.detach().to("cpu", copy=True) for key, value in average.items()}
-                for sigma, average in zip(self.sigma_rels, self.averages)}
+        return {sigma: _cpu_copy(average) for sigma, average in zip(self.sigma_rels, self.averages)}
 
     def state_dict(self) -> dict:
         """What a training checkpoint holds: the widths, ``step`` and the averages (the live tensors, as
@@ -350,3 +363,130 @@ class PowerEMA:
             for key, value in saved.items():
                 average[key].copy_(value)
         self.step = int(state["step"])
+
+
+# -- a run's snapshot files, and the checkpoints rebuilt from them (docs/ema.md §6, §7) -------------------------------
+
+SNAPSHOT_FOLDER = "power_ema"  # the snapshots' folder in a run folder
+SNAPSHOT_NAME = re.compile(r"^(\d+)_sigma(\d[\d.]*(?:e-?\d+)?)\.pt$")  # {step:07d}_sigma{σ_rel:g}.pt
+SNAPSHOT_KEYS = ("ema", "step", "sigma_rel", "gamma")
+NEGLIGIBLE_INITIAL_WEIGHT = 0.01  # decay^step above this: the classic EMA still leans on θ_0 (docs/ema.md §5.3)
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    """A snapshot file and what its name says: the step and the width σ_rel (to the 6 digits of ``:g``)."""
+
+    path: Path
+    step: int
+    sigma_rel: float
+
+
+def save_snapshots(folder: Path, tracker: PowerEMA, images_seen: int, config: Optional[Mapping] = None) -> list[Path]:
+    """Write each of ``tracker``'s averages atomically to ``folder/{step:07d}_sigma{σ_rel:g}.pt`` as {"ema": its
+    state dict on the CPU, "step", "images_seen", "sigma_rel", "gamma", "config" (when given)}: a checkpoint every
+    sampler loads, and an input of the reconstruction. One average is copied to the CPU at a time. A resumed run
+    that writes a step again writes the same values."""
+    if tracker.step < 1:
+        raise ValueError("tracker: no update yet (step 0), so there is no power-function average to save")
+    names = [f"{tracker.step:07d}_sigma{sigma:g}.pt" for sigma in tracker.sigma_rels]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tracker: sigma_rels {list(tracker.sigma_rels)} share a file name ({names})")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, sigma, gamma, average in zip(names, tracker.sigma_rels, tracker.gammas, tracker.averages):
+        payload = {"ema": _cpu_copy(average), "step": tracker.step, "images_seen": int(images_seen),
+                   "sigma_rel": sigma, "gamma": gamma}
+        if config is not None:
+            payload["config"] = config
+        written.append(atomic_save(payload, folder / name))
+    return written
+
+
+def snapshot_files(folder: str | Path) -> list[SnapshotFile]:
+    """The snapshot files in ``folder``, by their names, sorted by (step, σ_rel); other files are ignored."""
+    found = [SnapshotFile(path, int(match.group(1)), float(match.group(2)))
+             for path in Path(folder).glob("*.pt") if (match := SNAPSHOT_NAME.match(path.name))]
+    if not found:
+        raise ValueError(f"{folder}: holds no power-EMA snapshots (<step>_sigma<sigma_rel>.pt files)")
+    return sorted(found, key=lambda file: (file.step, file.sigma_rel))
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    """(step, gamma, state dict) of a snapshot file, as reconstruct() takes them. The tensors are memory-mapped
+    (sfd.checkpoint.read_file): read when used. A file that is not a snapshot raises CheckpointError naming it."""
+    payload = read_file(path, required=SNAPSHOT_KEYS)
+    step, gamma = payload["step"], payload["gamma"]
+    if not isinstance(step, int) or step < 1 or not isinstance(gamma, float):
+        raise CheckpointError(f"{path}: not a power-EMA snapshot (step {step!r}, gamma {gamma!r})")
+    return step, gamma, extract_state_dict(payload, path)
+
+
+def _load_named(file: SnapshotFile) -> Mapping[str, torch.Tensor]:
+    """The state dict of ``file``, which must hold what its name says: the coefficients were solved from names."""
+    step, gamma, state = load_snapshot(file.path)
+    if step != file.step or not math.isclose(exponent_to_std(gamma), file.sigma_rel, rel_tol=1e-5):
+        raise CheckpointError(f"{file.path}: holds step {step} and sigma_rel {exponent_to_std(gamma):g}, not what "
+                              "its name says")
+    return state
+
+
+def solve_for_files(files: Sequence[SnapshotFile], *, sigma_rel: Optional[float] = None,
+                    decay: Optional[float] = None, step: Optional[int] = None) -> tuple[int, np.ndarray]:
+    """(the target step, one coefficient per file) for the power EMA of width ``sigma_rel`` or the classic EMA with
+    ``decay`` — exactly one — at the snapshot step ``step`` (default: the newest). Reads no file."""
+    if (sigma_rel is None) == (decay is None):
+        raise ValueError(f"give exactly one of sigma_rel and decay (got sigma_rel={sigma_rel}, decay={decay})")
+    steps = [file.step for file in files]
+    gammas = std_to_exponent([file.sigma_rel for file in files])
+    target = max(steps, default=0) if step is None else step
+    if decay is not None:
+        return target, solve_exponential_reconstruction(steps, gammas, target, decay)
+    return target, solve_reconstruction(steps, gammas, target, float(std_to_exponent(sigma_rel)))
+
+
+def exponential_caveat(files: Sequence[SnapshotFile], decay: float, step: Optional[int] = None) -> Optional[str]:
+    """Why the classic EMA with ``decay`` (in (0, 1)) at ``step`` (default: the newest snapshot step) is not
+    well-posed from ``files`` — the conditions of solve_exponential_reconstruction — in one line; None when it is."""
+    target = max(file.step for file in files) if step is None else step
+    if decay ** target > NEGLIGIBLE_INITIAL_WEIGHT:
+        return (f"decay {decay:g} at step {target}: {decay ** target:.2g} of the classic EMA's weight is on the "
+                "initial weights, which no snapshot holds")
+    width, narrowest = 1.0 / (1.0 - decay), min(file.sigma_rel for file in files) * target
+    interval = int(np.diff([0, *sorted({file.step for file in files if file.step <= target})]).max())
+    if width < narrowest and width < 2 * interval:
+        return (f"decay {decay:g} at step {target}: its width (about {width:.0f} steps) is below the narrowest "
+                f"tracked one ({narrowest:.0f} steps) and two snapshot intervals ({interval} steps), so the "
+                "coefficients are large and of both signs")
+    return None
+
+
+def reconstruct_from_folder(folder: str | Path, *, sigma_rel: Optional[float] = None, decay: Optional[float] = None,
+                            step: Optional[int] = None) -> tuple[StateDict, dict]:
+    """:func:`reconstruct` (``sigma_rel``) or :func:`reconstruct_exponential` (``decay``) from the snapshot files in
+    ``folder``, holding one file in memory at a time. Returns the state dict and how it was made: {"sigma_rel" or
+    "decay", "step", "sources": the names of the files up to the step, oldest first, "coefficients": one each}."""
+    files = snapshot_files(folder)
+    target, coefficients = solve_for_files(files, sigma_rel=sigma_rel, decay=decay, step=step)
+    state = _combine_snapshots([file.step for file in files], coefficients, target,
+                               lambda index: _load_named(files[index]))
+    used = [index for index, file in enumerate(files) if file.step <= target]
+    return state, {**({"sigma_rel": sigma_rel} if decay is None else {"decay": decay}), "step": target,
+                   "sources": [files[index].path.name for index in used],
+                   "coefficients": [float(coefficients[index]) for index in used]}
+
+
+def write_reconstruction(folder: str | Path, out: str | Path, *, sigma_rel: Optional[float] = None,
+                         decay: Optional[float] = None, step: Optional[int] = None) -> tuple[Path, dict]:
+    """reconstruct_from_folder, written atomically to ``out/ema_sigma{σ_rel:g}_{step:07d}.pt`` (or
+    ``ema_decay{decay:g}_…``) as {"ema": the weights, "config": the snapshots' (when they hold one), "power_ema":
+    how it was made}: a checkpoint every sampler loads (sfd.build.load_model). Returns its path and "power_ema"."""
+    state, info = reconstruct_from_folder(folder, sigma_rel=sigma_rel, decay=decay, step=step)
+    payload = {"ema": state, "power_ema": info}
+    config = read_file(Path(folder) / info["sources"][-1]).get("config")  # the snapshot at the step
+    if config is not None:
+        payload["config"] = config
+    name = f"ema_sigma{sigma_rel:g}" if decay is None else f"ema_decay{decay:g}"
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return atomic_save(payload, Path(out) / f"{name}_{info['step']:07d}.pt"), info

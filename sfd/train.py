@@ -44,7 +44,9 @@ from sfd.checkpoint import (
 from sfd.config import SFDConfig, config_to_dict, save_config
 from sfd.data.latents import InMemoryLatents, LatentShardDataset, collate_latents
 from sfd.device import Accelerator, compile_by_default, compile_module, float64_device
+from sfd.evaluation.sample_scores import SampleScorer
 from sfd.loss import FlowMatchingLoss
+from sfd.phema import PowerEMA, save_snapshots
 from sfd.runlock import owned_folder
 from sfd.throughput import model_flop_utilisation, peak_flops, training_flops_per_image
 from sfd.training_loop import Every, RunLog, run_steps
@@ -134,6 +136,8 @@ class DiffusionStep:
         if train.weight_init:
             self.initialise_from(Path(train.weight_init))
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        # post-hoc EMA (docs/ema.md): power-function averages beside the classic one, when widths are configured
+        self.power_ema = PowerEMA(self.model, train.power_ema_sigma_rels) if train.power_ema_sigma_rels else None
         self.optimizer = build_optimizer(self.model, config, self.accelerator)
         self.scaler = self.accelerator.grad_scaler(train.precision)
         self.loss = FlowMatchingLoss.from_config(config)
@@ -185,20 +189,24 @@ class DiffusionStep:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optimizer.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.update_ema()
         self.step += 1
+        self.update_ema()
         self.images_seen += self.config.train.global_batch_size
         return dict(zip(("loss", "mse", "cos", "repa"), values.tolist()))
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """ema ← decay·ema + (1 − decay)·θ over every parameter (pos_embed included; it is constant)."""
+        """ema ← decay·ema + (1 − decay)·θ over every parameter (pos_embed included; it is constant), and the power
+        EMAs' update for the step just made (``self.step`` counts it; sfd.phema.PowerEMA.update)."""
         decay = self.config.train.ema_decay
         torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
+        if self.power_ema is not None:
+            self.power_ema.update(self.model, self.step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "step": self.step, "images_seen": self.images_seen}
+                "scaler": self.scaler.state_dict(), "step": self.step, "images_seen": self.images_seen,
+                **({"power_ema": self.power_ema.state_dict()} if self.power_ema is not None else {})}
 
     def check_fits(self, payload: Mapping, path: Path) -> Mapping:
         """``payload`` (a checkpoint read from ``path``) after checking that every part fits this step, so that a
@@ -212,12 +220,22 @@ class DiffusionStep:
             if problems:
                 raise CheckpointError(f"{path}: its '{key}' weights do not fit this model: " + "; ".join(problems[:3])
                                       + (f"; … {len(problems) - 3} more" if len(problems) > 3 else ""))
+        if self.power_ema is not None:
+            # a power EMA's profile starts at step 0, so it cannot be switched on, or its widths changed, mid-run
+            saved = payload.get("power_ema")
+            widths = list(self.power_ema.sigma_rels)
+            if not isinstance(saved, Mapping) or [float(s) for s in saved.get("sigma_rels", [])] != widths:
+                had = "none" if not isinstance(saved, Mapping) else saved.get("sigma_rels")
+                raise CheckpointError(f"{path}: train.power_ema_sigma_rels is {widths} but the checkpoint tracked "
+                                      f"{had}; power EMAs must be tracked from the first step (start a new run)")
         return payload
 
     def load_state_dict(self, payload: Mapping) -> None:
         self.model.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["opt"])
+        if self.power_ema is not None:
+            self.power_ema.load_state_dict(payload["power_ema"])
         if "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
         self.step, self.images_seen = int(payload["step"]), int(payload["images_seen"])
@@ -244,6 +262,7 @@ class Trainer:
         self.log = RunLog(self.run_dir / "log.jsonl", enabled=self.topology.is_main,
                           tensorboard=self.run_dir / "tensorboard" if train.tensorboard else None)
         self.skipped_checkpoints: list[str] = []  # why newer checkpoints could not resume this run
+        self.scorer: Optional[SampleScorer] = None  # train.eval_every's scorer; built by run() unless given
         self.flops_per_image: Optional[float] = None  # training FLOPs per image and the device's peak, for MFU
         self.peak_flops: Optional[float] = None
         self.resumed_from = self._resume()
@@ -345,6 +364,14 @@ class Trainer:
         distributed.barrier()
         return path
 
+    def save_power_ema(self) -> None:
+        """The power EMAs' snapshots at this step, ``power_ema/{step:07d}_sigma{σ_rel}.pt`` (docs/ema.md), written
+        atomically by the main process."""
+        if self.topology.is_main:
+            save_snapshots(self.run_dir / "power_ema", self.state.power_ema, self.images_seen,
+                           config_to_dict(self.config))
+        distributed.barrier()
+
     def validation_loss(self) -> dict[str, float]:
         return validation_loss(self.model, self.valid_dataset, self.config, self.topology, self.device)
 
@@ -388,12 +415,22 @@ class Trainer:
             sampler = StepBatchSampler(len(self.dataset), train.global_batch_size, self.topology.rank,
                                        self.topology.world_size, train.global_seed, self.step, train.max_steps)
             meter = _LogWindow(self, train.global_batch_size)
-            events = [Every(train.log_every, meter.write, also=(train.max_steps,)),
-                      Every(train.ckpt_every, lambda step, _: self.save_checkpoint(sampler),
-                            also=(train.max_steps,) if final_checkpoint else ())]
+            # The checkpoint comes last: what a step's other events wrote is redone by a run that resumes from the
+            # previous checkpoint (RunLog.forget_after drops their records), never lost.
+            events = [Every(train.log_every, meter.write, also=(train.max_steps,))]
             if self.valid_dataset is not None:
-                events.insert(1, Every(train.valid_every, lambda step, _: self.log.write(
+                events.append(Every(train.valid_every, lambda step, _: self.log.write(
                     {"step": step, **self.validation_loss()})))
+            if train.eval_every:
+                scorer = self.scorer or SampleScorer.from_config(self.config, topology=self.topology,
+                                                                 device=self.device)
+                events.append(Every(train.eval_every, lambda step, _: self.log.write(
+                    {"step": step, **scorer(self.ema)}), also=(train.max_steps,)))
+            if self.state.power_ema is not None:
+                events.append(Every(train.power_ema_every, lambda step, _: self.save_power_ema(),
+                                    also=(train.max_steps,)))
+            events.append(Every(train.ckpt_every, lambda step, _: self.save_checkpoint(sampler),
+                                also=(train.max_steps,) if final_checkpoint else ()))
             bar = _progress_bar(progress and is_main, train.max_steps, self.step)
             try:
                 last = run_steps(lambda batch: self.train_step(*batch, sampler.rows()), self._batches(sampler),

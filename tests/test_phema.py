@@ -1,10 +1,13 @@
 """Post-hoc EMA (sfd/phema.py, docs/ema.md): the width ↔ exponent relation, tracking against the exact discrete
 profile, the closed-form inner products against quadrature, reconstruction of tracked, in-between and classic EMAs,
-bit-exact resuming and the one-line errors. CPU, tiny tensors, a few seconds in all."""
+bit-exact resuming, the snapshot files of a small training run and tools/reconstruct_ema.py on them, and the
+one-line errors. CPU, tiny tensors, a few seconds in all."""
 
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,11 @@ import torch
 from torch import nn
 
 from sfd import phema
+from sfd.checkpoint import CheckpointError, atomic_save, load_weights, read_file
 from sfd.phema import PowerEMA
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))
+import reconstruct_ema  # noqa: E402
 
 TRACKED = (0.05, 0.10)
 
@@ -200,6 +207,152 @@ def test_buffers_are_copied_and_snapshots_are_independent_copies():
     after = ema.snapshot()[0.10]
     assert after["count"].item() == 2 and after["scale"].tolist() == [2.0, 2.0]  # copied, not averaged
     assert 1.0 < after["weight"][0].item() < 5.0
+
+
+STEPS, EVERY = 60, 4  # the small run: its length and snapshot interval, in optimizer steps
+CONFIG = {"train": {"global_batch_size": 32}}
+
+
+def small_network() -> nn.Module:
+    """Linear layers around a batch norm: averaged weights, copied floating buffers and an integer counter."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A small regression trained for STEPS steps of SGD with power EMAs of TRACKED written to run/power_ema every
+    EVERY steps (save_snapshots), and σ_rel 0.075 tracked directly beside them. Returns (run, tracked, direct)."""
+    run = tmp_path_factory.mktemp("run")
+    model = small_network()
+    tracked, direct = PowerEMA(model, TRACKED), PowerEMA(model, (0.075,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.randn(4, 1, generator=generator)
+    for step in range(1, STEPS + 1):
+        x = torch.randn(32, 4, generator=generator)
+        loss = (model(x) - (x @ truth).sin()).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        tracked.update(model, step)
+        direct.update(model, step)
+        if step % EVERY == 0:
+            phema.save_snapshots(run / phema.SNAPSHOT_FOLDER, tracked, 32 * step, CONFIG)
+    return run, tracked, direct
+
+
+def test_snapshot_files_round_trip(tmp_path):
+    model = Tiny(3)
+    ema = PowerEMA(model, (0.10, 1e-5, 0.05))
+    with pytest.raises(ValueError, match="step 0"):
+        phema.save_snapshots(tmp_path, ema, 0)
+    written = []
+    for step in (1, 2, 3):
+        model.set(torch.full((3,), float(step), dtype=torch.float64), step)
+        ema.update(model, step)
+        if step >= 2:
+            written += phema.save_snapshots(tmp_path, ema, 8 * step, CONFIG if step == 3 else None)
+    assert [path.name for path in written[3:]] == ["0000003_sigma0.1.pt", "0000003_sigma1e-05.pt",
+                                                   "0000003_sigma0.05.pt"]
+    for stray in ("notes.txt", "ema_sigma0.05_0000003.pt", ".0000003_sigma0.05.pt.host.1.0123abcd.tmp"):
+        (tmp_path / stray).write_bytes(b"")
+    files = phema.snapshot_files(tmp_path)
+    assert [(file.step, file.sigma_rel) for file in files] == [(step, sigma) for step in (2, 3)
+                                                               for sigma in (1e-5, 0.05, 0.10)]
+    for sigma, average in ema.snapshot().items():
+        path = next(path for path in written[3:] if path.name.endswith(f"_sigma{sigma:g}.pt"))
+        step, gamma, state = phema.load_snapshot(path)
+        assert (step, gamma) == (3, phema.std_to_exponent(sigma))
+        assert state.keys() == average.keys() and all(torch.equal(state[key], average[key]) for key in state)
+        payload = read_file(path)
+        assert (payload["images_seen"], payload["sigma_rel"], payload["config"]) == (24, sigma, CONFIG)
+    assert "config" not in read_file(written[0])
+
+
+def test_a_tracked_width_is_rebuilt_from_the_files_at_any_snapshot_step(trained_run):
+    run, _, _ = trained_run
+    folder = run / phema.SNAPSHOT_FOLDER
+    for sigma, step in [(0.05, STEPS), (0.10, STEPS), (0.10, 32)]:
+        rebuilt, info = phema.reconstruct_from_folder(folder, sigma_rel=sigma, step=step)
+        _, _, snapshot = phema.load_snapshot(folder / f"{step:07d}_sigma{sigma:g}.pt")
+        assert rebuilt.keys() == snapshot.keys()
+        for key in snapshot:
+            assert rebuilt[key].dtype == snapshot[key].dtype
+            torch.testing.assert_close(rebuilt[key], snapshot[key])
+        assert info["step"] == step and len(info["sources"]) == len(info["coefficients"]) == 2 * step // EVERY
+        assert info["sources"][-1].startswith(f"{step:07d}_") and sum(info["coefficients"]) == pytest.approx(1)
+
+
+def test_an_in_between_width_lands_closer_to_its_direct_average_than_either_tracked_one(trained_run):
+    run, tracked, direct = trained_run
+    rebuilt, _ = phema.reconstruct_from_folder(run / phema.SNAPSHOT_FOLDER, sigma_rel=0.075)
+
+    def distance(state) -> float:
+        return sum(float((state[key].double() - direct.averages[0][key].double()).square().sum())
+                   for key in tracked.averaged_keys) ** 0.5
+
+    assert distance(rebuilt) < 0.1 * min(distance(average) for average in tracked.averages)
+
+
+def test_the_tool_writes_checkpoints_that_load_strictly(trained_run, tmp_path, capsys):
+    run, tracked, _ = trained_run
+    out = tmp_path / "out"
+    assert reconstruct_ema.main([str(run), "--sigma-rel", "0.05", "0.075", "--decay", "0.9", "--out", str(out)]) == 0
+    output = capsys.readouterr()
+    names = ["ema_sigma0.05_0000060.pt", "ema_sigma0.075_0000060.pt", "ema_decay0.9_0000060.pt"]
+    assert sorted(path.name for path in out.iterdir()) == sorted(names) and output.err == ""
+    assert [line.split()[1] for line in output.out.splitlines()] == [str(out / name) for name in names]
+    for name in names:
+        payload = read_file(out / name)
+        assert payload["config"] == CONFIG and payload["power_ema"]["step"] == STEPS
+        assert len(payload["power_ema"]["sources"]) == len(payload["power_ema"]["coefficients"]) == 2 * STEPS // EVERY
+        model = load_weights(small_network(), out / name)  # strict, as sfd.build.load_model loads
+        if name.startswith("ema_sigma0.05_"):
+            expected = tracked.snapshot()[0.05]
+            for key, value in model.state_dict().items():
+                torch.testing.assert_close(value, expected[key])
+
+    snapshots = run / phema.SNAPSHOT_FOLDER
+    assert reconstruct_ema.main([str(snapshots), "--decay", "0.99", "--step", "32"]) == 0  # default --out
+    output = capsys.readouterr()
+    assert (run / "power_ema_reconstructed" / "ema_decay0.99_0000032.pt").is_file()
+    assert output.err.startswith("warning: decay 0.99 at step 32: ") and output.err.count("\n") == 1
+    files = phema.snapshot_files(snapshots)
+    assert phema.exponential_caveat(files, 0.9) is None
+    assert "two snapshot intervals" in phema.exponential_caveat(files, 0.5)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["EMPTY", "--sigma-rel", "0.05"], "holds no power-EMA snapshots"),
+    (["RUN", "--sigma-rel", "0.05", "--step", "30"], "target_step=30 is not a snapshot step"),
+    (["RUN", "--sigma-rel", "0.05", "0.5"], "sigma_rel must be in"),
+    (["RUN", "--sigma-rel", "0.05", "--decay", "1.0"], "decay must be in (0, 1)"),
+    (["RUN"], "nothing to rebuild"),
+])
+def test_tool_errors_are_one_line_and_write_nothing(trained_run, tmp_path, capsys, arguments, message):
+    run, _, _ = trained_run
+    (tmp_path / "empty").mkdir()
+    places = {"EMPTY": str(tmp_path / "empty"), "RUN": str(run)}
+    out = tmp_path / "out"
+    assert reconstruct_ema.main([places.get(word, word) for word in arguments] + ["--out", str(out)]) == 2
+    output = capsys.readouterr()
+    assert output.out == "" and output.err.startswith("error: ") and output.err.count("\n") == 1
+    assert message in output.err and not out.exists()
+
+
+def test_files_that_are_not_snapshots_or_not_what_their_names_say_are_refused(trained_run, tmp_path):
+    run, _, _ = trained_run
+    atomic_save({"ema": {"weight": torch.zeros(2)}, "step": 4, "sigma_rel": 0.05}, tmp_path / "0000004_sigma0.05.pt")
+    with pytest.raises(CheckpointError, match="missing 'gamma'") as error:
+        phema.load_snapshot(tmp_path / "0000004_sigma0.05.pt")
+    assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    (renamed / "0000004_sigma0.1.pt").write_bytes((run / phema.SNAPSHOT_FOLDER / "0000004_sigma0.05.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="not what its name says"):
+        phema.reconstruct_from_folder(renamed, sigma_rel=0.1)
 
 
 def bad_inputs():

@@ -357,3 +357,61 @@ def test_an_elastic_run_survives_a_killed_worker(data, tmp_path):
         assert all(torch.equal(value, b["opt"]["state"][index][name]) for name, value in state.items())
     log = (tmp_path / "killed" / "run" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log if "loss" in json.loads(line)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_power_ema_snapshots_survive_kill_and_resume_bit_for_bit(data, tmp_path, monkeypatch):
+    """Post-hoc EMA (docs/ema.md): the trackers are part of the checkpoint, so a killed run's snapshots equal an
+    uninterrupted run's; they also equal a direct power-function average of the weights after each step."""
+    from sfd.phema import PowerEMA, load_snapshot, snapshot_files
+
+    widths = ("train.power_ema_sigma_rels=[0.1,0.2]", "train.power_ema_every=2")
+    straight = Trainer(tiny_config(data, tmp_path / "straight", *widths))
+    direct = PowerEMA(straight.model, (0.1, 0.2))
+    original = Trainer.train_step
+
+    def tracked(self, *args):
+        record = original(self, *args)
+        if self is straight:
+            direct.update(self.model, self.step)
+        return record
+
+    monkeypatch.setattr(Trainer, "train_step", tracked)
+    straight.run(progress=False)
+
+    def killed_after_step_4(self, *args):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", killed_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(data, tmp_path / "interrupted", *widths)).run(progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    Trainer(tiny_config(data, tmp_path / "interrupted", *widths)).run(progress=False)
+
+    files = {run: snapshot_files(tmp_path / run / "run" / "power_ema") for run in ("straight", "interrupted")}
+    assert [(f.step, f.sigma_rel) for f in files["straight"]] == [(s, w) for s in (2, 4, 6) for w in (0.1, 0.2)]
+    for a, b in zip(files["straight"], files["interrupted"]):
+        step, _, weights = load_snapshot(a.path)
+        assert load_snapshot(b.path)[0] == step
+        for key, value in weights.items():
+            assert torch.equal(value, load_snapshot(b.path)[2][key]), (a.path.name, key)
+    for width, average in zip((0.1, 0.2), direct.snapshot().values()):
+        final = load_snapshot(next(f.path for f in files["straight"] if f.step == 6 and f.sigma_rel == width))[2]
+        for key, value in average.items():
+            assert torch.equal(value, final[key]), (width, key)
+    a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "interrupted")
+    assert a["power_ema"]["step"] == b["power_ema"]["step"] == 6
+
+
+def test_power_ema_cannot_be_switched_on_mid_run(data, tmp_path):
+    Trainer(tiny_config(data, tmp_path, "train.max_steps=3")).run(progress=False)
+    with pytest.raises(TrainingError, match="train.power_ema_sigma_rels is \\[0.1\\] but the checkpoint tracked none"):
+        Trainer(tiny_config(data, tmp_path, "train.power_ema_sigma_rels=[0.1]"))
+
+
+@pytest.mark.parametrize("widths, message", [("[0.1,0.1]", "distinct"), ("[0.5]", "1/sqrt\\(12\\)"),
+                                             ("[0.0]", "1/sqrt\\(12\\)")])
+def test_power_ema_widths_are_checked_at_load(data, tmp_path, widths, message):
+    with pytest.raises(Exception, match=f"train.power_ema_sigma_rels.*{message}"):
+        tiny_config(data, tmp_path, f"train.power_ema_sigma_rels={widths}")
