@@ -92,8 +92,9 @@ def test_evaluation_during_training_leaves_the_weights_unchanged_and_logs_the_fi
     evaluated.run(progress=False)
 
     for part in ("model", "ema"):
-        for (key, a), b in zip(getattr(plain, part).state_dict().items(), getattr(evaluated, part).state_dict().values()):
-            assert torch.equal(a, b), (part, key)
+        other = getattr(evaluated, part).state_dict()
+        for key, value in getattr(plain, part).state_dict().items():
+            assert torch.equal(value, other[key]), (part, key)
     records = [json.loads(line) for line in (tmp_path / "evaluated" / "run" / "log.jsonl").read_text().splitlines()]
     scored = [record for record in records if "fid" in record]
     assert [record["step"] for record in scored] == [2, 4]
