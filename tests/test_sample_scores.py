@@ -122,3 +122,28 @@ def test_from_config_decodes_with_the_texture_vae(data, tmp_path):
     images = built.decode(ImageSampler(model, config, built.decode).latents(range(2), torch.tensor([0, 1])))
     assert images.dtype == np.uint8 and images.shape == (2, 256, 256, 3)
     assert np.isfinite(built(model)["fid"])
+
+
+def test_reconstruct_ema_scores_each_rebuilt_width(data, tmp_path, capsys):
+    """tools/reconstruct_ema.py --score: every rebuilt average scored by the same road; a tracked width's score is
+    its snapshot's."""
+    import importlib.util
+
+    from sfd.checkpoint import load_weights
+
+    spec = importlib.util.spec_from_file_location("reconstruct_ema", ROOT / "tools" / "reconstruct_ema.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    config = tiny_config(data, tmp_path, "train.power_ema_sigma_rels=[0.1,0.2]", "train.power_ema_every=2")
+    trainer = Trainer(config)
+    trainer.run(progress=False)
+    run = tmp_path / "run"
+    code = tool.main([str(run), "--sigma-rel", "0.1", "0.15", "--score", "6"],
+                     scorer_of=lambda config: scorer(config, data, samples=6))
+    assert code == 0
+    rows = json.loads((run / "power_ema_reconstructed" / "scores.json").read_text())
+    assert sorted(row["sigma_rel"] for row in rows) == [0.1, 0.15] and rows[0]["fid"] <= rows[1]["fid"]
+    assert "| σ_rel 0.1" in capsys.readouterr().out
+    snapshot = load_weights(Trainer(config).ema, run / "power_ema" / "0000004_sigma0.1.pt")
+    tracked = next(row for row in rows if row["sigma_rel"] == 0.1)
+    assert tracked["fid"] == pytest.approx(scorer(config, data, samples=6)(snapshot)["fid"], rel=1e-5)
