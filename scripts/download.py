@@ -7,7 +7,7 @@ lay it out where the release's configs expect it.
     python scripts/download.py sfd-xxl-800ep-ag --dry-run  # what would be fetched, and where it goes
     make weights ROW=sfd-xl-800ep-ag
 Hugging Face files go through huggingface_hub into its cache (HF_HOME / HF_HUB_CACHE; interrupted transfers resume;
-HF_HUB_OFFLINE=1 uses the cache alone) and are linked into place (--copy copies them); the two plain HTTPS files are
+HF_HUB_OFFLINE=1 uses the cache alone) and are linked into place (--copy copies them); the plain HTTPS files are
 resumed from their partial download. Sizes and SHA-256 are checked where known, and a file that fails is deleted.
 Without network the error names every file still missing and where to put it. The table is sfd/release_rows.yaml.
 """

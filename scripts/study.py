@@ -7,6 +7,8 @@ convergence speed-up — and the semantic-anchor diagnostics (oracle semantics, 
     python scripts/study.py --seeds 1 3          # only these seeds (run parts side by side; no combined report)
     python scripts/study.py --delta-t 0 0.1 0.3 0.5 --repeats 3 --name delta_t   # the Δt ablation
     python scripts/study.py --quick              # every stage at tiny size, a couple of minutes
+    python scripts/study.py --name ema --ema-widths 0.03 0.05 0.075 0.1 0.15 0.2 --repeats 3 --steps 3600
+                                                 # each model at its best post-hoc EMA width (runs of their own)
 The study shares the demo's run folder (outputs/demo): its tokenizers, encoders and the demo's seed-0 runs are
 reused and continued. Every stage resumes, so an interrupted study continues where it stopped. On a machine with a
 GPU the trainers and samplers use it. Output: <run dir>/studies/<name>/report.md (the verdict rule, then the
@@ -39,6 +41,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="train and score only these seeds (default: all)")
     parser.add_argument("--steps", type=int, default=defaults.steps,
                         help="training steps per model; scored lengths beyond it wait (default: %(default)s)")
+    parser.add_argument("--ema-widths", type=float, nargs="+", default=[],
+                        help="also score each model at these power-EMA widths σ_rel, rebuilt from snapshots of "
+                             f"{' and '.join(map(str, defaults.tracked_widths))} (docs/ema.md); the runs track them, "
+                             "so they are runs of their own (…_pema)")
     parser.add_argument("--encoder", choices=ENCODERS, default="ssl", help="DINOv2 stand-in (default: ssl)")
     parser.add_argument("--run-dir", help="run folder (default: outputs/demo, or outputs/demo_quick with --quick)")
     parser.add_argument("--data-root", help="folder with the Fashion-MNIST *-ubyte.gz files")
@@ -50,13 +56,17 @@ def main(argv=None) -> int:
         if args.quick:
             settings = StudySettings(args.name, args.sources, args.delta_t, args.repeats, args.seeds, steps=20,
                                      lengths=(10, 20), verdict_steps=(20,), curve_samples=20, verdict_samples=40,
-                                     reference_images=256, main=Scoring("euler", 6, phases=True))
+                                     reference_images=256, main=Scoring("euler", 6, phases=True),
+                                     ema_widths=args.ema_widths)
             backend = FashionSettings.quick(args.run_dir or "outputs/demo_quick", args.data_root,
-                                            encoder=args.encoder, reference_images=settings.reference_images)
+                                            encoder=args.encoder, reference_images=settings.reference_images,
+                                            power_ema_sigma_rels=settings.tracked_widths if args.ema_widths else ())
         else:
-            settings = StudySettings(args.name, args.sources, args.delta_t, args.repeats, args.seeds, args.steps)
+            settings = StudySettings(args.name, args.sources, args.delta_t, args.repeats, args.seeds, args.steps,
+                                     ema_widths=args.ema_widths)
             backend = FashionSettings(run_dir=args.run_dir or "outputs/demo", data_root=args.data_root,
-                                      encoder=args.encoder, reference_images=settings.reference_images)
+                                      encoder=args.encoder, reference_images=settings.reference_images,
+                                      power_ema_sigma_rels=settings.tracked_widths if args.ema_widths else ())
         return run_study(FashionBackend(backend), settings)
 
     return report_command(study)

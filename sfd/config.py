@@ -235,6 +235,8 @@ class TrainConfig:
     eval_every: int = 0
     eval_samples: int = 1000
     eval_inception_weights: Optional[str] = None  # the evaluator's Inception weights file (default: $INCEPTION_WEIGHTS)
+    eval_fd_dinov2: bool = False  # also FD_DINOv2 (docs/evaluator.md §13) against the reference images
+    eval_dinov2_weights: Optional[str] = None  # DINOv2 ViT-L/14 weights file (default: $DINOV2_WEIGHTS)
 
     def validate(self, source: str = "config") -> None:
         require(self.global_batch_size > 0, "train.global_batch_size", "must be positive", source=source)

@@ -365,8 +365,7 @@ class Trainer:
         return path
 
     def save_power_ema(self) -> None:
-        """The power EMAs' snapshots at this step, ``power_ema/{step:07d}_sigma{σ_rel}.pt`` (docs/ema.md), written
-        atomically by the main process."""
+        """The power EMAs' snapshots at this step (docs/ema.md §6), written by the main process."""
         if self.topology.is_main:
             save_snapshots(self.run_dir / "power_ema", self.state.power_ema, self.images_seen,
                            config_to_dict(self.config))
@@ -422,8 +421,9 @@ class Trainer:
                 events.append(Every(train.valid_every, lambda step, _: self.log.write(
                     {"step": step, **self.validation_loss()})))
             if train.eval_every:
-                scorer = self.scorer or SampleScorer.from_config(self.config, topology=self.topology,
-                                                                 device=self.device)
+                with torch.random.fork_rng(devices=[]):  # building networks draws nothing the training sees
+                    scorer = self.scorer or SampleScorer.from_config(self.config, topology=self.topology,
+                                                                     device=self.device)
                 events.append(Every(train.eval_every, lambda step, _: self.log.write(
                     {"step": step, **scorer(self.ema)}), also=(train.max_steps,)))
             if self.state.power_ema is not None:

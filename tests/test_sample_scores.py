@@ -147,3 +147,28 @@ def test_reconstruct_ema_scores_each_rebuilt_width(data, tmp_path, capsys):
     snapshot = load_weights(Trainer(config).ema, run / "power_ema" / "0000004_sigma0.1.pt")
     tracked = next(row for row in rows if row["sigma_rel"] == 0.1)
     assert tracked["fid"] == pytest.approx(scorer(config, data, samples=6)(snapshot)["fid"], rel=1e-5)
+
+
+def test_fd_dinov2_during_training_equals_the_evaluators(data, tmp_path):
+    """With a DINOv2 network the scorer also gives FD_DINOv2, equal to sfd.evaluation.adm.fd_dinov2 on the same
+    samples (a tiny random ViT of the ViT-L/14 architecture stands in for the weights)."""
+    from sfd.evaluation.adm import cached_reference_outputs, fd_dinov2
+    from sfd.evaluation.dinov2 import DINOv2Features
+    from sfd.tokenizers.dinov2 import tiny_dinov2
+
+    dinov2 = DINOv2Features(tiny_dinov2(embed_dim=32, depth=1, heads=2, seed=3, name="dinov2_vitl14")).eval()
+    config = tiny_config(data, tmp_path)
+    model = Trainer(config).ema
+    outputs, _, _ = cached_reference_outputs(dinov2, data / "reference.npz", "cpu", 64, None, None)
+    plain = scorer(config, data, samples=6)
+    reference = feature_statistics(outputs["features"].astype(np.float64))
+    with_dinov2 = SampleScorer(config, plain.decode, plain.network, plain.reference, 6, seed=plain.seed,
+                               dinov2=dinov2, dinov2_reference=reference)
+    scores = with_dinov2(model)
+    npz = write_fid_set(ImageSampler(model, config, three_channel_decode, seed=plain.seed),
+                        LabelPlan(6, 4, balanced=True, seed=plain.seed), tmp_path / "samples", batch_size=3)
+    expected, _ = fd_dinov2(data / "reference.npz", npz, dinov2, log=lambda message: None)
+    assert scores["fd_dinov2"] == pytest.approx(expected, rel=1e-6)
+    assert scores["fid"] == plain(model)["fid"]
+    with pytest.raises(ScoringError, match="give both"):
+        SampleScorer(config, plain.decode, plain.network, plain.reference, 6, dinov2=dinov2)

@@ -14,6 +14,7 @@ from sfd.experiments.report import (
     convergence_lines,
     convergence_table,
     delta_t_verdict,
+    ema_width_table,
     limit_verdict,
     model_key,
     paired,
@@ -201,3 +202,44 @@ def test_quick_study_runs_end_to_end_and_writes_its_report(fake_fashion, tmp_pat
 
     assert any(line.startswith("* study [anchors](studies/anchors/report.md): (a) Table 1") for line in
                report_links(run_dir))
+
+    # post-hoc EMA: runs of their own that track power EMAs, each model also scored at rebuilt widths
+    assert main(["--quick", "--data-root", str(fake_fashion), "--run-dir", str(run_dir), "--repeats", "2",
+                 "--name", "ema", "--sources", "none", "semvae", "--delta-t", "0.3",
+                 "--ema-widths", "0.05", "0.1", "0.2"]) == 0
+    report = (run_dir / "studies" / "ema" / "report.md").read_text()
+    assert "## Post-hoc EMA after 20 steps" in report
+    assert "| classic EMA | σ_rel 0.05 | σ_rel 0.1 | σ_rel 0.2 |" in report
+    assert "SFD − LightningDiT, both at their best widths:" in report
+    rows = json.loads((run_dir / "studies" / "ema" / "results.json").read_text())
+    assert {row.get("average") for row in rows} == {None, "σ_rel 0.05", "σ_rel 0.1", "σ_rel 0.2"}
+    run = run_dir / "runs" / "ssl_dt0.3_w2_semvae_r1_pema"
+    assert (run / "power_ema" / "0000020_sigma0.1.pt").is_file()
+    assert (run / "power_ema_reconstructed" / "ema_sigma0.2_0000020.pt").is_file()
+
+
+def test_ema_width_table_picks_each_seeds_best_width_and_pairs_it_with_the_classic_ema():
+    from sfd.experiments.report import StudyLayout
+
+    curve = Scoring(samples=500)
+    widths = (replace(curve, average=0.05), replace(curve, average=0.1))
+    fids = {CLASSIC: {BASE: [10.0, 11.0, 12.0], SFD: [13.0, 12.0, 14.0]},
+            0.05: {BASE: [9.0, 11.5, 11.0], SFD: [12.0, 12.5, 13.0]},
+            0.1: {BASE: [9.5, 10.0, 12.5], SFD: [12.5, 11.0, 13.5]}}
+    rows = []
+    for average, by_model in fids.items():
+        scoring = curve if average == CLASSIC else replace(curve, average=average)
+        rows += rows_for({(variant, 3600): values for variant, values in by_model.items()}, scoring)
+    layout = StudyLayout(curve, MAIN, ORACLE, MAIN.tighter(), (3600,), 0.3, widths)
+    table = ema_width_table(rows, models(rows), 3600, layout)
+    base_line = next(line for line in table if line.startswith("| LightningDiT |"))
+    # best per seed: 9.0 (0.05), 10.0 (0.1), 11.0 (0.05) → mean 10.0; gains −1.0, −1.0, −1.0
+    assert "| 10.00 ± 1.00 (σ_rel 0.05) |" in base_line
+    assert Paired((-1.0, -1.0, -1.0)).text() in base_line
+    sfd_line = next(line for line in table if line.startswith("| SemVAE semantics, Δt 0.3 |"))
+    assert "(σ_rel 0.05)" in sfd_line or "(σ_rel 0.1)" in sfd_line
+    # SFD at best (12.0, 11.0, 13.0) − LightningDiT at best (9.0, 10.0, 11.0)
+    assert f"SFD − LightningDiT, both at their best widths: {Paired((3.0, 1.0, 2.0)).text()}." in "".join(table)
+
+
+CLASSIC = "classic"

@@ -10,6 +10,9 @@ mapping uint8 images [N, 3, H, W] to :class:`~sfd.evaluation.inception.Inception
 
 Reference activations are cached in ``cache_dir`` under the reference file's SHA-256 and the network's identity
 (the weights' SHA-256), so the 10,000-image forward pass runs once per reference and network.
+
+``fd_dinov2(reference, sample, network)`` computes FD_DINOv2 (docs/evaluator.md §13) with the same image reader, feed
+loop and cache; ``main`` adds its line after ADM's five with ``--fd-dinov2``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
@@ -30,6 +33,7 @@ from tqdm import tqdm
 
 from sfd.cli import make_parser
 from sfd.device import DeviceError, default_device
+from sfd.evaluation import dinov2
 from sfd.evaluation.inception import WEIGHTS_ENV, WEIGHTS_SHA256, InceptionFeatures, load_inception
 from sfd.evaluation.metrics import (
     PR_MODES,
@@ -47,10 +51,15 @@ from sfd.files import atomic_path, file_sha256, write_json_atomic
 DEFAULT_CACHE_DIR = Path("outputs/eval_cache")
 CONVENTIONAL_SAMPLES = 50_000  # ADM numbers are FID-50K; other counts are not comparable (docs/evaluator.md §10.3)
 RESULT_LABELS = ("Inception Score", "FID", "sFID", "Precision", "Recall")
+FD_DINOV2_LABEL = "FD_DINOv2"
 
 
 class FeatureNetwork(Protocol):
     def __call__(self, images: torch.Tensor) -> InceptionFeatures: ...
+
+
+# Any network the feed loop runs: taps in a dataclass of tensors (the Inception's) or one feature tensor (DINOv2's).
+AnyNetwork = Callable[[torch.Tensor], InceptionFeatures | torch.Tensor]
 
 
 @dataclass
@@ -82,20 +91,35 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def compute_activations(network: FeatureNetwork, source: str | Path, device: str | torch.device = "cpu",
-                        batch_size: int = NPZ_BATCH, desc: str = "") -> Activations:
+def network_outputs(network: AnyNetwork, source: str | Path, device: str | torch.device = "cpu",
+                    batch_size: int = NPZ_BATCH, desc: str = "") -> dict[str, np.ndarray]:
     """Run ``network`` over every image of an ADM ``.npz`` or PNG folder, ``batch_size`` at a time, in file order;
-    uint8 NHWC batches are permuted to NCHW and fed without any other preprocessing (docs/evaluator.md §9.3)."""
+    uint8 NHWC batches are permuted to NCHW and fed without any other preprocessing (docs/evaluator.md §9.3). Returns
+    each output as float32 [N, ...]: the fields of a dataclass output by name, a single tensor as ``features``."""
     count = images_shape(source)[0]
-    pool, spatial, logits = [], [], []
+    parts: dict[str, list[np.ndarray]] = {}
     with torch.no_grad(), full_fp32():
         for batch in tqdm(iter_images(source, batch_size), total=math.ceil(count / batch_size), desc=desc,
                           unit="batch", file=sys.stderr, leave=False):
-            features = network(torch.from_numpy(batch).to(device).permute(0, 3, 1, 2))
-            pool.append(features.pool.float().cpu().numpy())
-            spatial.append(features.spatial.float().cpu().numpy())
-            logits.append(features.logits.float().cpu().numpy())
-    return Activations(np.concatenate(pool), np.concatenate(spatial), np.concatenate(logits))
+            for name, array in feed(network, batch, device).items():
+                parts.setdefault(name, []).append(array)
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+
+def feed(network: AnyNetwork, images: np.ndarray, device: str | torch.device) -> dict[str, np.ndarray]:
+    """One batch of uint8 NHWC images through ``network`` (permuted to NCHW, no other preprocessing): each output as
+    float32 on the CPU — the fields of a dataclass output by name, a single tensor as ``features``. Call it under
+    ``torch.no_grad()`` and :func:`~sfd.evaluation.metrics.full_fp32`, as :func:`network_outputs` does."""
+    output = network(torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2))
+    named = ({"features": output} if isinstance(output, torch.Tensor)
+             else {field.name: getattr(output, field.name) for field in fields(output)})
+    return {name: tensor.float().cpu().numpy() for name, tensor in named.items()}
+
+
+def compute_activations(network: FeatureNetwork, source: str | Path, device: str | torch.device = "cpu",
+                        batch_size: int = NPZ_BATCH, desc: str = "") -> Activations:
+    """The Inception taps of every image of a batch file or folder, in file order (:func:`network_outputs`)."""
+    return Activations(**network_outputs(network, source, device, batch_size, desc))
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -103,21 +127,32 @@ def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(stream, **arrays)
 
 
+def cached_reference_outputs(network: AnyNetwork, reference: str | Path, device: str | torch.device,
+                             batch_size: int, cache_dir: Optional[Path], network_id: Optional[str],
+                             kind: str = "adm_ref") -> tuple[dict[str, np.ndarray], Optional[str], Optional[Path]]:
+    """:func:`network_outputs` of the reference, read from / written to ``cache_dir`` as
+    ``{kind}_{reference SHA-256}_{network id}.npz`` (16 hex digits each) when both a cache folder and the network's
+    identity are given; a PNG folder is never cached. Returns (outputs, the reference's SHA-256 or None, the cache
+    file or None)."""
+    if cache_dir is None or network_id is None or Path(reference).is_dir():
+        return network_outputs(network, reference, device, batch_size, "reference"), None, None
+    digest = file_sha256(reference)
+    cache = Path(cache_dir) / f"{kind}_{digest[:16]}_{network_id[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache) as data:
+            return {name: data[name] for name in data.files}, digest, cache
+    outputs = network_outputs(network, reference, device, batch_size, "reference")
+    _save_npz_atomic(cache, outputs)
+    return outputs, digest, cache
+
+
 def reference_activations(network: FeatureNetwork, reference: str | Path, device: str | torch.device,
                           batch_size: int, cache_dir: Optional[Path], network_id: Optional[str],
                           ) -> tuple[Activations, Optional[str], Optional[Path]]:
-    """Activations of the reference batch, read from / written to ``cache_dir`` when both a cache folder and the
-    network's identity are given. Returns (activations, the reference's SHA-256 or None, the cache file or None)."""
-    if cache_dir is None or network_id is None or Path(reference).is_dir():
-        return compute_activations(network, reference, device, batch_size, "reference"), None, None
-    digest = file_sha256(reference)
-    cache = Path(cache_dir) / f"adm_ref_{digest[:16]}_{network_id[:16]}.npz"
-    if cache.is_file():
-        with np.load(cache) as data:
-            return Activations(data["pool"], data["spatial"], data["logits"]), digest, cache
-    activations = compute_activations(network, reference, device, batch_size, "reference")
-    _save_npz_atomic(cache, asdict(activations))
-    return activations, digest, cache
+    """Activations of the reference batch, through the cache of :func:`cached_reference_outputs`. Returns
+    (activations, the reference's SHA-256 or None, the cache file or None)."""
+    outputs, digest, cache = cached_reference_outputs(network, reference, device, batch_size, cache_dir, network_id)
+    return Activations(**outputs), digest, cache
 
 
 def batch_statistics(path: str | Path, activations: Activations) -> tuple[FeatureStatistics, FeatureStatistics, str]:
@@ -179,6 +214,28 @@ def evaluate(reference: str | Path, sample: str | Path, network: FeatureNetwork,
     return results, report
 
 
+def fd_dinov2(reference: str | Path, sample: str | Path, network: AnyNetwork, *,
+              device: str | torch.device = "cpu", batch_size: int = NPZ_BATCH, cache_dir: Optional[Path] = None,
+              network_id: Optional[str] = None, log: Callable[[str], None] = _stderr) -> tuple[float, dict[str, Any]]:
+    """FD_DINOv2 (docs/evaluator.md §13) between two image sources (``.npz`` or PNG folder): ``network`` maps uint8
+    images [N, 3, H, W] to features [N, D] (:class:`~sfd.evaluation.dinov2.DINOv2Features`). Every image of both
+    sources is used (a file's stored Inception statistics are not DINOv2 statistics); mean and unbiased covariance of
+    the features in float64, as EDM2 accumulates them; the distance is :func:`frechet_distance`. The reference's
+    features are cached like the Inception's. Returns the distance and a report."""
+    if isinstance(network, torch.nn.Module):
+        network = network.to(device).eval()
+    log("computing FD_DINOv2 reference activations...")
+    reference_features, _, cache = cached_reference_outputs(network, reference, device, batch_size, cache_dir,
+                                                            network_id, kind="fd_dinov2_ref")
+    log("computing FD_DINOv2 sample activations...")
+    sample_features = network_outputs(network, sample, device, batch_size, "sample")
+    value = frechet_distance(feature_statistics(sample_features["features"].astype(np.float64)),
+                             feature_statistics(reference_features["features"].astype(np.float64)))
+    return value, {"fd_dinov2": value, "fd_dinov2_network": network_id,
+                   "fd_dinov2_feature_dim": int(sample_features["features"].shape[1]),
+                   "fd_dinov2_activation_cache": str(cache) if cache else None}
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write a JSON report atomically."""
     return write_json_atomic(path, payload, indent=2)
@@ -208,29 +265,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, help="report path (default: <sample>_adm_eval.json beside it)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="reference activation cache folder")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the activation cache")
+    parser.add_argument("--fd-dinov2", action="store_true",
+                        help="also compute FD_DINOv2 (DINOv2 ViT-L/14 features, EDM2's protocol) and print it after "
+                             "ADM's five lines")
+    parser.add_argument("--dinov2-weights", default=None,
+                        help=f"local {dinov2.WEIGHTS_FILE} for --fd-dinov2 (default: ${dinov2.WEIGHTS_ENV})")
     return parser
 
 
 def main(argv: Optional[list[str]] = None, network: Optional[FeatureNetwork] = None,
-         network_id: Optional[str] = None) -> int:
-    """CLI entry point. ``network``/``network_id`` replace the Inception weights (tests, other feature nets)."""
+         network_id: Optional[str] = None, dinov2_network: Optional[AnyNetwork] = None,
+         dinov2_id: Optional[str] = None) -> int:
+    """CLI entry point. ``network``/``network_id`` replace the Inception weights, ``dinov2_network``/``dinov2_id`` the
+    DINOv2 weights of ``--fd-dinov2`` (tests, other feature nets)."""
     args = build_parser().parse_args(argv)
-    weights = None
+    weights = dinov2_weights = None
+    cache_dir = None if args.no_cache else Path(args.cache_dir)
     try:
         device = default_device(args.device)
         if network is None:
             network, network_id = load_inception(args.inception_weights, args.weights_sha256 or (WEIGHTS_SHA256,),
                                                   device)
             weights = args.inception_weights or os.environ.get(WEIGHTS_ENV)
+        if args.fd_dinov2 and dinov2_network is None:  # loaded before the ADM pass, so a missing file fails at once
+            dinov2_network, dinov2_id = dinov2.load_dinov2_features(args.dinov2_weights, device)
+            dinov2_weights = args.dinov2_weights or os.environ.get(dinov2.WEIGHTS_ENV)
         results, report = evaluate(args.ref_batch, args.sample_batch, network, device=device,
-                                   batch_size=args.batch_size, pr_mode=args.pr_mode,
-                                   cache_dir=None if args.no_cache else Path(args.cache_dir), network_id=network_id)
-    except (ValueError, DeviceError) as error:  # bad inputs, missing/unknown weights (InceptionWeightsError is a
-        # ValueError), a device that cannot be used
+                                   batch_size=args.batch_size, pr_mode=args.pr_mode, cache_dir=cache_dir,
+                                   network_id=network_id)
+        if args.fd_dinov2:
+            fd, fd_report = fd_dinov2(args.ref_batch, args.sample_batch, dinov2_network, device=device,
+                                      batch_size=args.batch_size, cache_dir=cache_dir, network_id=dinov2_id)
+            report.update(fd_report, dinov2_weights=dinov2_weights)
+    except (ValueError, DeviceError) as error:  # bad inputs, missing/unknown weights (InceptionWeightsError and
+        # DINOv2WeightsError are ValueErrors), a device that cannot be used
         print(f"error: {error}", file=sys.stderr)
         return 2
     for line in results.lines():
         print(line, flush=True)
+    if args.fd_dinov2:
+        print(f"{FD_DINOV2_LABEL}: {fd}", flush=True)
     report["inception_weights"] = weights
     _stderr(f"wrote {write_json(args.json or default_json_path(args.sample_batch), report)}")
     return 0

@@ -48,10 +48,10 @@ class InceptionFeatures:
     logits: torch.Tensor  # [N, 1008] pool_3 · W_fcᵀ, no bias
 
 
-def check_images(images: torch.Tensor) -> None:
+def check_images(images: torch.Tensor, network: str = "Inception") -> None:
     """Reject anything but uint8 RGB images [N, 3, H, W] (a float or NHWC batch would be silently mis-read)."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"Inception input: expected uint8 images [N, 3, H, W], got {images.dtype} "
+        raise ValueError(f"{network} input: expected uint8 images [N, 3, H, W], got {images.dtype} "
                          f"{list(images.shape)} (convert NHWC uint8 with .permute(0, 3, 1, 2))")
 
 

@@ -4,8 +4,9 @@ width sweep of tools/reconstruct_ema.py.
 :class:`SampleScorer` generates ``num_samples`` class-balanced samples with the config's sampler — exactly the
 images scripts/sample.py writes for the same settings (sample i seeded by (seed, i), sfd/generate.py) — decodes them
 in memory and computes their FID against the reference batch's statistics with the evaluator's network and feed
-path. The features are computed ``NPZ_BATCH`` images at a time in sample order, as scripts/evaluate.py reads a packed
-folder, so on one process the FID equals scripts/evaluate.py's on the same samples (tests/test_sample_scores.py).
+path, and optionally FD_DINOv2 (docs/evaluator.md §13) against the reference images' DINOv2 features. The
+features are computed ``NPZ_BATCH`` images at a time in sample order, as scripts/evaluate.py reads a packed folder,
+so on one process the FID equals scripts/evaluate.py's on the same samples (tests/test_sample_scores.py).
 Processes share the samples as generation does (batch b on process b mod W) and the main process gathers the
 features. Nothing here draws from the global random state, so scoring during training leaves the training's draws,
 and therefore its weights, unchanged.
@@ -24,7 +25,14 @@ from torch import nn
 
 from sfd import distributed
 from sfd.config import SFDConfig, resolve_path
-from sfd.evaluation.adm import DEFAULT_CACHE_DIR, FeatureNetwork, reference_activations
+from sfd.evaluation.adm import (
+    DEFAULT_CACHE_DIR,
+    AnyNetwork,
+    FeatureNetwork,
+    cached_reference_outputs,
+    feed,
+    reference_activations,
+)
 from sfd.evaluation.inception import load_inception
 from sfd.evaluation.metrics import FeatureStatistics, feature_statistics, frechet_distance, full_fp32
 from sfd.evaluation.npz import NPZ_BATCH, load_npz_statistics
@@ -37,11 +45,13 @@ class ScoringError(ValueError):
 
 @dataclass
 class SampleScorer:
-    """FID of ``num_samples`` class-balanced samples of a model against ``reference`` (pool_3 statistics).
+    """FID of ``num_samples`` class-balanced samples of a model against ``reference`` (pool_3 statistics), and
+    FD_DINOv2 against ``dinov2_reference`` when a ``dinov2`` network is given.
 
-    ``decode`` turns final latents into uint8 images [N, 3, H, W] (sfd.generate.LatentDecoder), ``network`` maps
-    such images to features (the evaluator's Inception; tests use a tiny one), ``guide`` is the AutoGuidance model
-    when the config's sampler uses one."""
+    ``decode`` turns final latents into uint8 images [N, H, W, 3] (sfd.generate.LatentDecoder), ``network`` maps
+    such images (as [N, 3, H, W]) to features (the evaluator's Inception; tests use a tiny one), ``dinov2`` to
+    DINOv2 features (sfd.evaluation.dinov2.DINOv2Features), ``guide`` is the AutoGuidance model when the config's
+    sampler uses one."""
 
     config: SFDConfig
     decode: Callable[[torch.Tensor], np.ndarray]
@@ -52,10 +62,14 @@ class SampleScorer:
     guide: Optional[nn.Module] = None
     device: torch.device = torch.device("cpu")
     topology: distributed.Topology = field(default_factory=distributed.Topology)
+    dinov2: Optional[AnyNetwork] = None
+    dinov2_reference: Optional[FeatureStatistics] = None
 
     def __post_init__(self) -> None:
         if self.num_samples < 2:
             raise ScoringError(f"train.eval_samples: need at least 2 samples for a covariance (got {self.num_samples})")
+        if (self.dinov2 is None) != (self.dinov2_reference is None):
+            raise ScoringError("dinov2 and dinov2_reference: give both (FD_DINOv2) or neither")
 
     @classmethod
     def from_config(cls, config: SFDConfig, config_path: Optional[str | Path] = None, *,
@@ -63,8 +77,10 @@ class SampleScorer:
                     network: Optional[FeatureNetwork] = None, network_id: Optional[str] = None) -> "SampleScorer":
         """The scorer ``train.eval_*`` describe: the reference ``data.fid_reference_file`` (its stored statistics,
         else those of its images, cached like scripts/evaluate.py's), the Inception weights
-        ``train.eval_inception_weights`` (default: $INCEPTION_WEIGHTS), the texture VAE of ``vae.*``, the guide of
-        ``sample.autoguidance_config`` when AutoGuidance is on, ``sample.per_proc_batch_size`` images per batch."""
+        ``train.eval_inception_weights`` (default: $INCEPTION_WEIGHTS), with ``train.eval_fd_dinov2`` also the
+        DINOv2 ViT-L/14 of ``train.eval_dinov2_weights`` (default: $DINOV2_WEIGHTS) and the reference images'
+        features, the texture VAE of ``vae.*``, the guide of ``sample.autoguidance_config`` when AutoGuidance is on,
+        ``sample.per_proc_batch_size`` images per batch."""
         from sfd.build import load_guide
         from sfd.tokenizers.texture_vae import load_texture_vae
 
@@ -79,22 +95,31 @@ class SampleScorer:
             raise ScoringError(f"data.fid_reference_file: {reference_path} does not exist")
         if network is None:
             network, network_id = load_inception(config.train.eval_inception_weights, device=device)
+        dinov2 = dinov2_reference = None
+        if config.train.eval_fd_dinov2:
+            from sfd.evaluation.dinov2 import load_dinov2_features
+
+            dinov2, dinov2_id = load_dinov2_features(config.train.eval_dinov2_weights, device)
+            outputs, _, _ = cached_reference_outputs(dinov2, reference_path, device, NPZ_BATCH, DEFAULT_CACHE_DIR,
+                                                     dinov2_id, kind="fd_dinov2_ref")
+            dinov2_reference = feature_statistics(outputs["features"].astype(np.float64))
         vae = load_texture_vae(resolve_path(config.vae.config_path, config_path), device=device)
         return cls(config, LatentDecoder(vae, config, device), network,
                    reference_statistics(network, reference_path, device, network_id), config.train.eval_samples,
                    seed=config.train.global_seed, guide=load_guide(config, config_path, device), device=device,
-                   topology=topology)
+                   topology=topology, dinov2=dinov2, dinov2_reference=dinov2_reference)
 
-    def features(self, model: nn.Module) -> tuple[np.ndarray, float]:
-        """pool_3 features of this process's samples, [n, D] in sample order (the batches of
-        :func:`batches_of_rank`), and the mean NFE of its batches."""
+    def features(self, model: nn.Module) -> tuple[dict[str, np.ndarray], float]:
+        """Features of this process's samples in sample order (the batches of :func:`batches_of_rank`): ``pool``
+        [n, 2048] and, with a DINOv2 network, ``dinov2`` [n, 1024]; and the mean NFE of its batches."""
         sampler = ImageSampler(model, self.config, self.decode, guide=self.guide, device=self.device, seed=self.seed)
         plan = LabelPlan(self.num_samples, self.config.data.num_classes, balanced=True, seed=self.seed)
-        features: list[np.ndarray] = []
+        features: dict[str, list[np.ndarray]] = {"pool": [], **({"dinov2": []} if self.dinov2 is not None else {})}
 
-        def forward(images: np.ndarray) -> None:  # uint8 NHWC, fed as compute_activations feeds a file's batches
-            batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
-            features.append(self.network(batch).pool.float().cpu().numpy())
+        def forward(images: np.ndarray) -> None:  # as scripts/evaluate.py feeds a file's batches
+            features["pool"].append(feed(self.network, images, self.device)["pool"])
+            if self.dinov2 is not None:
+                features["dinov2"].append(feed(self.dinov2, images, self.device)["features"])
 
         waiting = np.empty((0,), np.uint8)
         with torch.no_grad(), full_fp32():
@@ -107,11 +132,12 @@ class SampleScorer:
                     waiting = waiting[NPZ_BATCH:]
             if len(waiting):
                 forward(waiting)
-        return (np.concatenate(features) if features else np.empty((0, 0), np.float32)), sampler.mean_nfe
+        return {name: np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+                for name, parts in features.items()}, sampler.mean_nfe
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        """{'fid', 'eval_samples', 'eval_nfe', 'eval_seconds'} of ``model`` (in eval mode while sampling), the same
-        on every process."""
+        """{'fid', ['fd_dinov2'], 'eval_samples', 'eval_nfe', 'eval_seconds'} of ``model`` (in eval mode while
+        sampling), the same on every process."""
         start = time.perf_counter()
         was_training = model.training
         model.eval()
@@ -121,12 +147,15 @@ class SampleScorer:
             model.train(was_training)
         scores = None
         if self.topology.is_main:
-            pool = _in_sample_order([part for part, _ in gathered], self.num_samples,
-                                    self.config.sample.per_proc_batch_size)
-            scores = {"fid": frechet_distance(feature_statistics(pool), self.reference),
-                      "eval_samples": self.num_samples,
-                      "eval_nfe": float(np.nanmean([nfe for _, nfe in gathered])),
-                      "eval_seconds": time.perf_counter() - start}
+            batch = self.config.sample.per_proc_batch_size
+            pool = _in_sample_order([part["pool"] for part, _ in gathered], self.num_samples, batch)
+            scores = {"fid": frechet_distance(feature_statistics(pool), self.reference)}
+            if self.dinov2 is not None:  # float64 statistics, as fd_dinov2 computes them
+                dinov2 = _in_sample_order([part["dinov2"] for part, _ in gathered], self.num_samples, batch)
+                scores["fd_dinov2"] = frechet_distance(feature_statistics(dinov2.astype(np.float64)),
+                                                       self.dinov2_reference)
+            scores |= {"eval_samples": self.num_samples, "eval_nfe": float(np.nanmean([nfe for _, nfe in gathered])),
+                       "eval_seconds": time.perf_counter() - start}
         return distributed.broadcast_from_main(scores)
 
 

@@ -100,6 +100,11 @@ class FashionSettings:
     variants: Optional[Sequence[Variant]] = None
     pca_components: int = 4  # ReDi-style semantic channels (ReDi: 8 of DINOv2's 768; here as many as the SemVAE's)
     overrides: Sequence[str] = ()  # extra config overrides for the diffusion models
+    # Power-EMA widths the diffusion runs track (docs/ema.md), with a snapshot every power_ema_every steps (a divisor
+    # of every scored length), so that scorings can sample any width (Scoring.average). Tracking runs are runs of
+    # their own (named …_pema): a power EMA must be tracked from the first step.
+    power_ema_sigma_rels: Sequence[float] = ()
+    power_ema_every: int = 200
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -115,6 +120,7 @@ class FashionSettings:
                              diffusion_steps=20, diffusion_batch=16, eval_every=10, samples=40,
                              scoring=Scoring("euler", 6),
                              final_scorings=(Scoring("euler", 6, conditional=False), Scoring("euler", 6, oracle=True)),
+                             power_ema_every=5,
                              overrides=("model.hidden_size=32", "model.depth=2", "model.num_heads=2",
                                         "model.repa_projector_dim=32")), **changes})
 
@@ -382,6 +388,29 @@ def classifier_outputs(classifier, images_uint8: np.ndarray) -> tuple[np.ndarray
     return np.concatenate(features), np.concatenate(predicted)
 
 
+def classifier_reference_statistics(settings: FashionSettings, held_out: torch.Tensor, classifier):
+    """The FID network's feature statistics of the reference images: ``held_out`` (model images in [-1, 1]) or
+    :attr:`FashionSettings.reference_images` Fashion-MNIST test images."""
+    reference = held_out
+    if settings.reference_images is not None:
+        root = Path(settings.data_root) if settings.data_root else None
+        images, _ = subset(*load_fashion_mnist("test", root), settings.reference_images, settings.seed + 1)
+        reference = to_model_images(images)
+    images = ((reference + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return feature_statistics(classifier_outputs(classifier, images)[0])
+
+
+def rebuilt_average(run: Path, step: int, sigma_rel: float) -> Path:
+    """The power-EMA average of width ``sigma_rel`` at ``step``, rebuilt from ``run``'s snapshots (docs/ema.md §7)
+    into ``run/power_ema_reconstructed`` once, then reused."""
+    from sfd.phema import SNAPSHOT_FOLDER, write_reconstruction
+
+    rebuilt = run / "power_ema_reconstructed" / f"ema_sigma{sigma_rel:g}_{step:07d}.pt"
+    if not rebuilt.exists():
+        write_reconstruction(run / SNAPSHOT_FOLDER, rebuilt.parent, sigma_rel=sigma_rel, step=step)
+    return rebuilt
+
+
 class FashionBackend(FashionTokenizers):
     """The demo's stages 1-8: the tokenizers' stages, then the FID network and every diffusion model trained alike and
     scored by FID at several training lengths; the backend of :func:`sfd.experiments.sweep.run_sweep` (``train`` and
@@ -398,8 +427,9 @@ class FashionBackend(FashionTokenizers):
 
     # stage 7: the diffusion models
     def run_name(self, variant: Variant) -> str:
-        """Runs, stages and samples carry the encoder, so both stand-ins can share a run folder."""
-        return f"{self.settings.encoder}_{variant.name}"
+        """Runs, stages and samples carry the encoder, so both stand-ins can share a run folder, and ``_pema`` when
+        the run tracks power EMAs."""
+        return f"{self.settings.encoder}_{variant.name}{'_pema' if self.settings.power_ema_sigma_rels else ''}"
 
     def diffusion_config(self, variant: Variant, steps: Optional[int] = None, checkpoint_every: Optional[int] = None,
                          scoring: Optional[Scoring] = None) -> SFDConfig:
@@ -415,6 +445,8 @@ class FashionBackend(FashionTokenizers):
             f"train.ckpt_every={checkpoint_every or settings.eval_every}",
             f"train.valid_every={checkpoint_every or settings.eval_every}",
             f"train.global_seed={settings.seed + variant.repeat}",
+            *([f"train.power_ema_sigma_rels=[{','.join(map(str, settings.power_ema_sigma_rels))}]",
+               f"train.power_ema_every={settings.power_ema_every}"] if settings.power_ema_sigma_rels else []),
             *(scoring or settings.scoring).overrides(), *settings.overrides])
 
     def train(self, variant: Variant, steps: int, checkpoint_every: int) -> dict:
@@ -435,6 +467,15 @@ class FashionBackend(FashionTokenizers):
     def checkpoint_path(self, variant: Variant, step: int) -> Path:
         """The training checkpoint of ``variant`` at ``step`` (its EMA weights are scored)."""
         return self.run_dir / "runs" / self.run_name(variant) / "checkpoints" / f"{step:07d}.pt"
+
+    def weights_path(self, variant: Variant, step: int, scoring: Scoring) -> Path:
+        """The file whose weights ``scoring`` samples: the checkpoint (its classic EMA) or a power-EMA average."""
+        if scoring.average is None:
+            return self.checkpoint_path(variant, step)
+        if not self.settings.power_ema_sigma_rels:
+            raise ValueError(f"scoring {scoring.name}: the runs track no power EMAs "
+                             "(FashionSettings.power_ema_sigma_rels is empty)")
+        return rebuilt_average(self.run_dir / "runs" / self.run_name(variant), step, scoring.average)
 
     def evaluate(self, variant: Variant, step: int, scoring: Optional[Scoring] = None) -> dict:
         """FID of ``scoring.samples`` (default: the settings') images of the EMA weights at ``step`` against the
@@ -474,7 +515,7 @@ class FashionBackend(FashionTokenizers):
 
         config = self.diffusion_config(variant, scoring=scoring)
         model = build_model(config)
-        load_weights(model, self.checkpoint_path(variant, step), prefer="ema")
+        load_weights(model, self.weights_path(variant, step, scoring), prefer="ema")
         sampler = ImageSampler(model.to(self.device).eval(), config, decode=None, device=self.device,
                                seed=self.settings.seed + variant.repeat + 1000)
         if scoring.oracle:
@@ -541,17 +582,6 @@ class FashionBackend(FashionTokenizers):
         """Part of the evaluation stage names: empty for the held-out images, ``_ref<N>`` for N test images."""
         return "" if self.settings.reference_images is None else f"_ref{self.settings.reference_images}"
 
-    def reference_statistics(self, classifier):
-        """The FID network's feature statistics of the reference images (:attr:`FashionSettings.reference_images`)."""
-        reference = self.test_x
-        if self.settings.reference_images is not None:
-            root = Path(self.settings.data_root) if self.settings.data_root else None
-            images, _ = subset(*load_fashion_mnist("test", root), self.settings.reference_images,
-                               self.settings.seed + 1)
-            reference = to_model_images(images)
-        images = ((reference + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return feature_statistics(classifier_outputs(classifier, images)[0])
-
     # everything
     def prepare(self, variants: Sequence[Variant]) -> None:
         """Stages 1-6: the tokenizers, both encoders and their probes, the FID network and the latents the
@@ -566,7 +596,7 @@ class FashionBackend(FashionTokenizers):
                      folder=self.latent_folder("semvae").parent.name)
         if any(variant.semantics == "pca" for variant in variants):
             self.pca_latents(self.vae, encoder)
-        self.reference = self.reference_statistics(self.classifier)
+        self.reference = classifier_reference_statistics(self.settings, self.test_x, self.classifier)
 
     def sweep(self, variants: Sequence[Variant], steps: Optional[int] = None, eval_every: Optional[int] = None,
               final_scorings: Optional[Sequence[Scoring]] = None, check_scorings: Sequence[Scoring] = (),

@@ -74,6 +74,9 @@ class LatentsBackend:
         if scoring.oracle:
             raise ValueError("oracle: oracle semantics need held-out semantic latents per sample, which this backend "
                              "does not read; they are implemented by the Fashion-MNIST backend")
+        if scoring.average is not None:
+            raise ValueError(f"average: scoring a power-EMA width (σ_rel {scoring.average:g}) is implemented by the "
+                             "Fashion-MNIST backend; here rebuild it with tools/reconstruct_ema.py --score")
         scores = self.output_dir / "scores" / f"{variant.name}_{step:07d}_{scoring.name}.json"
         if scores.exists():
             return scores_of(json.loads(scores.read_text()))

@@ -31,9 +31,11 @@ METRICS = {"fid": "FID ↓", "sfid": "sFID ↓", "inception_score": "IS ↑", "p
            "source_ratio": "texture-to-source ratio ↓"}
 # What identifies a point of a sweep (rows equal in these are repeats); rows written before a field existed get its
 # default.
-GROUP_FIELDS = ("semantics", "repa", "semantic_weight", "delta_t", "sampler", "conditioning", "samples", "step")
+GROUP_FIELDS = ("semantics", "repa", "semantic_weight", "delta_t", "sampler", "conditioning", "samples", "average",
+                "step")
 MODEL_FIELDS = ("semantics", "repa", "semantic_weight", "delta_t")
-FIELD_DEFAULTS = {"repa": True, "sampler": "", "conditioning": "conditional", "samples": None}
+CLASSIC_EMA = "classic EMA"  # the average a row without an ``average`` field sampled (Scoring.average None)
+FIELD_DEFAULTS = {"repa": True, "sampler": "", "conditioning": "conditional", "samples": None, "average": CLASSIC_EMA}
 
 
 # -- statistics ------------------------------------------------------------------------------------------------
@@ -472,6 +474,7 @@ class StudyLayout:
     check: Scoring
     verdict_steps: Sequence[int]
     sfd_delta_t: float
+    averages: Sequence[Scoring] = ()  # the curve scoring at power-EMA widths (Scoring.average), at verdict_steps
 
 
 def study_verdicts(rows: Sequence[dict], layout: StudyLayout) -> dict[str, str]:
@@ -496,6 +499,8 @@ def write_study_report(rows: Sequence[dict], folder: Path, title: str, layout: S
     Returns the report's path."""
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "results.json", json.dumps(list(rows), indent=1) + "\n")
+    widths = [row for row in rows if field_of(row, "average") != CLASSIC_EMA]  # their own section
+    rows = [row for row in rows if field_of(row, "average") == CLASSIC_EMA]
     compared = [row for row in rows if row["sampler"] != layout.check.sampler]
     found = study_verdicts(compared, layout)
     write_text_atomic(folder / "verdicts.json", json.dumps(found, indent=1) + "\n")
@@ -524,6 +529,10 @@ def write_study_report(rows: Sequence[dict], folder: Path, title: str, layout: S
         table = diagnostics_table(compared, models, step, layout.main, layout.oracle)
         if len(table) > 2:
             lines += [f"## Semantic anchor after {step} steps", "", *table, ""]
+    for step in layout.verdict_steps if widths else ():
+        table = ema_width_table([*compared, *widths], models, step, layout)
+        if len(table) > 2:
+            lines += [f"## Post-hoc EMA after {step} steps", "", *table, "", EMA_WIDTH_NOTE, ""]
     lines += ["## Convergence", "", *convergence, "", "## Is the solver converged?", "",
               *(check_table or ["(not checked: no row has both solvers)"]), "",
               f"The check rescores the first seed of every model at the last length with {layout.check.sampler}; a "
@@ -533,6 +542,48 @@ def write_study_report(rows: Sequence[dict], folder: Path, title: str, layout: S
         lines += ["## Setup", "", *[f"* {line}" for line in setup], ""]
     lines += ["Raw rows (one per model, seed, length and scoring): results.json.", ""]
     return write_text_atomic(folder / "report.md", "\n".join(lines))
+
+
+EMA_WIDTH_NOTE = (
+    "Each width is the power-function EMA of that relative width rebuilt from the run's snapshots (docs/ema.md), "
+    "sampled like the classic EMA (same sampler, seeds and sample count). Best width: per seed, the width with the "
+    "lowest FID; it is chosen on the very samples it is scored on, so it flatters by about the noise of one "
+    "score — the paired difference to the classic EMA is the gain a width chosen after training can give, an "
+    "upper estimate. The models at their best widths are compared by the same paired rule as the verdicts.")
+
+
+def ema_width_table(rows: Sequence[dict], models: StudyModels, step: int, layout: StudyLayout) -> list[str]:
+    """Per model at ``step``: FID with the classic EMA, at each power-EMA width, at its best width (per seed) and
+    the paired gain best − classic; then SFD at its best width against each other model at its best."""
+    where = dict(step=step, sampler=layout.curve.sampler, conditioning=layout.curve.conditioning,
+                 samples=layout.curve.samples)
+    labels = [CLASSIC_EMA, *(scoring.fields()["average"] for scoring in layout.averages)]
+    scored = [row for row in rows if matches(row, where)]
+    best = []  # one row per model and seed: its lowest FID over the widths
+    for key, seed in sorted({(model_key(row), row["repeat"]) for row in scored}, key=str):
+        options = [row for row in scored if model_key(row) == key and row["repeat"] == seed
+                   and field_of(row, "average") != CLASSIC_EMA]
+        if options:
+            chosen = min(options, key=lambda row: row["fid"])
+            best.append({**chosen, "average": "best", "best_width": chosen["average"]})
+    lines = ["| model | " + " | ".join(labels) + " | best width (chosen most often) | best − classic (paired) |",
+             "|---|" + "---:|" * (len(labels) + 1) + "---|"]
+    summary = {(model_key(e), e["average"]): e for e in summarise([*scored, *best])}
+    for key in sorted({model_key(row) for row in scored}, key=lambda k: (k[0] != "none", k[0], k[1], k[3])):
+        picks = [row["best_width"] for row in best if model_key(row) == key]
+        if not picks:
+            continue
+        most = max(set(picks), key=picks.count)
+        gain = paired(best + scored, key, key, {**where, "average": "best"}, {**where, "average": CLASSIC_EMA})
+        cells = [cell(summary[(key, label)]) if (key, label) in summary else "–" for label in labels]
+        lines.append(f"| {label_of(key)} | " + " | ".join(cells) + f" | {cell(summary[(key, 'best')])} ({most}) | "
+                     f"{gain.text()} |")
+    if models.sfd is not None:
+        for other in (models.lightningdit, models.repa, models.synchronous):
+            if other is not None and other != models.sfd:
+                versus = paired(best, models.sfd, other, {**where, "average": "best"})
+                lines.append(f"\nSFD − {label_of(other)}, both at their best widths: {versus.text()}.")
+    return lines
 
 
 def convergence_lines(rows: Sequence[dict], main: Scoring, check: Scoring) -> list[str]:

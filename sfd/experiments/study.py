@@ -56,6 +56,11 @@ class StudySettings:
     reference_images: int = 10_000  # FID reference: this many Fashion-MNIST test images (10,000: all)
     # dopri5 at the release's tolerance, phase by phase; its check: the tenfold tighter tolerance (Scoring.tighter)
     main: Scoring = field(default_factory=lambda: Scoring(phases=True))
+    # Post-hoc EMA (docs/ema.md): the runs track power EMAs of tracked_widths and every model is also scored, at the
+    # verdict lengths with curve_samples, at each of ema_widths, rebuilt from the snapshots; the report sets each
+    # model's best width beside its classic EMA. Empty: the classic EMA only (the runs track nothing).
+    ema_widths: Sequence[float] = ()
+    tracked_widths: Sequence[float] = (0.05, 0.10)  # EDM2's pair
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -77,9 +82,10 @@ class StudySettings:
     def layout(self) -> StudyLayout:
         """The scorings of the study, for its runner and its report."""
         main = replace(self.main, samples=self.verdict_samples)
-        return StudyLayout(curve=replace(self.main, samples=self.curve_samples), main=main,
-                           oracle=replace(main, oracle=True), check=main.tighter(),
-                           verdict_steps=tuple(self.verdict_steps), sfd_delta_t=sfd_delta_t())
+        curve = replace(self.main, samples=self.curve_samples)
+        return StudyLayout(curve=curve, main=main, oracle=replace(main, oracle=True), check=main.tighter(),
+                           verdict_steps=tuple(self.verdict_steps), sfd_delta_t=sfd_delta_t(),
+                           averages=tuple(replace(curve, average=width) for width in self.ema_widths))
 
 
 def run_study(backend: FashionBackend, study: StudySettings) -> Path:
@@ -87,7 +93,8 @@ def run_study(backend: FashionBackend, study: StudySettings) -> Path:
     ``<run dir>/studies/<name>/`` (the folder of the part's runs when ``study.seeds`` names a part)."""
     layout = study.layout()
     lengths = [length for length in study.lengths if length <= study.steps] or [study.steps]
-    at = {step: (layout.curve, layout.main, layout.oracle) for step in study.verdict_steps if step in lengths}
+    at = {step: (layout.curve, layout.main, layout.oracle, *layout.averages) for step in study.verdict_steps
+          if step in lengths}
     rows = backend.sweep(study.variants(), study.steps, scorings=(layout.curve,), lengths=lengths, at=at,
                          final_scorings=(), check_scorings=(layout.check,))
     settings = backend.settings

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
+from sfd.phema import MAX_SIGMA_REL
 from sfd.samplers import FIXED_GRID_METHODS
 
 SEMANTIC_SOURCES = ("none", "semvae", "pca")
@@ -130,6 +131,10 @@ class Scoring:
     # the current t_sem (replacement conditioning). Only for models with semantic channels.
     oracle: bool = False
     samples: Optional[int] = None  # how many samples the score uses (None: the backend's default)
+    # Which average of the weights is sampled: None, the classic EMA (train.ema_decay); a width σ_rel, the power-
+    # function EMA of that width rebuilt at the scored step from the run's snapshots (docs/ema.md; the runs must
+    # track power EMAs).
+    average: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not self.method:
@@ -142,6 +147,8 @@ class Scoring:
             raise ValueError("oracle: oracle semantics take each held-out image's class (conditional only)")
         if self.samples is not None and self.samples < 2:
             raise ValueError(f"samples: {self.samples} must be at least 2 (a Fréchet distance needs a covariance)")
+        if self.average is not None and not 0 < self.average <= MAX_SIGMA_REL:
+            raise ValueError(f"average: σ_rel {self.average} is outside (0, 1/sqrt(12) = {MAX_SIGMA_REL:.4f}]")
 
     @classmethod
     def from_config(cls, sample) -> "Scoring":
@@ -167,9 +174,10 @@ class Scoring:
     @property
     def name(self) -> str:
         """Part of a score's stage and file names, e.g. ``dopri5rtol0.001``, ``euler-25_uncond`` or
-        ``dopri5rtol0.001phases_oracle_n2000``."""
+        ``dopri5rtol0.001phases_oracle_n2000``; a power-EMA average adds e.g. ``_ema0.1``."""
         return (self.sampler.replace(" ", "") + ("" if self.conditional else "_uncond")
-                + ("_oracle" if self.oracle else "") + (f"_n{self.samples}" if self.samples else ""))
+                + ("_oracle" if self.oracle else "") + (f"_n{self.samples}" if self.samples else "")
+                + (f"_ema{self.average:g}" if self.average else ""))
 
     def overrides(self) -> list[str]:
         return [f"sample.sampling_method={self.method}", f"sample.num_sampling_steps={self.steps}",
@@ -184,7 +192,8 @@ class Scoring:
 
     def fields(self) -> dict[str, Any]:
         return {"sampler": self.sampler, "conditioning": self.conditioning,
-                **({"samples": self.samples} if self.samples else {})}
+                **({"samples": self.samples} if self.samples else {}),
+                **({"average": f"σ_rel {self.average:g}"} if self.average else {})}
 
 
 # The semantic sources a sweep's command line names: the Table-1 baselines without semantic channels (with or without
