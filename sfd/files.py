@@ -24,7 +24,7 @@ import time
 import uuid
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 # errno values that mean "this file cannot be written here", as opposed to a bug in the writer.
 WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS})
@@ -172,3 +172,14 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def local_file(path: Optional[str | Path], env: str, missing: Callable[[str], Exception]) -> Path:
+    """A weights file the project never downloads: the explicit ``path``, else the one ``$env`` names; it must exist.
+    ``missing(detail)`` builds the error raised otherwise (it should say where to get the file)."""
+    if path is None and not os.environ.get(env):
+        raise missing(f"no path given and ${env} is unset")
+    chosen = Path(path if path is not None else os.environ[env]).expanduser()
+    if not chosen.is_file():
+        raise missing(f"{chosen} does not exist")
+    return chosen

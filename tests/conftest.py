@@ -102,6 +102,16 @@ def _deterministic_threads():
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``): on a busy 2-core machine
+    two threads make small ops many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_idx(folder: Path, prefix: str, count: int, seed: int) -> None:
     """Fashion-MNIST-format files: ten classes of blurry class-dependent shapes."""
     rng = np.random.default_rng(seed)

@@ -32,12 +32,7 @@ WIDTH, DEPTH, HEADS, HUB_GRID = 32, 2, 2, 37  # the official table: 37×37 patch
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vitl(seed: int = 1):

@@ -13,7 +13,6 @@ training) can use it; ``sfd.evaluation.adm.fd_dinov2`` computes the distance bet
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -23,7 +22,7 @@ from torch import nn
 
 from sfd.checkpoint import CheckpointError
 from sfd.evaluation.inception import check_images
-from sfd.files import file_sha256
+from sfd.files import file_sha256, local_file
 from sfd.tokenizers.dinov2 import (
     DINO_INPUT,
     PatchFeatureEncoder,
@@ -77,12 +76,7 @@ def _missing_weights_message(detail: str) -> str:
 def resolve_dinov2_weights(path: Optional[str | Path] = None) -> Path:
     """The weights file: the explicit ``path``, else ``$DINOV2_WEIGHTS``; must exist (the Inception's offline rule,
     docs/evaluator.md §9.2)."""
-    if path is None and not os.environ.get(WEIGHTS_ENV):
-        raise DINOv2WeightsError(_missing_weights_message(f"no path given and ${WEIGHTS_ENV} is unset"))
-    chosen = Path(path if path is not None else os.environ[WEIGHTS_ENV]).expanduser()
-    if not chosen.is_file():
-        raise DINOv2WeightsError(_missing_weights_message(f"{chosen} does not exist"))
-    return chosen
+    return local_file(path, WEIGHTS_ENV, lambda detail: DINOv2WeightsError(_missing_weights_message(detail)))
 
 
 def load_dinov2_features(path: Optional[str | Path] = None, device: str | torch.device = "cpu",

@@ -15,7 +15,6 @@ loads strictly. Weights are read only from a local path; nothing is downloaded.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Optional
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfd.checkpoint import CheckpointError, explain_mismatch, extract_state_dict, read_file
-from sfd.files import file_sha256
+from sfd.files import file_sha256, local_file
 
 INPUT_SIZE = 299  # the graph's ResizeBilinear target (docs/evaluator.md §4.1)
 SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7] (docs/evaluator.md §4.3)
@@ -276,12 +275,7 @@ def _missing_weights_message(detail: str) -> str:
 def resolve_weights_path(path: Optional[str | Path] = None) -> Path:
     """The weights file: the explicit ``path``, else ``$INCEPTION_WEIGHTS`` (docs/evaluator.md §9.2 offline rule); must
     exist."""
-    if path is None and not os.environ.get(WEIGHTS_ENV):
-        raise InceptionWeightsError(_missing_weights_message(f"no path given and ${WEIGHTS_ENV} is unset"))
-    chosen = Path(path if path is not None else os.environ[WEIGHTS_ENV]).expanduser()
-    if not chosen.is_file():
-        raise InceptionWeightsError(_missing_weights_message(f"{chosen} does not exist"))
-    return chosen
+    return local_file(path, WEIGHTS_ENV, lambda detail: InceptionWeightsError(_missing_weights_message(detail)))
 
 
 def load_inception(path: Optional[str | Path] = None, allowed_sha256: Iterable[str] = (WEIGHTS_SHA256,),
