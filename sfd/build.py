@@ -48,12 +48,14 @@ def guide_checkpoint_for_iteration(path: str | Path, iteration_k: int) -> Path:
 
 def check_guide(config: SFDConfig, guide_config: SFDConfig, guide_path: str | Path) -> None:
     """A guide predicts on the main model's latents at the main model's times: the same channels, semantic
-    channels, semantic lead Δt, latent size and label set. Raises ValueError naming the first difference."""
+    channels, semantic lead Δt and its shape, latent size and label set. Raises ValueError naming the first
+    difference."""
     main, guide = model_args(config), model_args(guide_config)
     for key, ours, theirs in (
         ("model.in_chans", config.model.in_chans, guide_config.model.in_chans),
         ("model.semantic_chans", config.model.semantic_chans, guide_config.model.semantic_chans),
         ("model.semfirst_delta_t", config.model.semfirst_delta_t, guide_config.model.semfirst_delta_t),
+        ("model.semfirst_schedule", config.model.semfirst_schedule, guide_config.model.semfirst_schedule),
         ("latent size (data.image_size / vae.downsample_ratio)", main.input_size, guide.input_size),
         ("data.num_classes", config.data.num_classes, guide_config.data.num_classes),
     ):

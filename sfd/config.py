@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sfd.files import write_text_atomic
 from sfd.lightningdit import REPA_TARGET_DIMS, SIZES, LightningDiTArgs, parse_model_type
 from sfd.phema import MAX_SIGMA_REL
+from sfd.schedule import SCHEDULE_SHAPES
 
 
 class ConfigError(ValueError):
@@ -134,6 +135,9 @@ class ModelConfig:
     in_chans: int = 4  # latent channels: texture first, then the semantic ones
     semantic_chans: int = 0  # trailing semantic channels
     semfirst_delta_t: float = 0.0  # Δt, how far semantics lead texture; 0 = synchronous model
+    # The shape of the semantic lead (sfd/schedule.py, docs/method.md §3.4): constant (the release's), shrinking
+    # (the lead falls from Δt to 0 at the end) or smooth (no kinks, lead Δt at mid-trajectory); all take Δt.
+    semfirst_schedule: str = "constant"
     semantic_weight: float = 1.0  # β, weight of the semantic channels in the velocity MSE
     use_repa: bool = False  # REPA projector and alignment loss
     repa_dino_version: Optional[str] = None  # REPA target encoder; sets the projector output width
@@ -181,6 +185,8 @@ class ModelConfig:
                 f"Δt must be in [0, 1) (got {self.semfirst_delta_t})", source=source)
         require(self.semfirst_delta_t == 0 or self.semantic_chans > 0, "model.semfirst_delta_t",
                 f"Δt={self.semfirst_delta_t} needs semantic channels (model.semantic_chans is 0)", source=source)
+        require(self.semfirst_schedule in SCHEDULE_SHAPES, "model.semfirst_schedule",
+                f"must be one of {', '.join(SCHEDULE_SHAPES)} (got {self.semfirst_schedule!r})", source=source)
         require(0 <= self.class_dropout_prob < 1, "model.class_dropout_prob",
                 f"must be in [0, 1) (got {self.class_dropout_prob})", source=source)
         require(self.repa_mode in ("cos", "mse", "cos_mse"), "model.repa_mode",

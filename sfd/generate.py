@@ -187,6 +187,8 @@ def image_settings(sampler: ImageSampler, plan: LabelPlan, batch_size: int,
         "sampler.num_steps": sampling.num_sampling_steps, "sampler.shift": sampling.timestep_shift,
         "time_split.delta_t": sampling.split.delta_t,
         "time_split.semantic_chans": sampling.split.semantic_chans,
+        # the lead's shape, written when it is not the release's (so folders made before shapes existed still match)
+        **({"time_split.shape": sampling.split.shape} if sampling.split.shape != "constant" else {}),
         "labels.num_classes": plan.num_classes, "labels.balanced": plan.balanced, "labels.fixed": plan.fixed,
         "labels.seed": plan.seed,
         "decoder.latent_stats": config.data.data_path if config.data.latent_norm else None,

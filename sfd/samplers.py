@@ -1,9 +1,11 @@
 """Sampling: one options object (:class:`SamplerOptions`) and one entry point (:func:`sample`).
 
 The probability-flow ODE runs over the global time τ ∈ [0, τ_max]; an Euler–Maruyama SDE has the same marginals.
-The drift at (x, τ) is the (guided) velocity at (t_tex, t_sem) = split(τ), multiplied by the phase mask, so the
-texture channels stay at their initial noise while τ < Δt and the semantic channels freeze once τ > 1 (paper §3,
-three-phase sampling; docs/method.md §5). For the synchronous model the split is the identity and there is no mask.
+The drift at (x, τ) is the (guided) velocity at (t_tex, t_sem) = split(τ), each channel group multiplied by its
+rate dt/dτ (:meth:`TimeSplit.rates`). For the release's constant lead the rates are the phase mask, so the texture
+channels stay at their initial noise while τ < Δt and the semantic channels freeze once τ > 1 (paper §3,
+three-phase sampling; docs/method.md §5); the other shapes of the lead (docs/method.md §3.4) only change the rates
+and the phase boundaries. For the synchronous model the split is the identity and there are no rates.
 
 Fixed-step Euler and Heun are explicit loops over the grid; every other method name (dopri5 for the released
 numbers, rk4, ...) goes to torchdiffeq with the tolerances passed as one-element lists, as the release does
@@ -142,8 +144,9 @@ def sample(model: nn.Module, z: torch.Tensor, y: torch.Tensor, options: SamplerO
 
 @dataclass
 class Drift:
-    """dx/dτ: the guided velocity at split(τ), masked to the channel groups that move at τ, or, with ``phase``, to
-    the groups that move inside that phase (see :meth:`TimeSplit.phase_mask`). Counts its evaluations (the NFE)."""
+    """dx/dτ: the guided velocity at split(τ), each channel group times its rate dt/dτ at τ (the constant lead:
+    masked to the groups that move), or, with ``phase``, the rates inside that phase (:meth:`TimeSplit.rates`).
+    Counts its evaluations (the NFE)."""
 
     model: nn.Module
     split: TimeSplit
@@ -154,6 +157,11 @@ class Drift:
 
     def __call__(self, tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``tau``: one time for the batch (a solver's scalar) or one per row [B]."""
+        velocity, rates = self.velocity(tau, x)
+        return velocity if rates is None else velocity * rates
+
+    def velocity(self, tau: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The guided velocity at split(τ) and the groups' rates (None: both 1); one evaluation."""
         self.evaluations += 1
         if tau.dim() == 0:
             tau = tau.expand(x.shape[0])
@@ -161,11 +169,7 @@ class Drift:
         # Under bf16/fp16 autocast the network returns half-precision velocities; the state stays in its dtype.
         velocity = guided_velocity(self.model, x, t_tex, t_sem, self.y, self.guidance,
                                    self.split.semantic_chans).to(x.dtype)
-        if self.phase is None:
-            mask = self.split.active_mask(tau, x.shape[1])
-        else:
-            mask = self.split.phase_mask(self.phase, x)
-        return velocity if mask is None else velocity * mask
+        return velocity, self.split.rates(tau, x, self.phase)
 
 
 def record(states: list[torch.Tensor], x: torch.Tensor, keep_trajectory: bool) -> None:
@@ -280,9 +284,10 @@ def euler_maruyama(
     keep_trajectory: bool = True,
 ) -> list[torch.Tensor]:
     """SDE sampler with the same marginals as the ODE: dx = [v + w(t)·s(x, t)] dτ + sqrt(2 w(t)) dW, with the
-    score of the linear path s = (t·v − x)/(1 − t) and each channel group at its own time. Noise enters only the
-    groups that move at τ. The last step is the noise-free mean step (the release's default last step). Returns
-    every grid state, or only the final one."""
+    score of the linear path s = (t·v − x)/(1 − t) and each channel group at its own time, advancing by its rate
+    dt/dτ (:meth:`TimeSplit.rates`; drift and noise variance both scale with it, so frozen groups get neither).
+    The last step is the noise-free mean step (the release's default last step). Returns every grid state, or only
+    the final one."""
     split = drift.split
     states = [x]
     num_chans = x.shape[1]
@@ -290,15 +295,15 @@ def euler_maruyama(
         tau_b = tau.expand(x.shape[0])
         step = tau_next - tau
         t = split.per_channel(*split.times(tau_b), num_chans).clamp(0.0, 1.0)
-        v = drift(tau_b, x)  # masked: frozen groups get no velocity, and the update below masks them anyway
+        v, rates = drift.velocity(tau_b, x)
         w = diffusion(t)
         score = (t * v - x) / (1 - t).clamp(min=eps)
-        mask = split.active_mask(tau_b, num_chans)
-        mask = torch.ones_like(t) if mask is None else mask
-        x = x + step * mask * (v + w * score)
+        rates = torch.ones_like(t) if rates is None else rates
+        # each group advances dt = rate·dτ of its own time (the constant lead: 0 or dτ)
+        x = x + step * rates * (v + w * score)
         if index < len(grid) - 2:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + mask * torch.sqrt(2 * w * step) * noise
+            x = x + torch.sqrt(2 * w * rates * step) * noise
         record(states, x, keep_trajectory)
     return states
 

@@ -84,7 +84,7 @@ def test_shift_grid_examples(num_steps, shift, expected):
 def test_linspace_boundary_quirk():
     """float32 linspace(0, 1.3, 14) puts a nominal 0.3 just below it, delaying the first texture update."""
     grid = SFD_SPLIT.grid(14)
-    assert grid[3] < 0.3 and SFD_SPLIT.active_mask(grid[3:4], 48)[0, 0].item() == 0
+    assert grid[3] < 0.3 and SFD_SPLIT.rates(grid[3:4], torch.zeros(1, 48))[0, 0].item() == 0
 
 
 def test_phases_freeze_texture_then_semantics(sfd_tiny):
