@@ -9,6 +9,8 @@ convergence speed-up — and the semantic-anchor diagnostics (oracle semantics, 
     python scripts/study.py --quick              # every stage at tiny size, a couple of minutes
     python scripts/study.py --name ema --ema-widths 0.03 0.05 0.075 0.1 0.15 0.2 --repeats 3 --steps 3600
                                                  # each model at its best post-hoc EMA width (runs of their own)
+    python scripts/study.py --name shapes --schedules constant shrinking smooth --repeats 3 --steps 3600
+                                                 # SFD with each shape of the lead next to the four models
 The study shares the demo's run folder (outputs/demo): its tokenizers, encoders and the demo's seed-0 runs are
 reused and continued. Every stage resumes, so an interrupted study continues where it stopped. On a machine with a
 GPU the trainers and samplers use it. Output: <run dir>/studies/<name>/report.md (the verdict rule, then the
@@ -26,6 +28,7 @@ from sfd.cli import make_parser, report_command
 from sfd.experiments.fashion import ENCODERS, FashionBackend, FashionSettings
 from sfd.experiments.study import StudySettings, run_study
 from sfd.experiments.sweep import SOURCE_CHOICES, Scoring
+from sfd.schedule import SCHEDULE_SHAPES
 
 
 def main(argv=None) -> int:
@@ -37,6 +40,11 @@ def main(argv=None) -> int:
                              "(default: %(default)s)")
     parser.add_argument("--delta-t", type=float, nargs="+", default=list(defaults.delta_ts),
                         help="semantic leads of the models with semantic channels (default: %(default)s)")
+    parser.add_argument("--schedules", nargs="+", choices=SCHEDULE_SHAPES, default=list(defaults.schedules),
+                        help="shapes of the semantic lead, all with SFD's Δt: constant (the release's lead Δt "
+                             "throughout: SFD itself, required), shrinking (semantics alone for τ < Δt, then the "
+                             "lead falls linearly to 0 at the end), smooth (no kinks, lead Δt at mid-trajectory); "
+                             "each other shape adds SFD with that shape on every seed (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="training seeds (default: %(default)s)")
     parser.add_argument("--seeds", type=int, nargs="+", help="train and score only these seeds (default: all)")
     parser.add_argument("--steps", type=int, default=defaults.steps,
@@ -57,13 +65,13 @@ def main(argv=None) -> int:
             settings = StudySettings(args.name, args.sources, args.delta_t, args.repeats, args.seeds, steps=20,
                                      lengths=(10, 20), verdict_steps=(20,), curve_samples=20, verdict_samples=40,
                                      reference_images=256, main=Scoring("euler", 6, phases=True),
-                                     ema_widths=args.ema_widths)
+                                     ema_widths=args.ema_widths, schedules=args.schedules)
             backend = FashionSettings.quick(args.run_dir or "outputs/demo_quick", args.data_root,
                                             encoder=args.encoder, reference_images=settings.reference_images,
                                             power_ema_sigma_rels=settings.tracked_widths if args.ema_widths else ())
         else:
             settings = StudySettings(args.name, args.sources, args.delta_t, args.repeats, args.seeds, args.steps,
-                                     ema_widths=args.ema_widths)
+                                     ema_widths=args.ema_widths, schedules=args.schedules)
             backend = FashionSettings(run_dir=args.run_dir or "outputs/demo", data_root=args.data_root,
                                       encoder=args.encoder, reference_images=settings.reference_images,
                                       power_ema_sigma_rels=settings.tracked_widths if args.ema_widths else ())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from sfd.config import load_config
 from sfd.experiments.report import (
     Paired,
     StudyModels,
@@ -18,8 +19,11 @@ from sfd.experiments.report import (
     limit_verdict,
     model_key,
     paired,
+    schedule_table,
+    schedule_verdict,
     steps_to_reach,
     table1_verdict,
+    write_study_report,
 )
 from sfd.experiments.study import StudySettings
 from sfd.experiments.sweep import Scoring, Variant
@@ -35,13 +39,14 @@ def rows_for(fids: dict, scoring: Scoring = MAIN) -> list[dict]:
         for repeat, fid in enumerate(values):
             model = replace(variant, repeat=repeat)
             rows.append({"name": model.name, "label": model.label, "semantics": model.semantics, "repa": model.repa,
-                         "delta_t": model.delta_t, "semantic_weight": 2.0, "repeat": repeat, "step": step,
-                         **scoring.fields(), "fid": fid, "nfe": 50.0})
+                         "delta_t": model.delta_t, "semantic_weight": 2.0, "schedule": model.schedule,
+                         "repeat": repeat, "step": step, **scoring.fields(), "fid": fid, "nfe": 50.0})
     return rows
 
 
 BASE, REPA = Variant("none", 0.0, 2.0, False), Variant("none", 0.0, 2.0, True)
 SFD, SYNC, EARLY, LATE = (Variant("semvae", delta_t, 2.0, True) for delta_t in (0.3, 0.0, 0.1, 0.5))
+SMOOTH, SHRINKING = (Variant("semvae", 0.3, 2.0, True, schedule=shape) for shape in ("smooth", "shrinking"))
 WHERE = dict(step=3600, sampler=MAIN.sampler, conditioning="conditional", samples=2000)
 
 
@@ -64,6 +69,23 @@ def test_study_grid_is_seed_major_with_the_demo_models_first():
     assert (layout.curve.samples, layout.main.samples, layout.oracle.oracle, layout.check.rtol) == (500, 2000, True,
                                                                                                    1e-4)
     assert layout.main.phases and layout.check.phases and layout.verdict_steps == (3600, 10_800)
+
+
+def test_study_with_lead_shapes_adds_sfd_with_each_shape_on_every_seed():
+    anchors = StudySettings(repeats=2).variants()
+    assert StudySettings(repeats=2, schedules=("constant",)).variants() == anchors  # the default study, unchanged
+    assert {v.schedule for v in anchors} == {"constant"}
+    names = [v.name for v in StudySettings(repeats=2, schedules=("constant", "smooth", "shrinking")).variants()]
+    assert names == ["lightningdit", "lightningdit_repa", "dt0.3_w2_semvae", "dt0_w2_semvae",
+                     "dt0.3_w2_semvae_shrinking", "dt0.3_w2_semvae_smooth", *[f"{name}_r1" for name in names[:6]]]
+    # the shapes at SFD's Δt only, with SemVAE semantics and REPA, whatever the other leads and sources
+    wide = StudySettings(sources=("none", "semvae", "pca"), delta_ts=(0.0, 0.1, 0.3), repeats=1,
+                         schedules=("constant", "smooth")).variants()
+    assert [v for v in wide if v.schedule != "constant"] == [SMOOTH]
+    for bad in (("smooth",), ("constant", "cosine")):
+        with pytest.raises(ValueError, match="schedules: .* must be among constant, shrinking, smooth and hold "
+                                             "constant"):
+            StudySettings(schedules=bad)
 
 
 def test_paired_statistics_equal_a_brute_force_reference():
@@ -132,6 +154,68 @@ def test_limit_verdicts_name_which_limit_binds():
         "neither limit is shown; with the true semantics SFD is better than LightningDiT.")
     rows = rows_for({(BASE, 3600): [1, 2], (SFD, 3600): [1, 2]})
     assert "not scored with oracle semantics" in limit_verdict(rows, models(rows), 3600, MAIN, ORACLE)
+
+
+def shape_rows(constant, smooth, shrinking, sync=(20, 21, 22.5)):
+    rows = rows_for({(SYNC, 3600): sync, (SFD, 3600): constant, (SMOOTH, 3600): smooth,
+                     (SHRINKING, 3600): shrinking})
+    for row in rows:  # the constant lead's rows as written before the lead had a shape
+        if row["schedule"] == "constant":
+            del row["schedule"]
+    return rows
+
+
+def test_schedule_verdicts_for_each_outcome():
+    def verdict(*fids):
+        rows = shape_rows(*fids)
+        return schedule_verdict(rows, models(rows), 3600, MAIN)
+
+    constant, better, worse, undecided, also_undecided = ([10, 11, 12], [8, 9, 10.5], [12, 13, 14.2], [9, 12, 11.5],
+                                                         [11, 10, 12.5])
+    text = verdict(constant, better, worse)
+    assert text == ("(e) Schedule shapes at 3600 steps (dopri5 rtol 0.001, 2000 samples; SFD's Δt 0.3): shrinking − "
+                    f"constant lead: {Paired((2.0, 2.0, 2.2)).text()}; smooth − constant lead: "
+                    f"{Paired((-2.0, -2.0, -1.5)).text()}. By the rule above, smooth beats the constant lead; "
+                    "shrinking is worse than it.")
+    assert verdict(constant, better, better).endswith("shrinking and smooth beat the constant lead.")
+    assert verdict(constant, undecided, worse).endswith(
+        "no shape beats the constant lead; shrinking is worse than it; smooth is not decided at this scale.")
+    assert verdict(constant, undecided, also_undecided).endswith(
+        "no shape beats the constant lead; shrinking and smooth are not decided at this scale.")
+    # SFD's verdicts (a)–(d) name the constant lead, not a shape at the same Δt
+    rows = shape_rows(constant, better, worse)
+    assert models(rows).sfd == ("semvae", True, 2.0, 0.3, "constant")
+    assert "shrinking" not in delta_t_verdict(rows, models(rows), 3600, MAIN)
+    rows = rows_for({(SYNC, 3600): [1, 2], (SMOOTH, 3600): [1, 2]})
+    assert "needs SFD (the constant lead)" in schedule_verdict(rows, models(rows), 3600, MAIN)
+
+
+def test_schedule_table_pairs_each_shape_with_the_constant_lead_and_the_synchronous_model():
+    rows = shape_rows([10, 11, 12], [8, 9, 10.5], [12, 13, 14.2])
+    table = schedule_table(rows, models(rows), 3600, MAIN)
+    assert table[0].startswith("| lead shape | FID ↓ (mean ± std) | − constant lead (paired) | decision |")
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| constant", "| shrinking", "| smooth"]
+    assert table[2] == f"| constant | 11.00 ± 1.00 | – | – | {Paired((-10.0, -10.0, -10.5)).text()} | better | 50 |"
+    assert table[4] == (f"| smooth | 9.17 ± 1.26 | {Paired((-2.0, -2.0, -1.5)).text()} | better | "
+                        f"{Paired((-12.0, -12.0, -12.0)).text()} | better | 50 |")
+    assert "| worse |" in table[3]
+
+
+def test_study_report_has_the_schedule_section_only_with_several_shapes(tmp_path):
+    from sfd.experiments.report import StudyLayout
+
+    layout = StudyLayout(MAIN, MAIN, ORACLE, MAIN.tighter(), (3600,), 0.3)
+    rows = shape_rows([10, 11, 12], [8, 9, 10.5], [12, 13, 14.2]) + rows_for({(BASE, 3600): [20, 21, 22]})
+    report = write_study_report(rows, tmp_path / "shapes", "Shapes", layout).read_text()
+    assert "## Schedule shapes after 3600 steps" in report and "* (e) Schedule shapes at 3600 steps" in report
+    assert "5 models × 3 training seeds" in report
+    verdicts = json.loads((tmp_path / "shapes" / "verdicts.json").read_text())
+    assert verdicts["schedules 3600"].endswith("smooth beats the constant lead; shrinking is worse than it.")
+    constant = [row for row in rows if row["name"].endswith(("semvae", "semvae_r1", "semvae_r2", "lightningdit",
+                                                            "lightningdit_r1", "lightningdit_r2"))]
+    report = write_study_report(constant, tmp_path / "anchors", "Anchors", layout).read_text()
+    assert "Schedule shapes" not in report
+    assert "schedules 3600" not in json.loads((tmp_path / "anchors" / "verdicts.json").read_text())
 
 
 def test_steps_to_reach_interpolates_between_scored_lengths():
@@ -216,6 +300,24 @@ def test_quick_study_runs_end_to_end_and_writes_its_report(fake_fashion, tmp_pat
     run = run_dir / "runs" / "ssl_dt0.3_w2_semvae_r1_pema"
     assert (run / "power_ema" / "0000020_sigma0.1.pt").is_file()
     assert (run / "power_ema_reconstructed" / "ema_sigma0.2_0000020.pt").is_file()
+
+    # the lead's shapes: SFD with each shape next to the constant lead, whose runs (same names) are reused
+    stages = run_dir / "stages"
+    trained = {name: (stages / f"train_ssl_{name}.json").stat().st_mtime_ns for name in ("dt0.3_w2_semvae",
+                                                                                        "lightningdit_r1")}
+    assert main(["--quick", "--data-root", str(fake_fashion), "--run-dir", str(run_dir), "--repeats", "2",
+                 "--name", "shapes", "--sources", "none", "semvae", "--delta-t", "0", "0.3",
+                 "--schedules", "constant", "smooth", "shrinking"]) == 0
+    assert {name: (stages / f"train_ssl_{name}.json").stat().st_mtime_ns for name in trained} == trained
+    report = (run_dir / "studies" / "shapes" / "report.md").read_text()
+    assert "5 models × 2 training seeds (0, 1)" in report and "## Schedule shapes after 20 steps" in report
+    assert "* (e) Schedule shapes at 20 steps (euler-6 phases, 40 samples; SFD's Δt 0.3): shrinking − constant " \
+           "lead:" in report
+    for shape in ("constant", "shrinking", "smooth"):
+        assert f"\n| {shape} | " in report
+    assert "schedules 20" in json.loads((run_dir / "studies" / "shapes" / "verdicts.json").read_text())
+    model = load_config(run_dir / "runs" / "ssl_dt0.3_w2_semvae_smooth_r1" / "config.yaml").model
+    assert (model.semfirst_schedule, model.semfirst_delta_t) == ("smooth", 0.3)
 
 
 def test_ema_width_table_picks_each_seeds_best_width_and_pairs_it_with_the_classic_ema():

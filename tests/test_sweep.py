@@ -2,6 +2,7 @@
 Fashion-MNIST pipeline, and the precomputed-latents backend end to end with tiny models."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,8 @@ def test_variants_names_and_grid():
     assert sfd_variant(repa=False).name == "dt0.3_w2_semvae_norepa"
     assert Variant.of(DEMO_MODEL, "none").label == "LightningDiT + REPA"
     assert sfd_variant().label == "SemVAE semantics, Δt 0.3"
-    assert sfd_variant().overrides() == ["model.semfirst_delta_t=0.3", "model.semantic_weight=2.0",
-                                         "model.use_repa=true"]
+    assert sfd_variant().overrides() == ["model.semfirst_delta_t=0.3", "model.semfirst_schedule=constant",
+                                         "model.semantic_weight=2.0", "model.use_repa=true"]
     with pytest.raises(TypeError, match="unknown setting\\(s\\) beta"):
         Variant.of(DEMO_MODEL, "semvae", beta=2)
     variants = grid(DEMO_MODEL, [0, 0.3, 0.3], [2.0], ["semvae", "pca"], repeats=2)
@@ -54,6 +55,34 @@ def test_variants_names_and_grid():
         grid(DEMO_MODEL, [0.3], semantics=["dino"])
     assert evaluation_steps(1200, 400) == [400, 800, 1200] and evaluation_steps(1000, 400) == [400, 800, 1000]
     assert evaluation_steps(50, None) == [50]
+
+
+def test_lead_shapes_are_a_variant_axis_and_the_constant_lead_keeps_its_names():
+    smooth = sfd_variant(schedule="smooth", repeat=1)
+    assert smooth.name == "dt0.3_w2_semvae_smooth_r1" and sfd_variant(schedule="constant").name == "dt0.3_w2_semvae"
+    assert sfd_variant(schedule="shrinking", repa=False).name == "dt0.3_w2_semvae_norepa_shrinking"
+    assert smooth.label == "SemVAE semantics, smooth lead, Δt 0.3" and smooth.series == "semvae, β=2, smooth lead"
+    assert sfd_variant().series == "semvae, β=2"
+    assert "model.semfirst_schedule=smooth" in smooth.overrides()
+    # the base config's shape is the default; without a lead it is dropped (Δt 0 is synchronous whatever the shape)
+    smooth_model = replace(DEMO_MODEL, semfirst_schedule="smooth")
+    assert Variant.of(smooth_model, "semvae").schedule == "smooth"
+    assert Variant.of(smooth_model, "semvae", delta_t=0.0).schedule == "constant"
+    assert Variant.of(smooth_model, "none").schedule == "constant"
+    # result rows written before the field existed are the constant lead
+    assert Variant.of_row({"semantics": "semvae", "delta_t": 0.3, "semantic_weight": 2.0}) == sfd_variant()
+    assert Variant.of_row({"semantics": "semvae", "delta_t": 0.3, "semantic_weight": 2.0, "repa": True,
+                           "schedule": "smooth"}) == sfd_variant(schedule="smooth")
+    for bad, message in ((dict(schedule="cosine"), "schedule: 'cosine' is not one of constant, shrinking, smooth"),
+                         (dict(schedule="smooth", delta_t=0.0), "schedule: 'smooth' needs a semantic lead")):
+        with pytest.raises(ValueError, match=message):
+            Variant(**{**dict(semantics="semvae", delta_t=0.3, semantic_weight=2.0, repa=True), **bad})
+    # the grid: source → weight → Δt → shape → repeat; Δt 0 and the models without semantic channels once
+    variants = grid(DEMO_MODEL, [0, 0.3], None, ["none", "semvae"], schedules=["constant", "smooth", "shrinking"])
+    assert [v.name for v in variants] == ["lightningdit", "dt0_w2_semvae", "dt0.3_w2_semvae",
+                                          "dt0.3_w2_semvae_smooth", "dt0.3_w2_semvae_shrinking"]
+    assert grid(DEMO_MODEL, [0, 0.3]) == grid(DEMO_MODEL, [0, 0.3], schedules=["constant"])
+    assert [v.schedule for v in grid(smooth_model, [0, 0.3])] == ["constant", "smooth"]
 
 
 def test_scorings_name_their_sampler_and_tighten():

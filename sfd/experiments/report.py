@@ -3,8 +3,8 @@
 Reports are pure functions of result rows (one row per model, training seed, length and scoring; see
 :func:`sfd.experiments.sweep.run_sweep`) plus the setup lines their caller passes, so a report can be rewritten
 from ``results.json`` at any time. Sections: the statistics (means and spreads over seeds, paired differences with
-their t-interval, the verdict rule), the sweep table, the study report (the paper's claims and the semantic-anchor
-diagnostics), the NFE report and the demo's report.
+their t-interval, the verdict rule), the sweep table, the study report (the paper's claims, the semantic-anchor
+diagnostics and the shapes of the lead), the NFE report and the demo's report.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from sfd.experiments.networks import CLASSES
 from sfd.experiments.sweep import Scoring, Variant, evaluation_steps
 from sfd.files import write_text_atomic
+from sfd.schedule import SCHEDULE_SHAPES
 from sfd.visualize import image_grid, line_plot, save_png
 
 if TYPE_CHECKING:
@@ -31,11 +32,12 @@ METRICS = {"fid": "FID ↓", "sfid": "sFID ↓", "inception_score": "IS ↑", "p
            "source_ratio": "texture-to-source ratio ↓"}
 # What identifies a point of a sweep (rows equal in these are repeats); rows written before a field existed get its
 # default.
-GROUP_FIELDS = ("semantics", "repa", "semantic_weight", "delta_t", "sampler", "conditioning", "samples", "average",
-                "step")
-MODEL_FIELDS = ("semantics", "repa", "semantic_weight", "delta_t")
+GROUP_FIELDS = ("semantics", "repa", "semantic_weight", "delta_t", "schedule", "sampler", "conditioning", "samples",
+                "average", "step")
+MODEL_FIELDS = ("semantics", "repa", "semantic_weight", "delta_t", "schedule")  # new fields go last: keys are indexed
 CLASSIC_EMA = "classic EMA"  # the average a row without an ``average`` field sampled (Scoring.average None)
-FIELD_DEFAULTS = {"repa": True, "sampler": "", "conditioning": "conditional", "samples": None, "average": CLASSIC_EMA}
+FIELD_DEFAULTS = {"repa": True, "schedule": "constant", "sampler": "", "conditioning": "conditional", "samples": None,
+                  "average": CLASSIC_EMA}
 
 
 # -- statistics ------------------------------------------------------------------------------------------------
@@ -179,16 +181,16 @@ def findings(rows: Sequence[dict], metric: str = "fid") -> list[str]:
     scorings = scorings_of(summary)
     lines = []
     for sampler, conditioning in scorings:
-        series: dict[tuple, list[dict]] = {}
+        series: dict[str, list[dict]] = {}  # the synchronous Δt 0 is in the constant lead's series
         for entry in summary:
             if (entry["step"] == final and metric in entry and entry["semantics"] != "none"
                     and (entry["sampler"], entry["conditioning"]) == (sampler, conditioning)):
-                series.setdefault((entry["semantics"], entry["semantic_weight"], entry["repa"]), []).append(entry)
+                series.setdefault(Variant.of_row(entry).series, []).append(entry)
         prefix = f"[{sampler}, {conditioning}] " if len(scorings) > 1 else ""
-        for (semantics, weight, repa), entries in series.items():
+        for name, entries in series.items():
             best = pick(entries, key=lambda entry: entry[metric])
-            text = (f"{prefix}{semantics}, β={weight:g}{'' if repa else ', no REPA'}: the best {metric.upper()} at "
-                    f"{final} steps is at Δt = {best['delta_t']:g} ({cell(best, metric)})")
+            text = (f"{prefix}{name}: the best {metric.upper()} at {final} steps is at Δt = {best['delta_t']:g} "
+                    f"({cell(best, metric)})")
             synchronous = next((entry for entry in entries if entry["delta_t"] == 0), None)
             leads = [entry for entry in entries if entry["delta_t"] > 0]
             if synchronous is not None and leads:
@@ -254,8 +256,8 @@ def write_sweep_report(rows: Sequence[dict], folder: str | Path, title: str, set
     final = max(entry["step"] for entry in summary)
     plot = delta_t_plot(summary, folder / f"{metric}_vs_delta_t.png", metric)
     ordered = sorted(summary, key=lambda e: (e["semantics"] != "none", e["semantics"], not e["repa"],
-                                             e["semantic_weight"], e["delta_t"], e["sampler"], e["conditioning"],
-                                             e["step"]))
+                                             e["semantic_weight"], e["delta_t"], SCHEDULE_SHAPES.index(e["schedule"]),
+                                             e["sampler"], e["conditioning"], e["step"]))
     lines = [f"# {title}", "", "## Findings", "", *[f"* {line}" for line in findings(rows, metric)], "",
              f"## After {final} steps", "", *summary_table([e for e in ordered if e["step"] == final], metrics, False),
              "", f"![{metric} vs Δt]({plot.name})", ""]
@@ -281,7 +283,8 @@ LIMIT_RULE = (
 @dataclass(frozen=True)
 class StudyModels:
     """The models the verdicts name, as summary keys (:func:`model_key`): the two Table-1 baselines, SFD (SemVAE
-    semantics at the lead ``sfd_delta_t``, REPA) and the synchronous composite model (Δt 0); any may be missing."""
+    semantics at the constant lead ``sfd_delta_t``, REPA) and the synchronous composite model (Δt 0); any may be
+    missing."""
 
     lightningdit: Optional[tuple]
     repa: Optional[tuple]
@@ -293,7 +296,8 @@ class StudyModels:
         keys = {model_key(row) for row in rows}
 
         def find(semantics: str, repa: bool, delta_t: Optional[float] = None) -> Optional[tuple]:
-            found = [k for k in keys if k[0] == semantics and k[1] == repa and (delta_t is None or k[3] == delta_t)]
+            found = [k for k in keys if k[0] == semantics and k[1] == repa and (delta_t is None or k[3] == delta_t)
+                     and k[4] == "constant"]
             return min(found, default=None)
 
         return cls(find("none", False), find("none", True), find("semvae", True, sfd_delta_t),
@@ -305,6 +309,11 @@ class StudyModels:
 
 def label_of(key: tuple) -> str:
     return Variant.of_row(dict(zip(MODEL_FIELDS, key))).label
+
+
+def shape_order(key: tuple) -> tuple:
+    """Model keys by Δt, then by the lead's shape in :data:`sfd.schedule.SCHEDULE_SHAPES` order."""
+    return key[3], SCHEDULE_SHAPES.index(key[4])
 
 
 _CLAIM = {"lower": "holds", "higher": "is contradicted", "not decided": "is not decided at this scale"}
@@ -335,7 +344,8 @@ def delta_t_verdict(rows: Sequence[dict], models: StudyModels, step: int, main: 
     where = dict(step=step, sampler=main.sampler, conditioning=main.conditioning, samples=main.samples)
     if models.synchronous is None:
         return f"(b) Δt at {step} steps: needs the synchronous model (Δt 0)."
-    leads = sorted({k for k in map(model_key, rows) if k[0] == "semvae" and k[1] and k[3] > 0}, key=lambda k: k[3])
+    leads = sorted({k for k in map(model_key, rows) if k[0] == "semvae" and k[1] and k[3] > 0 and k[4] == "constant"},
+                   key=lambda k: k[3])
     if not leads:
         return f"(b) Δt at {step} steps: needs a semantic lead."
     outcomes = [pair_text(rows, lead, models.synchronous, where) for lead in leads]
@@ -415,7 +425,7 @@ def diagnostics_table(rows: Sequence[dict], models: StudyModels, step: int, main
              "(paired) | semantic FD | texture-to-source ratio |", "|---|---:|---:|---|---|---:|---:|"]
     summary = {(model_key(e), e["conditioning"]): e for e in summarise(
         [row for row in rows if row["step"] == step and field_of(row, "samples") == main.samples])}
-    for key in sorted({model_key(row) for row in rows if row["semantics"] == "semvae"}, key=lambda k: k[3]):
+    for key in sorted({model_key(row) for row in rows if row["semantics"] == "semvae"}, key=shape_order):
         own, held_out = summary.get((key, main.conditioning)), summary.get((key, oracle.conditioning))
         if own is None or held_out is None:
             continue
@@ -463,6 +473,66 @@ def fid_vs_step_plot(rows: Sequence[dict], path: Path, scoring: Scoring, metric:
                      f"{scoring.samples or 'default'} samples)")
 
 
+SCHEDULE_NOTE = (
+    "The lead's shape over the trajectory (`model.semfirst_schedule`, docs/method.md §3.4): **constant**, the "
+    "release's lead Δt throughout (SFD); **shrinking**, semantics alone for τ < Δt, then the lead falls linearly to 0 "
+    "at the end; **smooth**, no kinks, lead Δt at mid-trajectory. Every shape takes SFD's Δt, SemVAE semantics and "
+    "REPA, and is trained, sampled and scored like SFD on the same seeds; each is paired per seed with the constant "
+    "lead and with the synchronous model (Δt 0) by the rule above. NFE: the main solver's mean network evaluations "
+    "per sample.")
+_BETTER = {"lower": "better", "higher": "worse", "not decided": "not decided"}  # Paired.decision of an FID difference
+
+
+def several_shapes(rows: Sequence[dict]) -> bool:
+    """Do the rows hold more than one shape of the lead (the schedule section and verdict)?"""
+    return len({field_of(row, "schedule") for row in rows}) > 1
+
+
+def schedule_models(rows: Sequence[dict], models: StudyModels) -> list[tuple]:
+    """SFD (the constant lead) and every model that differs from it in the lead's shape alone, constant first."""
+    if models.sfd is None:
+        return []
+    return sorted({key for key in map(model_key, rows) if key[:4] == models.sfd[:4]}, key=shape_order)
+
+
+def schedule_table(rows: Sequence[dict], models: StudyModels, step: int, main: Scoring) -> list[str]:
+    """Per lead shape at ``step`` (``main`` scoring): FID mean ± std, its paired differences to the constant lead
+    (SFD) and to the synchronous model with the rule's decision, and the mean NFE."""
+    where = dict(step=step, sampler=main.sampler, conditioning=main.conditioning, samples=main.samples)
+    summary = {model_key(entry): entry for entry in summarise([row for row in rows if matches(row, where)])}
+    lines = ["| lead shape | FID ↓ (mean ± std) | − constant lead (paired) | decision | − synchronous, Δt 0 (paired) "
+             "| decision | NFE |", "|---|---:|---|---|---|---|---:|"]
+    for key in (key for key in schedule_models(rows, models) if key in summary):
+        cells = []
+        for other in (models.sfd, models.synchronous):
+            result = paired(rows, key, other, where) if other not in (None, key) else None
+            cells.append(f"{result.text()} | {_BETTER[result.decision()]}" if result else "– | –")
+        entry = summary[key]
+        nfe = f"{entry['nfe']:.0f}" if "nfe" in entry else "–"
+        lines.append(f"| {key[4]} | {cell(entry)} | {cells[0]} | {cells[1]} | {nfe} |")
+    return lines
+
+
+def schedule_verdict(rows: Sequence[dict], models: StudyModels, step: int, main: Scoring) -> str:
+    """(e) At ``step``: every other shape of the lead against the constant lead (SFD), paired."""
+    where = dict(step=step, sampler=main.sampler, conditioning=main.conditioning, samples=main.samples)
+    shapes = [key for key in schedule_models(rows, models) if key[4] != "constant"]
+    if models.sfd is None or not shapes:
+        return f"(e) Schedule shapes at {step} steps: needs SFD (the constant lead) and another shape at its Δt."
+    outcomes = {key[4]: paired(rows, key, models.sfd, where) for key in shapes}
+    by = {kind: [shape for shape, result in outcomes.items() if _BETTER[result.decision()] == kind]
+          for kind in ("better", "worse", "not decided")}
+    beats = by["better"]
+    found = [f"{' and '.join(beats)} {'beats' if len(beats) == 1 else 'beat'} the constant lead" if beats else
+             "no shape beats the constant lead"]
+    found += [f"{' and '.join(by[kind])} {'is' if len(by[kind]) == 1 else 'are'} {text}"
+              for kind, text in (("worse", "worse than it"), ("not decided", "not decided at this scale")) if by[kind]]
+    return (f"(e) Schedule shapes at {step} steps ({main.sampler}, {main.samples or 'the default'} samples; SFD's "
+            f"Δt {models.sfd[3]:g}): " + "; ".join(f"{shape} − constant lead: {result.text()}"
+                                                for shape, result in outcomes.items())
+            + ". By the rule above, " + "; ".join(found) + ".")
+
+
 @dataclass
 class StudyLayout:
     """How a study was scored, for its report: the main scoring at every length (the curves), the scorings the
@@ -478,7 +548,8 @@ class StudyLayout:
 
 
 def study_verdicts(rows: Sequence[dict], layout: StudyLayout) -> dict[str, str]:
-    """Every claim at every verdict length, and the convergence claim on the curves."""
+    """Every claim at every verdict length (the lead's shapes when there are several), and the convergence claim
+    on the curves."""
     models = StudyModels.of(rows, layout.sfd_delta_t)
     scored = {row["step"] for row in rows}
     found = {}
@@ -488,6 +559,8 @@ def study_verdicts(rows: Sequence[dict], layout: StudyLayout) -> dict[str, str]:
         found[f"table1 {step}"] = table1_verdict(rows, models, step, layout.main)
         found[f"delta_t {step}"] = delta_t_verdict(rows, models, step, layout.main)
         found[f"anchor {step}"] = limit_verdict(rows, models, step, layout.main, layout.oracle)
+        if several_shapes(rows):
+            found[f"schedules {step}"] = schedule_verdict(rows, models, step, layout.main)
     found["speedup"] = convergence_table(rows, models, layout.curve)[1]
     return found
 
@@ -495,8 +568,8 @@ def study_verdicts(rows: Sequence[dict], layout: StudyLayout) -> dict[str, str]:
 def write_study_report(rows: Sequence[dict], folder: Path, title: str, layout: StudyLayout,
                        setup: Sequence[str] = ()) -> Path:
     """``results.json``, ``verdicts.json``, ``table.md`` (every point, mean ± std), the plots and ``report.md``:
-    the verdict rule first, then the verdicts, the paired tables, the diagnostics, the solver check and the setup.
-    Returns the report's path."""
+    the verdict rule first, then the verdicts, the paired tables, the diagnostics, the lead's shapes (when there are
+    several), the solver check and the setup. Returns the report's path."""
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "results.json", json.dumps(list(rows), indent=1) + "\n")
     widths = [row for row in rows if field_of(row, "average") != CLASSIC_EMA]  # their own section
@@ -506,7 +579,8 @@ def write_study_report(rows: Sequence[dict], folder: Path, title: str, layout: S
     write_text_atomic(folder / "verdicts.json", json.dumps(found, indent=1) + "\n")
     summary = summarise(compared)
     ordered = sorted(summary, key=lambda e: (e["semantics"] != "none", e["semantics"], e["repa"], e["delta_t"],
-                                             e["conditioning"], e["sampler"], str(e["samples"]), e["step"]))
+                                             SCHEDULE_SHAPES.index(e["schedule"]), e["conditioning"], e["sampler"],
+                                             str(e["samples"]), e["step"]))
     write_text_atomic(folder / "table.md", "\n".join([f"# {title}: every point", "",
                                                        *summary_table(ordered, metrics_of(compared), True), ""]))
     fid_vs_step_plot(compared, folder / "fid_vs_step.png", layout.curve)
@@ -529,6 +603,10 @@ def write_study_report(rows: Sequence[dict], folder: Path, title: str, layout: S
         table = diagnostics_table(compared, models, step, layout.main, layout.oracle)
         if len(table) > 2:
             lines += [f"## Semantic anchor after {step} steps", "", *table, ""]
+    for step in layout.verdict_steps if several_shapes(compared) else ():
+        table = schedule_table(compared, models, step, layout.main)
+        if len(table) > 2:
+            lines += [f"## Schedule shapes after {step} steps", "", *table, "", SCHEDULE_NOTE, ""]
     for step in layout.verdict_steps if widths else ():
         table = ema_width_table([*compared, *widths], models, step, layout)
         if len(table) > 2:
@@ -569,7 +647,7 @@ def ema_width_table(rows: Sequence[dict], models: StudyModels, step: int, layout
     lines = ["| model | " + " | ".join(labels) + " | best width (chosen most often) | best − classic (paired) |",
              "|---|" + "---:|" * (len(labels) + 1) + "---|"]
     summary = {(model_key(e), e["average"]): e for e in summarise([*scored, *best])}
-    for key in sorted({model_key(row) for row in scored}, key=lambda k: (k[0] != "none", k[0], k[1], k[3])):
+    for key in sorted({model_key(row) for row in scored}, key=lambda k: (k[0] != "none", k[0], k[1], *shape_order(k))):
         picks = [row["best_width"] for row in best if model_key(row) == key]
         if not picks:
             continue

@@ -11,6 +11,8 @@ writes one report (:func:`sfd.experiments.report.write_study_report`) with a ver
 (d) The semantic anchor: with the true semantic latents of held-out images held in its semantic channels (oracle
     semantics, :mod:`sfd.experiments.diagnostics`), does SFD's texture get better than when it generates its own
     semantics, and better than a model without semantic channels? Which limit binds: generating or using them.
+(e) The lead's shape (optional, ``schedules``): does SFD with a shrinking or smooth lead (:mod:`sfd.schedule`, the
+    same Δt) beat the release's constant lead?
 
 The setup follows the paper as closely as the toy allows and was fixed before any result: the four models the
 verdicts rest on (LightningDiT, + REPA, the synchronous composite model, SFD at Δt 0.3) with 5 training seeds each,
@@ -34,6 +36,7 @@ from typing import Optional, Sequence
 from sfd.experiments.fashion import FashionBackend, base_model
 from sfd.experiments.report import StudyLayout, setup_lines, write_study_report
 from sfd.experiments.sweep import Scoring, Variant, grid
+from sfd.schedule import SCHEDULE_SHAPES
 
 
 def sfd_delta_t() -> float:
@@ -61,21 +64,31 @@ class StudySettings:
     # model's best width beside its classic EMA. Empty: the classic EMA only (the runs track nothing).
     ema_widths: Sequence[float] = ()
     tracked_widths: Sequence[float] = (0.05, 0.10)  # EDM2's pair
+    # Shapes of the lead (sfd.schedule.SCHEDULE_SHAPES): each one other than constant adds SFD with that shape (SFD's
+    # Δt, SemVAE semantics, REPA) on every seed; the report pairs it with the constant lead, claim (e).
+    schedules: Sequence[str] = ("constant",)
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
             raise ValueError(f"repeats: {self.repeats} must be at least 1")
         if sfd_delta_t() not in self.delta_ts or "semvae" not in self.sources:
             raise ValueError(f"delta_ts/sources: the study needs SFD itself (semvae at Δt = {sfd_delta_t()})")
+        if "constant" not in self.schedules or not set(self.schedules) <= set(SCHEDULE_SHAPES):
+            raise ValueError(f"schedules: {', '.join(self.schedules)} must be among {', '.join(SCHEDULE_SHAPES)} "
+                             "and hold constant (SFD itself)")
         unknown = sorted(set(self.seeds or ()) - set(range(self.repeats)))
         if unknown:
             raise ValueError(f"seeds: {unknown} are not among the {self.repeats} repeats (0..{self.repeats - 1})")
 
     def variants(self) -> list[Variant]:
-        """Seed-major: all models of seed 0 first (the demo's three among them), then seed 1, …"""
-        delta = sfd_delta_t()
-        models = grid(base_model(), self.delta_ts, None, self.sources, 1)
-        models.sort(key=lambda v: (v.semantics != "none", v.delta_t != delta, v.semantics, v.delta_t))
+        """Seed-major: all models of seed 0 first (the demo's three among them, then the other constant leads, then
+        SFD with each other shape), then seed 1, …"""
+        delta, model = sfd_delta_t(), base_model()
+        models = grid(model, self.delta_ts, None, self.sources, 1, schedules=("constant",))
+        models += [Variant.of(model, "semvae", delta_t=delta, repa=True, schedule=shape)
+                   for shape in dict.fromkeys(self.schedules) if shape != "constant"]
+        models.sort(key=lambda v: (v.schedule != "constant", v.semantics != "none", v.delta_t != delta, v.semantics,
+                                   v.delta_t, SCHEDULE_SHAPES.index(v.schedule)))
         chosen = range(self.repeats) if self.seeds is None else sorted(self.seeds)
         return [replace(model, repeat=repeat) for repeat in chosen for model in models]
 

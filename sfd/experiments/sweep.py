@@ -3,8 +3,10 @@
 The paper's claims are comparisons (arXiv 2512.04926): FID as a function of the semantic lead Δt (paper §4.3, the Δt
 ablation: 0 is the synchronous baseline, SFD uses 0.3), the weight of the semantic velocity loss (β = 2), and SFD on
 top of ReDi, whose semantic channels are PCA components of the DINOv2 features instead of a Semantic VAE (Table 3).
-A sweep trains every point of a grid over these axes with the same trainer, steps, batch and seed, samples each
-with the same sampler and seeds, and scores them with the same evaluator.
+The shape of the lead over the trajectory (``model.semfirst_schedule``: the release's constant lead, or the
+shrinking and smooth shapes of :mod:`sfd.schedule`) is one more axis. A sweep trains every point of a grid over these
+axes with the same trainer, steps, batch and seed, samples each with the same sampler and seeds, and scores them with
+the same evaluator.
 
 Two backends share the grid, the bookkeeping and the report:
 
@@ -27,9 +29,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequenc
 
 from sfd.phema import MAX_SIGMA_REL
 from sfd.samplers import FIXED_GRID_METHODS
+from sfd.schedule import SCHEDULE_SHAPES
 
 SEMANTIC_SOURCES = ("none", "semvae", "pca")
-VARIANT_FIELDS = ("semantics", "repa", "delta_t", "semantic_weight", "repeat")
+VARIANT_FIELDS = ("semantics", "repa", "delta_t", "semantic_weight", "schedule", "repeat")
 SCORING_FIELDS = ("sampler", "conditioning")
 
 
@@ -42,7 +45,10 @@ class Variant:
     intermediate block to the semantic encoder's patch features (Table 1's "+ REPA"; SFD keeps it on);
     ``delta_t``: the semantic lead (0 = synchronous; must be 0 without semantic channels); ``semantic_weight``: β
     of the semantic velocity loss; ``repeat``: index of a repeated training run (seed + repeat), to measure the
-    spread between runs that differ only in their seed.
+    spread between runs that differ only in their seed; ``schedule``: the shape of the lead over the trajectory
+    (``model.semfirst_schedule``, one of :data:`sfd.schedule.SCHEDULE_SHAPES`: ``constant``, the release's lead Δt
+    throughout; ``shrinking`` and ``smooth`` take the same Δt; every shape needs a lead, so it is ``constant`` when
+    Δt is 0, where every shape is the synchronous model).
     """
 
     semantics: str
@@ -50,24 +56,31 @@ class Variant:
     semantic_weight: float
     repa: bool
     repeat: int = 0
+    schedule: str = "constant"
 
     @classmethod
     def of(cls, model, semantics: str, repeat: int = 0, **changes) -> "Variant":
-        """A variant of a base config's ``model`` section: its Δt (``semfirst_delta_t``), β (``semantic_weight``) and
-        REPA (``use_repa``) unless ``changes`` names them, so a sweep has no settings of its own to disagree with the
-        config's. Without semantic channels Δt is 0: there is nothing to lead."""
+        """A variant of a base config's ``model`` section: its Δt (``semfirst_delta_t``), β (``semantic_weight``),
+        REPA (``use_repa``) and lead shape (``semfirst_schedule``) unless ``changes`` names them, so a sweep has no
+        settings of its own to disagree with the config's. Without semantic channels Δt is 0: there is nothing to
+        lead; without a lead the config's shape is dropped (constant)."""
         values = dict(delta_t=0.0 if semantics == "none" else model.semfirst_delta_t,
-                      semantic_weight=model.semantic_weight, repa=model.use_repa)
+                      semantic_weight=model.semantic_weight, repa=model.use_repa, schedule=model.semfirst_schedule)
         unknown = set(changes) - set(values)
         if unknown:
             raise TypeError(f"Variant.of: unknown setting(s) {', '.join(sorted(unknown))}")
         values.update(changes)
-        return cls(semantics, float(values["delta_t"]), float(values["semantic_weight"]), bool(values["repa"]), repeat)
+        if not values["delta_t"] and "schedule" not in changes:
+            values["schedule"] = "constant"
+        return cls(semantics, float(values["delta_t"]), float(values["semantic_weight"]), bool(values["repa"]), repeat,
+                   values["schedule"])
 
     @classmethod
     def of_row(cls, row: dict) -> "Variant":
-        """The model a result row (or summary entry) describes, repeat 0."""
-        return cls(row["semantics"], row["delta_t"], row["semantic_weight"], row.get("repa", True))
+        """The model a result row (or summary entry) describes, repeat 0; rows written before the lead had a shape
+        are the constant lead."""
+        return cls(row["semantics"], row["delta_t"], row["semantic_weight"], row.get("repa", True),
+                   schedule=row.get("schedule", "constant"))
 
     def __post_init__(self) -> None:
         if self.semantics not in SEMANTIC_SOURCES:
@@ -80,14 +93,22 @@ class Variant:
             raise ValueError(f"semantic_weight: {self.semantic_weight} is negative")
         if self.repeat < 0:
             raise ValueError(f"repeat: {self.repeat} is negative")
+        if self.schedule not in SCHEDULE_SHAPES:
+            raise ValueError(f"schedule: {self.schedule!r} is not one of {', '.join(SCHEDULE_SHAPES)}")
+        if self.schedule != "constant" and self.delta_t == 0:
+            raise ValueError(f"schedule: {self.schedule!r} needs a semantic lead (Δt 0 is the synchronous model "
+                             "whatever the shape)")
 
     @property
     def name(self) -> str:
-        """Folder and stage name; equal settings give equal names, so sweeps sharing a run folder share runs."""
+        """Folder and stage name; equal settings give equal names, so sweeps sharing a run folder share runs. The
+        constant lead adds nothing (the names of the runs made before the lead had a shape)."""
         suffix = f"_r{self.repeat}" if self.repeat else ""
         if self.semantics == "none":
             return f"lightningdit{'_repa' if self.repa else ''}{suffix}"
-        return f"dt{self.delta_t:g}_w{self.semantic_weight:g}_{self.semantics}{'' if self.repa else '_norepa'}{suffix}"
+        shape = "" if self.schedule == "constant" else f"_{self.schedule}"
+        return (f"dt{self.delta_t:g}_w{self.semantic_weight:g}_{self.semantics}{'' if self.repa else '_norepa'}"
+                f"{shape}{suffix}")
 
     @property
     def label(self) -> str:
@@ -96,6 +117,7 @@ class Variant:
             return "LightningDiT + REPA" if self.repa else "LightningDiT"
         source = {"semvae": "SemVAE", "pca": "PCA"}[self.semantics]
         lead = f"Δt {self.delta_t:g}" if self.delta_t else "synchronous, Δt 0"
+        lead = lead if self.schedule == "constant" else f"{self.schedule} lead, {lead}"
         return f"{source} semantics, {lead}{'' if self.repa else ', no REPA'}"
 
     @property
@@ -103,12 +125,12 @@ class Variant:
         """The line this variant belongs to in the Δt plot."""
         if self.semantics == "none":
             return self.label
-        return f"{self.semantics}, β={self.semantic_weight:g}{'' if self.repa else ', no REPA'}"
+        return (f"{self.semantics}, β={self.semantic_weight:g}{'' if self.repa else ', no REPA'}"
+                f"{'' if self.schedule == 'constant' else f', {self.schedule} lead'}")
 
     def overrides(self) -> list[str]:
-        lines = [f"model.semfirst_delta_t={self.delta_t}", f"model.semantic_weight={self.semantic_weight}",
-                 f"model.use_repa={str(self.repa).lower()}"]
-        return lines
+        return [f"model.semfirst_delta_t={self.delta_t}", f"model.semfirst_schedule={self.schedule}",
+                f"model.semantic_weight={self.semantic_weight}", f"model.use_repa={str(self.repa).lower()}"]
 
 
 @dataclass(frozen=True)
@@ -203,23 +225,28 @@ SOURCE_CHOICES = {"none": ("none", False), "none+repa": ("none", True), "semvae"
 
 
 def grid(model, delta_ts: Iterable[float], semantic_weights: Optional[Iterable[float]] = None,
-         semantics: Iterable[str] = ("semvae",), repeats: int = 1) -> list[Variant]:
-    """Every combination, in the order source → weight → Δt → repeat, without duplicates, as variants of the base
-    config's ``model`` section (:meth:`Variant.of`; ``semantic_weights`` default: its β). ``semantics`` names
-    :data:`SOURCE_CHOICES`; the sources without semantic channels take one variant per repeat (they have no Δt and
-    no semantic weight)."""
+         semantics: Iterable[str] = ("semvae",), repeats: int = 1,
+         schedules: Optional[Iterable[str]] = None) -> list[Variant]:
+    """Every combination, in the order source → weight → Δt → lead shape → repeat, without duplicates, as variants
+    of the base config's ``model`` section (:meth:`Variant.of`; ``semantic_weights`` and ``schedules`` default: its β
+    and its shape, ``constant`` in the shipped configs). ``semantics`` names :data:`SOURCE_CHOICES`; the sources
+    without semantic channels take one variant per repeat (they have no Δt and no semantic weight), and Δt 0 takes
+    one per weight and repeat (without a lead every shape is the synchronous model)."""
     if repeats < 1:
         raise ValueError(f"repeats: {repeats} must be at least 1")
     weights = list(semantic_weights) if semantic_weights is not None else [model.semantic_weight]
+    shapes = list(schedules) if schedules is not None else [model.semfirst_schedule]
     variants = []
-    for choice, weight, delta_t, repeat in itertools.product(semantics, weights, delta_ts, range(repeats)):
+    for choice, weight, delta_t, shape, repeat in itertools.product(semantics, weights, delta_ts, shapes,
+                                                                    range(repeats)):
         if choice not in SOURCE_CHOICES:
             raise ValueError(f"semantics: {choice!r} is not one of {', '.join(SOURCE_CHOICES)}")
         source, repa = SOURCE_CHOICES[choice]
         if source == "none":
             variants.append(Variant.of(model, source, repeat, repa=repa))
         else:
-            variants.append(Variant.of(model, source, repeat, delta_t=delta_t, semantic_weight=weight, repa=repa))
+            variants.append(Variant.of(model, source, repeat, delta_t=delta_t, semantic_weight=weight, repa=repa,
+                                       schedule=shape if delta_t else "constant"))
     return list(dict.fromkeys(variants))
 
 
