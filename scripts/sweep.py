@@ -7,6 +7,7 @@ On the Fashion-MNIST pipeline of `make demo` (default; shares its tokenizers and
     python scripts/sweep.py --name semantics --delta-t 0 0.3 --semantics semvae pca
     python scripts/sweep.py --name table1 --delta-t 0.3 --semantics none none+repa semvae --repeats 3
     python scripts/sweep.py --name beta --delta-t 0.3 --semantic-weight 1 2 4 --repeats 2
+    python scripts/sweep.py --name shapes --delta-t 0.1 0.3 0.5 --schedules constant shrinking smooth
     python scripts/sweep.py --quick --delta-t 0 0.3 0.6                      # every stage at tiny size
 On precomputed latents (e.g. ImageNet from scripts/extract_latents.py; several GPUs through torchrun):
     torchrun --nproc_per_node 8 scripts/sweep.py --config configs/baselines/sfd_b.yaml \\
@@ -33,6 +34,7 @@ from sfd.experiments.latents_backend import LatentsBackend
 from sfd.experiments.report import write_sweep_report
 from sfd.experiments.sweep import SOURCE_CHOICES, Scoring, grid, run_sweep
 from sfd.files import WriteError
+from sfd.schedule import SCHEDULE_SHAPES
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -47,6 +49,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="semantic sources: none (texture-only LightningDiT, Table 1's baseline), none+repa "
                            "(LightningDiT + REPA), semvae (SFD's Semantic VAE) or pca (ReDi-style); the models "
                            "without semantic channels take no Δt (default: semvae)")
+    axes.add_argument("--schedules", nargs="+", choices=list(SCHEDULE_SHAPES),
+                      help="shapes of the lead for Δt > 0 (docs/method.md §3.4): constant (the release's), shrinking, "
+                           "smooth (default: the base config's model.semfirst_schedule)")
     axes.add_argument("--repeats", type=int, default=1, help="training runs per point, seeds seed..seed+N-1, for the "
                                                              "run-to-run spread (default: 1)")
     budget = parser.add_argument_group("the budget (equal for every point)")
@@ -148,7 +153,8 @@ def main(argv=None) -> int:
     from sfd.config import ConfigError
 
     try:
-        variants = grid(base_model(args), args.delta_t, args.semantic_weight, args.semantics, args.repeats)
+        variants = grid(base_model(args), args.delta_t, args.semantic_weight, args.semantics, args.repeats,
+                        args.schedules)
         if args.config is None:
             torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
             table = fashion_sweep(args, variants)
