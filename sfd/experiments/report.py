@@ -908,9 +908,13 @@ def report_links(run_dir: Path) -> list[str]:
     return lines
 
 
-def setup_lines(pipeline: "FashionBackend") -> list[str]:
-    """What every model of the pipeline shares: data, tokenizers, features, FID network, backbone, sampler."""
+def setup_lines(pipeline: "FashionBackend", samples: Optional[str] = None, sampling: Optional[str] = None
+                ) -> list[str]:
+    """What every model of the pipeline shares: data, tokenizers, features, FID network, backbone, sampler.
+    ``samples`` and ``sampling`` describe a study's own sample counts and scorings (default: the pipeline's)."""
     settings, stage = pipeline.settings, pipeline.stages.done
+    reference = (f"the {len(pipeline.test_x)} held-out test images" if settings.reference_images is None else
+                 f"{settings.reference_images} Fashion-MNIST test images")
     encoder = ("**a small CNN trained without labels** (SimCLR-style contrastive learning on two augmented views) "
                if settings.encoder == "ssl" else "**a small CNN trained as a 10-class classifier** ")
     lines = [
@@ -929,13 +933,14 @@ def setup_lines(pipeline: "FashionBackend") -> list[str]:
                      "), normalised per channel like the SemVAE latents.")
     lines += [
         f"FID network: a separate CNN classifier, test accuracy {stage('fid_classifier')['test_accuracy']:.3f}; FID of "
-        f"{settings.samples} samples (class-balanced, or all with the null label when unconditional) against the "
-        f"{len(pipeline.test_x)} held-out test images.",
+        f"{samples or settings.samples} samples (class-balanced, or all with the null label when unconditional) "
+        f"against {reference}.",
         "Diffusion: LightningDiT (config `sfd/experiments/configs/sfd_fashion.yaml`"
         f"{', ' if settings.overrides else ''}"
         f"{' '.join(settings.overrides)}), batch {settings.diffusion_batch}, training seed {settings.seed} (+ repeat).",
-        f"Sampling: {settings.scoring.sampler} (three phases when Δt > 0) at every scored length; at the last also "
-        + ", ".join(f"{s.sampler} {s.conditioning}" for s in settings.final_scorings) + "; no guidance, EMA weights.",
+        sampling or (f"Sampling: {settings.scoring.sampler} (three phases when Δt > 0) at every scored length; at the "
+                     "last also " + ", ".join(f"{s.sampler} {s.conditioning}" for s in settings.final_scorings)
+                     + "; no guidance, EMA weights."),
     ]
     return lines
 

@@ -112,7 +112,12 @@ def run_study(backend: FashionBackend, study: StudySettings) -> Path:
                          final_scorings=(), check_scorings=(layout.check,))
     settings = backend.settings
     floors = {count: backend.semantic_fd_floor(count) for count in (study.curve_samples, study.verdict_samples)}
-    setup = [*setup_lines(backend),
+    sampling = (f"Sampling: {layout.main.sampler} at every scored length (phase by phase when Δt > 0), at the verdict "
+                f"lengths also with oracle semantics{' and at each power-EMA width' if layout.averages else ''}; the "
+                f"check {layout.check.sampler} on the first seed at the last length; no guidance; the classic EMA "
+                "weights unless a width is named.")
+    setup = [*setup_lines(backend, f"{study.verdict_samples} (verdict lengths) or {study.curve_samples} (curves)",
+                          sampling),
              f"Budget: {study.steps} training steps per model at batch {settings.diffusion_batch}, scored at "
              f"{', '.join(map(str, lengths))} steps with {study.curve_samples} samples, and at "
              f"{', '.join(map(str, sorted(at)))} with {study.verdict_samples} (normal and oracle semantics).",
