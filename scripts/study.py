@@ -9,7 +9,7 @@ convergence speed-up — and the semantic-anchor diagnostics (oracle semantics, 
     python scripts/study.py --quick              # every stage at tiny size, a couple of minutes
     python scripts/study.py --name ema --ema-widths 0.03 0.05 0.075 0.1 0.15 0.2 --repeats 3 --steps 3600
                                                  # each model at its best post-hoc EMA width (runs of their own)
-    python scripts/study.py --name shapes --schedules constant shrinking smooth --repeats 3 --steps 3600
+    python scripts/study.py --name shapes --schedules constant shrinking smooth --repeats 5 --steps 3600
                                                  # SFD with each shape of the lead next to the four models
 The study shares the demo's run folder (outputs/demo): its tokenizers, encoders and the demo's seed-0 runs are
 reused and continued. Every stage resumes, so an interrupted study continues where it stopped. On a machine with a
