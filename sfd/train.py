@@ -420,12 +420,13 @@ class Trainer:
             if self.valid_dataset is not None:
                 events.append(Every(train.valid_every, lambda step, _: self.log.write(
                     {"step": step, **self.validation_loss()})))
-            if train.eval_every:
-                with torch.random.fork_rng(devices=[]):  # building networks draws nothing the training sees
-                    scorer = self.scorer or SampleScorer.from_config(self.config, topology=self.topology,
-                                                                     device=self.device)
+            if train.eval_every and self.step < train.max_steps:
+                if self.scorer is None:  # a bad reference file fails now, not after eval_every steps
+                    with torch.random.fork_rng(devices=[]):  # building networks draws nothing the training sees
+                        self.scorer = SampleScorer.from_config(self.config, topology=self.topology,
+                                                               device=self.device)
                 events.append(Every(train.eval_every, lambda step, _: self.log.write(
-                    {"step": step, **scorer(self.ema)}), also=(train.max_steps,)))
+                    {"step": step, **self.scorer(self.ema)}), also=(train.max_steps,)))
             if self.state.power_ema is not None:
                 events.append(Every(train.power_ema_every, lambda step, _: self.save_power_ema(),
                                     also=(train.max_steps,)))

@@ -100,6 +100,10 @@ def test_evaluation_during_training_leaves_the_weights_unchanged_and_logs_the_fi
     assert [record["step"] for record in scored] == [2, 4]
     assert scored[-1]["fid"] == scorer(evaluated.config, data, samples=6)(evaluated.ema)["fid"]
 
+    evaluated.scorer = None  # a run resumed at its last step trains nothing and builds no scorer
+    evaluated.run(progress=False)
+    assert evaluated.scorer is None
+
 
 def test_evaluation_settings_fail_clearly(data, tmp_path):
     with pytest.raises(Exception, match="train.eval_samples"):

@@ -32,8 +32,6 @@ from sfd.samplers import FIXED_GRID_METHODS
 from sfd.schedule import SCHEDULE_SHAPES
 
 SEMANTIC_SOURCES = ("none", "semvae", "pca")
-VARIANT_FIELDS = ("semantics", "repa", "delta_t", "semantic_weight", "schedule", "repeat")
-SCORING_FIELDS = ("sampler", "conditioning")
 
 
 @dataclass(frozen=True)
