@@ -300,6 +300,9 @@ def test_quick_study_runs_end_to_end_and_writes_its_report(fake_fashion, tmp_pat
     run = run_dir / "runs" / "ssl_dt0.3_w2_semvae_r1_pema"
     assert (run / "power_ema" / "0000020_sigma0.1.pt").is_file()
     assert (run / "power_ema_reconstructed" / "ema_sigma0.2_0000020.pt").is_file()
+    # their classic-EMA scores are the anchor runs' (tracking changes no weight): reused, not redone
+    tracked = sorted((run_dir / "stages").glob("eval_*_pema_*"))
+    assert tracked and all("_ema0." in path.name for path in tracked)
 
     # the lead's shapes: SFD with each shape next to the constant lead, whose runs (same names) are reused
     stages = run_dir / "stages"

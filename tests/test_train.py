@@ -404,6 +404,16 @@ def test_power_ema_snapshots_survive_kill_and_resume_bit_for_bit(data, tmp_path,
     assert a["power_ema"]["step"] == b["power_ema"]["step"] == 6
 
 
+def test_tracking_power_emas_changes_no_weight(data, tmp_path):
+    """The study scores a tracking run's classic EMA from its non-tracking twin (FashionBackend.scored_name)."""
+    Trainer(tiny_config(data, tmp_path / "plain")).run(progress=False)
+    Trainer(tiny_config(data, tmp_path / "tracked", "train.power_ema_sigma_rels=[0.1]",
+                        "train.power_ema_every=2")).run(progress=False)
+    a, b = final_state(tmp_path / "plain"), final_state(tmp_path / "tracked")
+    for part in ("model", "ema"):
+        assert all(torch.equal(value, b[part][key]) for key, value in a[part].items()), part
+
+
 def test_power_ema_cannot_be_switched_on_mid_run(data, tmp_path):
     Trainer(tiny_config(data, tmp_path, "train.max_steps=3")).run(progress=False)
     with pytest.raises(TrainingError, match="train.power_ema_sigma_rels is \\[0.1\\] but the checkpoint tracked none"):

@@ -431,6 +431,13 @@ class FashionBackend(FashionTokenizers):
         the run tracks power EMAs."""
         return f"{self.settings.encoder}_{variant.name}{'_pema' if self.settings.power_ema_sigma_rels else ''}"
 
+    def scored_name(self, variant: Variant, scoring: Scoring) -> str:
+        """The name a score and its samples are stored under. Tracking power EMAs changes no weight
+        (tests/test_train.py), so a tracking run's classic-EMA scores are its non-tracking twin's: shared, not
+        redone."""
+        name = self.run_name(variant)
+        return name.removesuffix("_pema") if scoring.average is None else name
+
     def diffusion_config(self, variant: Variant, steps: Optional[int] = None, checkpoint_every: Optional[int] = None,
                          scoring: Optional[Scoring] = None) -> SFDConfig:
         settings = self.settings
@@ -462,7 +469,7 @@ class FashionBackend(FashionTokenizers):
 
     # stage 8: samples and FID at several training lengths
     def samples_file(self, variant: Variant, step: int, scoring: Scoring) -> Path:
-        return self.run_dir / "samples" / f"{self.run_name(variant)}_{step:07d}_{scoring.name}.npz"
+        return self.run_dir / "samples" / f"{self.scored_name(variant, scoring)}_{step:07d}_{scoring.name}.npz"
 
     def checkpoint_path(self, variant: Variant, step: int) -> Path:
         """The training checkpoint of ``variant`` at ``step`` (its EMA weights are scored)."""
@@ -500,7 +507,8 @@ class FashionBackend(FashionTokenizers):
             return result
 
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        result = self.stages.run(f"eval_{self.run_name(variant)}_{step:07d}_{scoring.name}{self.reference_tag}", work,
+        stage = f"eval_{self.scored_name(variant, scoring)}_{step:07d}_{scoring.name}{self.reference_tag}"
+        result = self.stages.run(stage, work,
                                  keep=lambda result: result.get("samples") == count)
         return {key: result[key] for key in EVALUATION_KEYS if key in result}
 
