@@ -420,11 +420,8 @@ class Trainer:
             if self.valid_dataset is not None:
                 events.append(Every(train.valid_every, lambda step, _: self.log.write(
                     {"step": step, **self.validation_loss()})))
-            if train.eval_every and self.step < train.max_steps:
-                if self.scorer is None:  # a bad reference file fails now, not after eval_every steps
-                    with torch.random.fork_rng(devices=[]):  # building networks draws nothing the training sees
-                        self.scorer = SampleScorer.from_config(self.config, topology=self.topology,
-                                                               device=self.device)
+            if train.eval_every and self.step < train.max_steps:  # a bad reference file fails now, not at the event
+                self.scorer = self.scorer or build_scorer(self.config, self.topology, self.device)
                 events.append(Every(train.eval_every, lambda step, _: self.log.write(
                     {"step": step, **self.scorer(self.ema)}), also=(train.max_steps,)))
             if self.state.power_ema is not None:
@@ -442,6 +439,12 @@ class Trainer:
                     bar.close()
                 self.log.close()
         return dict(last)
+
+
+def build_scorer(config: SFDConfig, topology: distributed.Topology, device: torch.device) -> SampleScorer:
+    """train.eval_every's scorer; building its networks draws nothing the training sees."""
+    with torch.random.fork_rng(devices=[]):
+        return SampleScorer.from_config(config, topology=topology, device=device)
 
 
 @torch.no_grad()

@@ -405,7 +405,7 @@ def test_power_ema_snapshots_survive_kill_and_resume_bit_for_bit(data, tmp_path,
 
 
 def test_tracking_power_emas_changes_no_weight(data, tmp_path):
-    """The study scores a tracking run's classic EMA from its non-tracking twin (FashionBackend.scored_name)."""
+    """The study scores a tracking run's classic EMA from its non-tracking twin (fashion.scored_name)."""
     Trainer(tiny_config(data, tmp_path / "plain")).run(progress=False)
     Trainer(tiny_config(data, tmp_path / "tracked", "train.power_ema_sigma_rels=[0.1]",
                         "train.power_ema_every=2")).run(progress=False)

@@ -400,6 +400,13 @@ def classifier_reference_statistics(settings: FashionSettings, held_out: torch.T
     return feature_statistics(classifier_outputs(classifier, images)[0])
 
 
+def scored_name(run_name: str, scoring: Scoring) -> str:
+    """The name a score and its samples are stored under. Tracking power EMAs changes no weight
+    (tests/test_train.py), so a tracking run's (``…_pema``) classic-EMA scores are its non-tracking twin's: shared,
+    not redone."""
+    return run_name.removesuffix("_pema") if scoring.average is None else run_name
+
+
 def rebuilt_average(run: Path, step: int, sigma_rel: float) -> Path:
     """The power-EMA average of width ``sigma_rel`` at ``step``, rebuilt from ``run``'s snapshots (docs/ema.md §7)
     into ``run/power_ema_reconstructed`` once, then reused."""
@@ -430,13 +437,6 @@ class FashionBackend(FashionTokenizers):
         """Runs, stages and samples carry the encoder, so both stand-ins can share a run folder, and ``_pema`` when
         the run tracks power EMAs."""
         return f"{self.settings.encoder}_{variant.name}{'_pema' if self.settings.power_ema_sigma_rels else ''}"
-
-    def scored_name(self, variant: Variant, scoring: Scoring) -> str:
-        """The name a score and its samples are stored under. Tracking power EMAs changes no weight
-        (tests/test_train.py), so a tracking run's classic-EMA scores are its non-tracking twin's: shared, not
-        redone."""
-        name = self.run_name(variant)
-        return name.removesuffix("_pema") if scoring.average is None else name
 
     def diffusion_config(self, variant: Variant, steps: Optional[int] = None, checkpoint_every: Optional[int] = None,
                          scoring: Optional[Scoring] = None) -> SFDConfig:
@@ -469,7 +469,8 @@ class FashionBackend(FashionTokenizers):
 
     # stage 8: samples and FID at several training lengths
     def samples_file(self, variant: Variant, step: int, scoring: Scoring) -> Path:
-        return self.run_dir / "samples" / f"{self.scored_name(variant, scoring)}_{step:07d}_{scoring.name}.npz"
+        name = scored_name(self.run_name(variant), scoring)
+        return self.run_dir / "samples" / f"{name}_{step:07d}_{scoring.name}.npz"
 
     def checkpoint_path(self, variant: Variant, step: int) -> Path:
         """The training checkpoint of ``variant`` at ``step`` (its EMA weights are scored)."""
@@ -507,9 +508,8 @@ class FashionBackend(FashionTokenizers):
             return result
 
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        stage = f"eval_{self.scored_name(variant, scoring)}_{step:07d}_{scoring.name}{self.reference_tag}"
-        result = self.stages.run(stage, work,
-                                 keep=lambda result: result.get("samples") == count)
+        stage = f"eval_{scored_name(self.run_name(variant), scoring)}_{step:07d}_{scoring.name}{self.reference_tag}"
+        result = self.stages.run(stage, work, keep=lambda result: result.get("samples") == count)
         return {key: result[key] for key in EVALUATION_KEYS if key in result}
 
     def generate(self, variant: Variant, step: int, scoring: Scoring, count: int):
